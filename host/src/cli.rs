@@ -1,0 +1,129 @@
+//! The `switchboard` command line: run the host, run the demo, check a plugin component.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::{self, LogFormat};
+
+/// Switchboard: delivers notification requests from Kafka through WebAssembly vendor adapters.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about)]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host with a config file until Ctrl-C or SIGTERM.
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the self-contained demo: embedded Kafka, the FCM simulator, the bundled FCM plugin.
+    /// Prints progress on stderr and one JSON summary line last on stdout.
+    Demo {
+        /// Requests to produce.
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        /// Directory holding the bundled plugin components.
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        /// Simulated vendor latency, in milliseconds.
+        #[arg(long, default_value_t = 5)]
+        vendor_latency_ms: u64,
+    },
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Check a component against the switchboard:adapter world and print what `describe` says.
+    Check {
+        /// The component file.
+        file: PathBuf,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            telemetry::init(cli.log_format, "info");
+            let config = crate::Config::load(&config)?;
+            crate::run(config, shutdown_signal()).await
+        }
+        Command::Demo {
+            messages,
+            plugin_dir,
+            vendor_latency_ms,
+        } => {
+            // Progress lines carry the demo; host logs only say what went wrong.
+            telemetry::init(cli.log_format, "warn,switchboard::host=info");
+            let summary = crate::demo::run(crate::demo::DemoOptions {
+                messages,
+                plugin_dir,
+                vendor_latency: Duration::from_millis(vendor_latency_ms),
+                ..Default::default()
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&summary)?);
+            anyhow::ensure!(
+                summary.lost == 0 && summary.duplicates == 0,
+                "the demo lost {} and duplicated {} deliveries",
+                summary.lost,
+                summary.duplicates
+            );
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => {
+            telemetry::init(cli.log_format, "warn");
+            let info = crate::plugin::check_component(&file)
+                .await
+                .with_context(|| format!("checking {}", file.display()))?;
+            println!("ok: {} fits switchboard:adapter@0.1.0", file.display());
+            println!("  name:        {}", info.name);
+            println!("  version:     {}", info.version);
+            println!("  channel:     {}", info.channel);
+            println!("  max-batch:   {}", info.max_batch);
+            println!("  wants-hosts: {}", info.wants_hosts.join(", "));
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,347 @@
+//! The host's configuration: one TOML file, every field documented here for operators.
+//!
+//! Owns parsing (unknown keys are errors that name the line), defaults, and validation that
+//! crosses fields (a channel naming an unknown plugin). Relative paths resolve against the
+//! directory of the config file. It never opens plugins or connects anywhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used. Each message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// The whole host configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection, topics and offsets.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Batching, concurrency and in-process retries.
+    #[serde(default)]
+    pub dispatch: DispatchConfig,
+    /// The WebAssembly runtime shared by all plugins.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Vendor adapters by name, e.g. `[plugins.fcm]`.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// Channel name → plugin name → weight, e.g. `[channels.sms] sms-twilio = 50`.
+    /// Each delivery of a channel goes to one of its plugins, in proportion to the weights.
+    #[serde(default)]
+    pub channels: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Where the config was read from; relative paths resolve against its directory.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// Kafka settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, e.g. `"kafka-1:9092,kafka-2:9092"`. When absent, the host starts
+    /// librdkafka's in-process mock cluster and logs its address, so a fresh machine needs nothing.
+    pub brokers: Option<String>,
+    /// Consumer group. Hosts in one group share the topics' partitions.
+    pub group_id: String,
+    /// Topics holding notification requests.
+    pub topics: Vec<String>,
+    /// How often stored offsets (the completed watermark) are committed, in milliseconds.
+    /// Commits are per interval, never per message.
+    pub commit_interval_ms: u64,
+    /// The consumer's session timeout, in milliseconds.
+    pub session_timeout_ms: u64,
+    /// Partitions of each topic when the embedded mock cluster creates it.
+    pub embedded_partitions: i32,
+    /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            group_id: "switchboard".into(),
+            topics: vec!["notifications".into()],
+            // librdkafka's own default is 5 s; 1 s keeps redelivery after a crash small.
+            commit_interval_ms: 1000,
+            session_timeout_ms: 30_000,
+            embedded_partitions: 4,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Batching, concurrency and retries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Records consumed but not yet finished; the consumer waits when this many are open.
+    pub max_in_flight_records: usize,
+    /// How long a partial batch waits for more deliveries before it is sent, in milliseconds.
+    pub batch_linger_ms: u64,
+    /// Tries per delivery before it is given up as failed.
+    pub retry_max_attempts: u32,
+    /// First backoff after a `retry` outcome, in milliseconds; doubles each try, with jitter.
+    pub retry_base_ms: u64,
+    /// Longest backoff between two tries, in milliseconds.
+    pub retry_max_ms: u64,
+    /// Largest record value accepted, in bytes; larger records are counted as undecodable.
+    pub max_record_bytes: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_records: 4096,
+            batch_linger_ms: 5,
+            retry_max_attempts: 5,
+            retry_base_ms: 200,
+            retry_max_ms: 30_000,
+            max_record_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The shared WebAssembly runtime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Instances that may exist at once across all plugins (pooling allocator slots).
+    pub max_instances: u32,
+    /// Epoch tick, in milliseconds: how often a running guest yields so deadlines can fire.
+    pub epoch_tick_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 256,
+            epoch_tick_ms: 5,
+        }
+    }
+}
+
+/// One vendor adapter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The component file (`.wasm`).
+    pub path: PathBuf,
+    /// Hosts the plugin may reach: `host` (any port) or `host:port`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Deadline for a whole call (guest CPU and its HTTP), in milliseconds.
+    #[serde(default = "PluginConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Cap on the guest's linear memory, in MiB.
+    #[serde(default = "PluginConfig::default_memory_mb")]
+    pub memory_mb: u64,
+    /// Upper bound on deliveries per call; the plugin's own `max-batch` may lower it.
+    #[serde(default = "PluginConfig::default_max_batch")]
+    pub max_batch: u32,
+    /// Calls to this plugin that may run at once.
+    #[serde(default = "PluginConfig::default_concurrency")]
+    pub concurrency: usize,
+    /// Passed to the plugin's `init`, as string pairs.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Secrets the plugin may use by name, through `sign` and `{{secret:NAME}}` placeholders.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
+}
+
+impl PluginConfig {
+    const fn default_timeout_ms() -> u64 {
+        10_000
+    }
+    const fn default_memory_mb() -> u64 {
+        64
+    }
+    const fn default_max_batch() -> u32 {
+        100
+    }
+    const fn default_concurrency() -> usize {
+        32
+    }
+}
+
+/// Where a secret's value comes from. Values are never logged.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SecretSource {
+    /// Inline in the config (for development).
+    Value(String),
+    /// An environment variable.
+    Env(String),
+    /// A file; relative paths resolve against the config file's directory.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Value(_) => write!(f, "Value(<redacted>)"),
+            SecretSource::Env(name) => write!(f, "Env({name})"),
+            SecretSource::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        config.source = Some(path.to_path_buf());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match self.source.as_deref().and_then(Path::parent) {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// Checks what parsing cannot: references between sections and values out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: self.source.clone().unwrap_or_else(|| PathBuf::from("<inline>")),
+            field,
+            message,
+        };
+        if self.kafka.topics.is_empty() {
+            return Err(invalid("kafka.topics".into(), "names no topic".into()));
+        }
+        if self.dispatch.max_in_flight_records == 0 {
+            return Err(invalid(
+                "dispatch.max_in_flight_records".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.dispatch.retry_max_attempts == 0 {
+            return Err(invalid(
+                "dispatch.retry_max_attempts".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (name, plugin) in &self.plugins {
+            let field = |f: &str| format!("plugins.{name}.{f}");
+            if plugin.timeout_ms == 0 {
+                return Err(invalid(field("timeout_ms"), "must be above 0".into()));
+            }
+            if plugin.memory_mb == 0 || plugin.memory_mb > 4096 {
+                return Err(invalid(field("memory_mb"), "must be 1..=4096".into()));
+            }
+            if plugin.max_batch == 0 || plugin.concurrency == 0 {
+                return Err(invalid(
+                    field("max_batch/concurrency"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        for (channel, weights) in &self.channels {
+            if weights.is_empty() {
+                return Err(invalid(format!("channels.{channel}"), "names no plugin".into()));
+            }
+            for vendor in weights.keys() {
+                if !self.plugins.contains_key(vendor) {
+                    return Err(invalid(
+                        format!("channels.{channel}.{vendor}"),
+                        format!("no plugin `{vendor}` is configured under [plugins]"),
+                    ));
+                }
+            }
+            if weights.values().all(|w| *w == 0) {
+                return Err(invalid(
+                    format!("channels.{channel}"),
+                    "every weight is 0".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [plugins.fcm]
+        path = "fcm.wasm"
+        allowed_hosts = ["fcm.googleapis.com"]
+
+        [channels.push-android]
+        fcm = 100
+    "#;
+
+    #[test]
+    fn minimal_config_takes_defaults() -> anyhow::Result<()> {
+        let config = Config::parse(MINIMAL, Path::new("t.toml"))?;
+        config.validate()?;
+        assert!(config.kafka.brokers.is_none());
+        assert_eq!(config.kafka.topics, vec!["notifications".to_string()]);
+        assert_eq!(config.plugins["fcm"].timeout_ms, 10_000);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let text = "[kafka]\ngroup_id = \"g\"\nbrokrs = \"x\"\n";
+        let err = Config::parse(text, Path::new("t.toml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("brokrs"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn channel_with_unknown_plugin_is_refused() -> anyhow::Result<()> {
+        let config = Config::parse(
+            "[channels.sms]\nsms-acme = 10\n",
+            Path::new("t.toml"),
+        )?;
+        let err = config.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("channels.sms.sms-acme"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn secret_values_are_redacted_in_debug_output() {
+        let s = format!("{:?}", SecretSource::Value("hunter2".into()));
+        assert!(!s.contains("hunter2"));
+    }
+}

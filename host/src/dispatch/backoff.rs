@@ -1,0 +1,53 @@
+//! Exponential backoff with full jitter, floored by the vendor's Retry-After.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// How long to wait before the next try of a delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Backoff starting at `base` and doubling up to `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max: max.max(base),
+        }
+    }
+
+    /// The wait after failed attempt number `attempt` (1-based): a uniformly random time up to
+    /// `base * 2^(attempt-1)` (capped at `max`), so that retries of one outage spread out, and
+    /// never less than `retry_after`.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let ceiling = self.base.saturating_mul(1u32 << exponent).min(self.max);
+        let jittered = Duration::from_millis(rng.gen_range(0..=ceiling.as_millis() as u64));
+        // Half the ceiling at least, so a retry never comes back at once.
+        let floor = ceiling / 2;
+        jittered.max(floor).max(retry_after.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn delay_grows_stays_capped_and_honours_retry_after() {
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for attempt in 1..=20 {
+            let ceiling = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(Duration::from_secs(2));
+            let d = backoff.delay(attempt, None, &mut rng);
+            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
+        }
+        let d = backoff.delay(1, Some(Duration::from_secs(30)), &mut rng);
+        assert_eq!(d, Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,162 @@
+//! Wires the parts into a running host: Kafka (configured or embedded), the plugin runtime and
+//! the loaded plugins, the dispatcher and the router. Owns start-up order and graceful shutdown:
+//! stop consuming, drain what is in flight, commit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, PluginLane};
+use crate::ingest::EmbeddedKafka;
+use crate::ingest::consumer::Ingest;
+use crate::plugin::capabilities::{AllowedHost, Capabilities, PluginCache};
+use crate::plugin::{LoadedPlugin, PluginLimits, PluginRuntime};
+use crate::route::ChannelRouter;
+use crate::secrets::PluginSecrets;
+use crate::telemetry::Counters;
+
+/// How long shutdown waits for in-flight records before committing what is finished.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A host started by [`start`]. Stop it with [`RunningHost::stop`].
+pub struct RunningHost {
+    /// Live counters.
+    pub counters: Arc<Counters>,
+    /// The Kafka bootstrap address in use (the embedded cluster's when none was configured).
+    pub bootstrap_servers: String,
+    /// The loaded plugins by name.
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Kept alive for as long as the host runs, and stopped after it.
+    _embedded: Option<EmbeddedKafka>,
+}
+
+impl RunningHost {
+    /// Stops consuming, drains in-flight work (bounded), commits, and returns.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("host task panicked")?
+    }
+}
+
+/// Loads the configured plugins into `runtime`.
+async fn load_plugins(
+    config: &Config,
+    runtime: &PluginRuntime,
+    client: &reqwest::Client,
+) -> anyhow::Result<Vec<PluginLane>> {
+    let mut lanes = Vec::new();
+    for (name, plugin) in &config.plugins {
+        let secrets = PluginSecrets::load(config, name)?;
+        let caps = Capabilities::new(
+            name.clone(),
+            plugin.allowed_hosts.iter().map(|h| AllowedHost::parse(h)).collect(),
+            secrets,
+            Arc::new(PluginCache::default()),
+            client.clone(),
+            Default::default(),
+        );
+        let limits = PluginLimits {
+            timeout: Duration::from_millis(plugin.timeout_ms),
+            memory_bytes: (plugin.memory_mb as usize) << 20,
+        };
+        let init_config = plugin
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let path: PathBuf = config.resolve(&plugin.path);
+        let loaded = runtime
+            .load_file(name, &path, caps, limits, init_config)
+            .await?;
+        tracing::info!(
+            plugin = %name,
+            version = %loaded.info.version,
+            channel = %loaded.info.channel,
+            max_batch = loaded.info.max_batch,
+            "plugin loaded"
+        );
+        lanes.push(PluginLane {
+            max_batch: loaded.max_batch(plugin.max_batch),
+            concurrency: plugin.concurrency,
+            plugin: Arc::new(loaded),
+        });
+    }
+    Ok(lanes)
+}
+
+/// The HTTP client every plugin's requests go through: pooled, HTTP/2 where the vendor offers it.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")
+}
+
+/// Starts the host: Kafka (embedded when no brokers are configured), plugins, dispatch, and the
+/// consumer. Returns once everything is running.
+pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
+    config.validate()?;
+    let (embedded, brokers) = match &config.kafka.brokers {
+        Some(brokers) => (None, brokers.clone()),
+        None => {
+            let cluster = EmbeddedKafka::start(3, &config.kafka.topics, config.kafka.embedded_partitions)?;
+            let bootstrap = cluster.bootstrap_servers().to_string();
+            tracing::info!(bootstrap = %bootstrap, "no kafka.brokers configured: started the embedded mock cluster");
+            (Some(cluster), bootstrap)
+        }
+    };
+
+    let max_memory = config
+        .plugins
+        .values()
+        .map(|p| (p.memory_mb as usize) << 20)
+        .max()
+        .unwrap_or(64 << 20);
+    let runtime = Arc::new(PluginRuntime::new(&config.runtime, max_memory)?);
+    let client = http_client()?;
+    let lanes = load_plugins(&config, &runtime, &client).await?;
+    let plugins = lanes.iter().map(|l| l.plugin.clone()).collect();
+
+    let counters = Arc::new(Counters::default());
+    let dispatcher = Dispatcher::start(lanes, &config.dispatch, counters.clone());
+    let router = ChannelRouter::new(&config.channels);
+    let ingest = Ingest::connect(&config.kafka, &config.dispatch, &brokers)?;
+    tracing::info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, "consuming");
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let task_counters = counters.clone();
+    let max_record_bytes = config.dispatch.max_record_bytes;
+    let task = tokio::spawn(async move {
+        let result = ingest
+            .run(&router, &dispatcher, &task_counters, max_record_bytes, shutdown_rx, DRAIN_TIMEOUT)
+            .await;
+        // The runtime outlives every call: calls hold the engine, and the ticker stops with it.
+        drop(dispatcher);
+        drop(runtime);
+        result
+    });
+    Ok(RunningHost {
+        counters,
+        bootstrap_servers: brokers,
+        plugins,
+        shutdown,
+        task,
+        _embedded: embedded,
+    })
+}
+
+/// Runs the host until `shutdown` resolves, then stops it gracefully.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let host = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    host.stop().await
+}

@@ -1,0 +1,30 @@
+//! # Switchboard
+//!
+//! A WebAssembly-plugin host for notification vendors. It consumes notification requests from
+//! Kafka and delivers them through vendor adapters compiled to WebAssembly components.
+//!
+//! ## Layout
+//! - [`config`]: the TOML configuration, documented field by field, validated at start;
+//! - [`ingest`]: the Kafka consumer, envelope decoding, the offset watermark, the embedded cluster;
+//! - [`dispatch`]: batching per plugin, call concurrency, retries with backoff;
+//! - [`route`]: channel → plugin choice by weight;
+//! - [`plugin`]: the wasmtime runtime, plugin loading, and the host capabilities plugins import;
+//! - [`secrets`]: secret values, loaded once and never printed;
+//! - [`telemetry`]: tracing setup, counters, one struct per observable event;
+//! - [`host`]: wires the parts into a running host, [`run`] and [`host::start`];
+//! - [`demo`]: the self-contained demo (embedded Kafka, simulated vendors, bundled plugins);
+//! - [`cli`]: the `switchboard` command line.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod dispatch;
+pub mod host;
+pub mod ingest;
+pub mod plugin;
+pub mod route;
+pub mod secrets;
+pub mod telemetry;
+
+pub use config::Config;
+pub use host::{RunningHost, run, start};

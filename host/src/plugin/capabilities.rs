@@ -1,0 +1,356 @@
+//! The host side of the plugin's imports: `http`, `secrets`, `cache` and `log`, plus a WASI
+//! context that grants nothing. One [`PluginState`] lives in each call's fresh `Store`; what must
+//! outlive a call (the HTTP pool, the cache, parsed keys) lives in the shared [`Capabilities`].
+//!
+//! Must never: let a plugin reach a host it was not granted, hand it a secret value, or let one
+//! plugin's cache or secrets be seen by another.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{cache, http, log, secrets};
+use super::signing::Signer256;
+use crate::secrets::{PluginSecrets, fill_placeholders};
+
+/// Largest vendor response body a plugin may receive; a larger one is a protocol error rather
+/// than a way to exhaust host memory.
+const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// Cache bounds per plugin, so a plugin cannot grow host memory through the cache.
+const MAX_CACHE_ENTRIES: usize = 4096;
+const MAX_CACHE_VALUE_BYTES: usize = 64 * 1024;
+/// Longest log line a plugin may emit.
+const MAX_LOG_BYTES: usize = 4096;
+
+/// A host a plugin may reach: a host name, optionally with a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    host: String,
+    port: Option<u16>,
+}
+
+impl AllowedHost {
+    /// Parses `host` or `host:port`.
+    pub fn parse(s: &str) -> Self {
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Self {
+                host: host.to_ascii_lowercase(),
+                port: port.parse().ok(),
+            },
+            _ => Self {
+                host: s.to_ascii_lowercase(),
+                port: None,
+            },
+        }
+    }
+
+    fn permits(&self, host: &str, port: u16) -> bool {
+        self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// Counters of what plugins were refused, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct CapabilityCounters {
+    /// HTTP requests to hosts the plugin was not granted.
+    pub denied_hosts: AtomicU64,
+    /// Placeholders or signatures naming a secret the plugin does not own.
+    pub denied_secrets: AtomicU64,
+}
+
+/// The plugin-scoped cache. Shared by every version of one plugin, so tokens survive a swap.
+#[derive(Debug, Default)]
+pub struct PluginCache {
+    entries: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+}
+
+impl PluginCache {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(v, _)| v.clone())
+    }
+
+    fn set(&self, key: String, value: Vec<u8>, ttl: Duration) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if ttl.is_zero() || value.len() > MAX_CACHE_VALUE_BYTES {
+            entries.remove(&key);
+            return;
+        }
+        if entries.len() >= MAX_CACHE_ENTRIES && !entries.contains_key(&key) {
+            let now = Instant::now();
+            entries.retain(|_, (_, expires)| *expires > now);
+            if entries.len() >= MAX_CACHE_ENTRIES {
+                return;
+            }
+        }
+        entries.insert(key, (value, Instant::now() + ttl));
+    }
+}
+
+/// What one plugin may use, shared by all its calls.
+pub struct Capabilities {
+    /// The plugin's configured name, for logs.
+    pub plugin: String,
+    /// The plugin version from `describe`, for logs; empty until described.
+    pub version: String,
+    pub allowed_hosts: Vec<AllowedHost>,
+    pub secrets: PluginSecrets,
+    pub cache: Arc<PluginCache>,
+    pub client: reqwest::Client,
+    pub counters: Arc<CapabilityCounters>,
+    signer: Signer256,
+}
+
+impl Capabilities {
+    /// Capabilities for plugin `plugin`.
+    pub fn new(
+        plugin: String,
+        allowed_hosts: Vec<AllowedHost>,
+        secrets: PluginSecrets,
+        cache: Arc<PluginCache>,
+        client: reqwest::Client,
+        counters: Arc<CapabilityCounters>,
+    ) -> Self {
+        Self {
+            plugin,
+            version: String::new(),
+            allowed_hosts,
+            secrets,
+            cache,
+            client,
+            counters,
+            signer: Signer256::default(),
+        }
+    }
+
+    fn permits(&self, url: &reqwest::Url) -> bool {
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return false;
+        };
+        self.allowed_hosts.iter().any(|a| a.permits(host, port))
+    }
+}
+
+/// The state of one call's `Store`.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory cap for this call.
+    pub limits: StoreLimits,
+    caps: Arc<Capabilities>,
+    /// When the whole call must be over; HTTP requests get only what is left.
+    deadline: Instant,
+}
+
+impl PluginState {
+    /// State for one call that must finish by `deadline`.
+    pub fn new(caps: Arc<Capabilities>, limits: StoreLimits, deadline: Instant) -> Self {
+        // Nothing is granted: no preopened directories, no environment, no arguments, no
+        // inherited stdio, no sockets and no name lookups. Clocks and random stay, as WASI has them.
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            caps,
+            deadline,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+async fn send_one(
+    caps: Arc<Capabilities>,
+    deadline: Instant,
+    request: http::Request,
+) -> Result<http::Response, http::HttpError> {
+    use http::HttpError;
+    let url = reqwest::Url::parse(&request.url)
+        .map_err(|e| HttpError::Protocol(format!("bad url: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(HttpError::Denied(format!("scheme `{}` is not allowed", url.scheme())));
+    }
+    if !caps.permits(&url) {
+        caps.counters.denied_hosts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(plugin = %caps.plugin, host = url.host_str().unwrap_or(""), "plugin tried a host it was not granted");
+        return Err(HttpError::Denied(format!(
+            "host `{}` is not granted to this plugin",
+            url.host_str().unwrap_or("")
+        )));
+    }
+    let method = reqwest::Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| HttpError::Protocol(format!("bad method `{}`", request.method)))?;
+    let mut builder = caps.client.request(method, url);
+    for (name, value) in &request.headers {
+        let value = fill_placeholders(value, &caps.secrets).map_err(|missing| {
+            caps.counters.denied_secrets.fetch_add(1, Ordering::Relaxed);
+            HttpError::Denied(format!("secret `{missing}` is not granted to this plugin"))
+        })?;
+        builder = builder.header(name.as_str(), value);
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(HttpError::Timeout);
+    }
+    let exchange = async {
+        let mut response = builder
+            .body(request.body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(HttpError::Protocol(format!(
+                    "response body over {MAX_RESPONSE_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(http::Response {
+            status,
+            headers,
+            body,
+        })
+    };
+    // The deadline covers the whole exchange, body included, so a vendor that trickles bytes
+    // cannot hold the call past it.
+    tokio::time::timeout(remaining, exchange)
+        .await
+        .unwrap_or(Err(HttpError::Timeout))
+}
+
+fn transport_error(e: reqwest::Error) -> http::HttpError {
+    // reqwest errors carry the URL, never headers, so no secret can leak through them.
+    if e.is_timeout() {
+        http::HttpError::Timeout
+    } else if e.is_connect() {
+        http::HttpError::Connect(error_chain(&e))
+    } else {
+        http::HttpError::Protocol(error_chain(&e))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+impl http::Host for PluginState {
+    async fn send(
+        &mut self,
+        request: http::Request,
+    ) -> Result<http::Response, http::HttpError> {
+        send_one(self.caps.clone(), self.deadline, request).await
+    }
+
+    async fn send_all(
+        &mut self,
+        requests: Vec<http::Request>,
+    ) -> Vec<Result<http::Response, http::HttpError>> {
+        let sends = requests
+            .into_iter()
+            .map(|r| send_one(self.caps.clone(), self.deadline, r));
+        futures::future::join_all(sends).await
+    }
+}
+
+impl secrets::Host for PluginState {
+    async fn sign(&mut self, key: String, alg: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
+        let result = self.caps.signer.sign(&self.caps.secrets, &key, &alg, &data);
+        if result.is_err() && self.caps.secrets.get(&key).is_none() {
+            self.caps.counters.denied_secrets.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl cache::Host for PluginState {
+    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.caps.cache.get(&key)
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) {
+        self.caps
+            .cache
+            .set(key, value, Duration::from_millis(ttl_ms))
+    }
+}
+
+impl log::Host for PluginState {
+    async fn log(&mut self, level: log::Level, mut message: String) {
+        if message.len() > MAX_LOG_BYTES {
+            let mut cut = MAX_LOG_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let (plugin, version) = (&self.caps.plugin, &self.caps.version);
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, version, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, version, "{message}"),
+            log::Level::Info => tracing::info!(plugin, version, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, version, "{message}"),
+            log::Level::Error => tracing::error!(plugin, version, "{message}"),
+        }
+    }
+}
+
+impl super::bindings::switchboard::adapter::types::Host for PluginState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_hosts_match_host_and_optional_port() {
+        let any_port = AllowedHost::parse("127.0.0.1");
+        let one_port = AllowedHost::parse("fcm.googleapis.com:443");
+        assert!(any_port.permits("127.0.0.1", 8080));
+        assert!(one_port.permits("FCM.googleapis.com", 443));
+        assert!(!one_port.permits("fcm.googleapis.com", 8443));
+        assert!(!one_port.permits("evil.example", 443));
+    }
+
+    #[test]
+    fn cache_entries_expire_and_zero_ttl_removes() {
+        let cache = PluginCache::default();
+        cache.set("a".into(), b"1".to_vec(), Duration::from_secs(60));
+        assert_eq!(cache.get("a"), Some(b"1".to_vec()));
+        cache.set("a".into(), Vec::new(), Duration::ZERO);
+        assert_eq!(cache.get("a"), None);
+    }
+}

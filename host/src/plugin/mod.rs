@@ -1,0 +1,368 @@
+//! The plugin runtime: one wasmtime `Engine` (pooling allocator, epoch interruption, a ticker
+//! thread), one `InstancePre` per loaded plugin, and a fresh `Store` for every call.
+//!
+//! A trap poisons an instance, so no instance is reused after a fault and no state leaks between
+//! calls. Each call is bounded by the plugin's wall deadline (guest CPU and host I/O together) and
+//! memory cap. A trapping, hanging or greedy plugin costs its own call, never the host.
+
+mod bindings;
+pub mod capabilities;
+mod signing;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder};
+
+pub use bindings::{Delivery, Outcome, PluginInfo, Priority, Rejection, RetryInfo};
+use bindings::AdapterPre;
+use capabilities::{Capabilities, PluginState};
+
+use crate::config::RuntimeConfig;
+
+/// Why a plugin could not be loaded. The messages name the plugin and the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin `{plugin}`: cannot read {path}: {source}")]
+    Read {
+        plugin: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("plugin `{plugin}`: not a valid WebAssembly component: {reason}")]
+    NotAComponent { plugin: String, reason: String },
+    #[error("plugin `{plugin}`: does not fit the switchboard:adapter@0.1.0 world: {reason}")]
+    WrongWorld { plugin: String, reason: String },
+    #[error("plugin `{plugin}`: `describe` failed: {reason}")]
+    Describe { plugin: String, reason: String },
+    #[error("plugin `{plugin}`: `init` refused the config: {reason}")]
+    Init { plugin: String, reason: String },
+}
+
+/// Why one call did not produce outcomes. The caller turns every kind into `retry` outcomes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin call passed its {0:?} deadline")]
+    Timeout(Duration),
+    #[error("plugin `init` failed: {0}")]
+    Init(String),
+}
+
+/// Counters of call faults, per plugin.
+#[derive(Debug, Default)]
+pub struct CallCounters {
+    pub calls: AtomicU64,
+    pub traps: AtomicU64,
+    pub timeouts: AtomicU64,
+}
+
+/// Limits of one plugin's calls.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginLimits {
+    /// Wall deadline for a whole call.
+    pub timeout: Duration,
+    /// Cap on linear memory, in bytes.
+    pub memory_bytes: usize,
+}
+
+/// The shared engine and the linker every plugin is checked against.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    /// The largest memory cap the pool can give; a plugin asking for more is clamped to it.
+    max_memory_bytes: usize,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginRuntime {
+    /// Builds the engine, starts its epoch ticker, and links the host capabilities.
+    /// `max_memory_bytes` bounds every plugin's memory cap (the pool's slot size).
+    pub fn new(config: &RuntimeConfig, max_memory_bytes: usize) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        let instances = config.max_instances.max(1);
+        pool.total_component_instances(instances)
+            // A Rust component has a main module plus a few shim modules.
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_memory_size(max_memory_bytes);
+        let mut wasm_config = wasmtime::Config::new();
+        wasm_config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm_config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::Adapter::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let tick = Duration::from_millis(config.epoch_tick_ms.max(1));
+        let (stop, ticking_engine) = (ticker_stop.clone(), engine.weak());
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    match ticking_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            max_memory_bytes,
+            ticker_stop,
+        })
+    }
+
+    /// Compiles the component at `path`, checks it against the world, and runs `describe` and
+    /// `init` off the hot path. A plugin that fails any step is refused with the reason.
+    pub async fn load_file(
+        &self,
+        name: &str,
+        path: &Path,
+        caps: Capabilities,
+        limits: PluginLimits,
+        init_config: Vec<(String, String)>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            plugin: name.to_string(),
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.load_bytes(name, &bytes, caps, limits, init_config).await
+    }
+
+    /// As [`PluginRuntime::load_file`], from the component's bytes.
+    pub async fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mut caps: Capabilities,
+        mut limits: PluginLimits,
+        init_config: Vec<(String, String)>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let plugin = name.to_string();
+        limits.memory_bytes = limits.memory_bytes.min(self.max_memory_bytes);
+        let pre = self.compile(&plugin, bytes).await?;
+        let info = self.describe(&plugin, &pre, caps.client.clone(), limits).await?;
+        caps.version = info.version.clone();
+        let loaded = LoadedPlugin {
+            name: plugin.clone(),
+            info,
+            engine: self.engine.clone(),
+            pre,
+            caps: Arc::new(caps),
+            limits,
+            init_config,
+            counters: Arc::new(CallCounters::default()),
+        };
+        // Running init once here refuses a bad config at load time, not on the first delivery.
+        let mut store = loaded.new_store();
+        let init = async {
+            let adapter = loaded.pre.instantiate_async(&mut store).await?;
+            adapter.call_init(&mut store, &loaded.init_config).await
+        };
+        match tokio::time::timeout(limits.timeout, init).await {
+            Ok(Ok(Ok(()))) => Ok(loaded),
+            Ok(Ok(Err(reason))) => Err(LoadError::Init { plugin, reason }),
+            Ok(Err(trap)) => Err(LoadError::Init {
+                plugin,
+                reason: format!("trapped: {trap:#}"),
+            }),
+            Err(_) => Err(LoadError::Init {
+                plugin,
+                reason: format!("no answer within {:?}", limits.timeout),
+            }),
+        }
+    }
+
+    /// Compiles a component and checks it against the world. Cranelift compilation is CPU work
+    /// of up to seconds, so it runs off the async workers.
+    async fn compile(&self, plugin: &str, bytes: &[u8]) -> Result<AdapterPre<PluginState>, LoadError> {
+        let not_a_component = |reason: String| LoadError::NotAComponent {
+            plugin: plugin.to_string(),
+            reason,
+        };
+        let engine = self.engine.clone();
+        let owned = bytes.to_vec();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &owned))
+            .await
+            .map_err(|e| not_a_component(e.to_string()))?
+            .map_err(|e| not_a_component(format!("{e:#}")))?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            plugin: plugin.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        AdapterPre::new(instance_pre).map_err(wrong_world)
+    }
+
+    /// Runs `describe` on a fresh instance that is granted nothing.
+    async fn describe(
+        &self,
+        plugin: &str,
+        pre: &AdapterPre<PluginState>,
+        client: reqwest::Client,
+        limits: PluginLimits,
+    ) -> Result<PluginInfo, LoadError> {
+        let caps = Arc::new(Capabilities::new(
+            plugin.to_string(),
+            Vec::new(),
+            Default::default(),
+            Default::default(),
+            client,
+            Default::default(),
+        ));
+        let mut store = self.store(caps, limits);
+        let describe = async {
+            let adapter = pre.instantiate_async(&mut store).await?;
+            adapter.call_describe(&mut store).await
+        };
+        let failed = |reason: String| LoadError::Describe {
+            plugin: plugin.to_string(),
+            reason,
+        };
+        tokio::time::timeout(limits.timeout, describe)
+            .await
+            .map_err(|_| failed(format!("no answer within {:?}", limits.timeout)))?
+            .map_err(|e| failed(format!("{e:#}")))
+    }
+
+    fn store(&self, caps: Arc<Capabilities>, limits: PluginLimits) -> Store<PluginState> {
+        new_store(&self.engine, caps, limits)
+    }
+}
+
+fn new_store(engine: &Engine, caps: Arc<Capabilities>, limits: PluginLimits) -> Store<PluginState> {
+    let store_limits = StoreLimitsBuilder::new()
+        .memory_size(limits.memory_bytes)
+        // A failed memory.grow traps at once with a clear reason, instead of leaving the guest's
+        // allocator to abort with a less useful one.
+        .trap_on_grow_failure(true)
+        .build();
+    let deadline = Instant::now() + limits.timeout;
+    let mut store = Store::new(engine, PluginState::new(caps, store_limits, deadline));
+    store.limiter(|state| &mut state.limits);
+    // Yield to the executor at every epoch tick, so a guest spinning on CPU neither blocks a
+    // worker thread nor outlives the call's deadline (the timeout fires at the yield).
+    store.epoch_deadline_async_yield_and_update(1);
+    store
+}
+
+/// A plugin version, compiled, described and initialised, ready for calls.
+pub struct LoadedPlugin {
+    /// The name it is configured under.
+    pub name: String,
+    /// What the component said of itself.
+    pub info: PluginInfo,
+    engine: Engine,
+    pre: AdapterPre<PluginState>,
+    caps: Arc<Capabilities>,
+    limits: PluginLimits,
+    init_config: Vec<(String, String)>,
+    /// Calls, traps and timeouts.
+    pub counters: Arc<CallCounters>,
+}
+
+impl LoadedPlugin {
+    /// The batch size used for this plugin: its own `max-batch`, capped by the operator's.
+    pub fn max_batch(&self, configured: u32) -> usize {
+        self.info.max_batch.clamp(1, configured.max(1)) as usize
+    }
+
+    /// The plugin's capability counters (denied hosts and secrets).
+    pub fn capability_counters(&self) -> &capabilities::CapabilityCounters {
+        &self.caps.counters
+    }
+
+    fn new_store(&self) -> Store<PluginState> {
+        new_store(&self.engine, self.caps.clone(), self.limits)
+    }
+
+    /// Runs `deliver` on a fresh instance. Returns one outcome per delivery; a plugin that
+    /// returns too few gets `retry` for the rest, and extra outcomes are dropped.
+    pub async fn deliver(&self, batch: &[Delivery]) -> Result<Vec<Outcome>, CallError> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let mut store = self.new_store();
+        let call = async {
+            let adapter = self.pre.instantiate_async(&mut store).await?;
+            if let Err(reason) = adapter.call_init(&mut store, &self.init_config).await? {
+                return Ok(Err(CallError::Init(reason)));
+            }
+            adapter.call_deliver(&mut store, batch).await.map(Ok)
+        };
+        let outcomes = match tokio::time::timeout(self.limits.timeout, call).await {
+            Ok(Ok(Ok(outcomes))) => outcomes,
+            Ok(Ok(Err(init_error))) => return Err(init_error),
+            Ok(Err(trap)) => {
+                self.counters.traps.fetch_add(1, Ordering::Relaxed);
+                return Err(CallError::Trap(format!("{trap:#}")));
+            }
+            Err(_) => {
+                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(CallError::Timeout(self.limits.timeout));
+            }
+        };
+        Ok(fit_outcomes(outcomes, batch.len()))
+    }
+}
+
+fn fit_outcomes(mut outcomes: Vec<Outcome>, expected: usize) -> Vec<Outcome> {
+    if outcomes.len() != expected {
+        tracing::warn!(
+            expected,
+            returned = outcomes.len(),
+            "plugin returned the wrong number of outcomes"
+        );
+    }
+    outcomes.truncate(expected);
+    while outcomes.len() < expected {
+        outcomes.push(Outcome::Retry(RetryInfo {
+            reason: "plugin returned no outcome for this delivery".into(),
+            after_ms: None,
+        }));
+    }
+    outcomes
+}
+
+/// What `plugin check` reports: the component fits the world, and what `describe` returned.
+pub async fn check_component(path: &Path) -> Result<PluginInfo, LoadError> {
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let limits = PluginLimits {
+        timeout: Duration::from_secs(5),
+        memory_bytes: 256 << 20,
+    };
+    let runtime = PluginRuntime::new(&RuntimeConfig::default(), limits.memory_bytes).map_err(|e| {
+        LoadError::NotAComponent {
+            plugin: name.clone(),
+            reason: format!("runtime: {e:#}"),
+        }
+    })?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        plugin: name.clone(),
+        path: path.display().to_string(),
+        source,
+    })?;
+    let pre = runtime.compile(&name, &bytes).await?;
+    runtime.describe(&name, &pre, reqwest::Client::new(), limits).await
+}

@@ -1,0 +1,145 @@
+//! One struct per observable happening. Each `emit` writes the log line with the same fields
+//! every time, so operators can alert on them. Secret values never appear in any field.
+
+use std::time::Duration;
+
+use crate::plugin::CallError;
+
+/// A record that will not be delivered: undecodable, expired, or for an unknown channel.
+pub struct RecordRefused<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'a dyn std::fmt::Display,
+}
+
+impl RecordRefused<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "record_refused",
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            reason = %self.reason,
+            "record skipped"
+        );
+    }
+}
+
+/// Reading from Kafka failed; the consumer keeps going.
+pub struct ConsumeFailed<'a> {
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl ConsumeFailed<'_> {
+    pub fn emit(self) {
+        tracing::warn!(event = "consume_failed", error = %self.error, "kafka consume error");
+    }
+}
+
+/// Storing a partition's watermark failed (usually: the partition was just revoked).
+pub struct OffsetStoreFailed<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl OffsetStoreFailed<'_> {
+    pub fn emit(self) {
+        tracing::debug!(
+            event = "offset_store_failed",
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            error = %self.error,
+            "offset not stored"
+        );
+    }
+}
+
+/// A plugin call produced no outcomes (trap, deadline, init failure).
+pub struct PluginCallFailed<'a> {
+    pub plugin: &'a str,
+    pub version: &'a str,
+    pub batch: usize,
+    pub elapsed: Duration,
+    pub error: &'a CallError,
+}
+
+impl PluginCallFailed<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "plugin_call_failed",
+            plugin = self.plugin,
+            version = self.version,
+            batch = self.batch,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            error = %self.error,
+            "plugin call failed; deliveries will be retried"
+        );
+    }
+}
+
+/// The vendor refused a delivery for good.
+pub struct DeliveryRejected<'a> {
+    pub key: &'a str,
+    pub plugin: &'a str,
+    pub code: &'a str,
+    pub reason: &'a str,
+}
+
+impl DeliveryRejected<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "delivery_rejected",
+            key = self.key,
+            plugin = self.plugin,
+            code = self.code,
+            reason = self.reason,
+            "delivery rejected"
+        );
+    }
+}
+
+/// The vendor no longer knows the recipient.
+pub struct RecipientInvalid<'a> {
+    pub key: &'a str,
+    pub plugin: &'a str,
+    pub reason: &'a str,
+}
+
+impl RecipientInvalid<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "recipient_invalid",
+            key = self.key,
+            plugin = self.plugin,
+            reason = self.reason,
+            "recipient invalid"
+        );
+    }
+}
+
+/// A delivery ran out of attempts or had nowhere to go.
+pub struct DeliveryGivenUp<'a> {
+    pub key: &'a str,
+    pub attempts: u32,
+    pub reason: &'a str,
+    pub record: (&'a str, i32, i64),
+}
+
+impl DeliveryGivenUp<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "delivery_given_up",
+            key = self.key,
+            attempts = self.attempts,
+            topic = self.record.0,
+            partition = self.record.1,
+            offset = self.record.2,
+            reason = self.reason,
+            "delivery given up"
+        );
+    }
+}

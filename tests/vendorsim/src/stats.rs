@@ -1,0 +1,86 @@
+//! Exact counts of what a simulator accepted, refused and saw twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// A simulator's counts. Deliveries are identified by recipient and message body, so a retry of
+/// an already accepted message counts as a duplicate, as the recipient would see it twice.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    accepted: AtomicU64,
+    duplicates: AtomicU64,
+    token_requests: AtomicU64,
+    auth_failures: AtomicU64,
+    seen: Mutex<HashSet<u64>>,
+    refused: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A copy of the counts at one moment.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Distinct deliveries accepted.
+    pub delivered: u64,
+    /// Accepted deliveries that had been accepted before.
+    pub duplicates: u64,
+    /// Access-token or provider-token requests served.
+    pub token_requests: u64,
+    /// Requests refused for bad credentials.
+    pub auth_failures: u64,
+    /// Deliveries refused, by the vendor's error code.
+    pub refused: BTreeMap<String, u64>,
+}
+
+impl SimStats {
+    /// Counts an accepted delivery of `body` to `recipient`; true when it is new.
+    pub fn accept(&self, recipient: &str, body: &[u8]) -> bool {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        recipient.hash(&mut hasher);
+        body.hash(&mut hasher);
+        let fresh = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hasher.finish());
+        if fresh {
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        fresh
+    }
+
+    /// Counts a refused delivery under the vendor's error code.
+    pub fn refuse(&self, code: &str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code.to_string())
+            .or_default() += 1;
+    }
+
+    /// Counts a token request.
+    pub fn token_request(&self) {
+        self.token_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request refused for its credentials.
+    pub fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            delivered: self.accepted.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            token_requests: self.token_requests.load(Ordering::Relaxed),
+            auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            refused: self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+}
