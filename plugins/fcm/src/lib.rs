@@ -40,7 +40,7 @@ impl Adapter for Fcm {
     }
 
     fn init(config: Config) -> Result<Self, String> {
-        Ok(Fcm {
+        let fcm = Fcm {
             project_id: config.require("project_id")?.to_string(),
             client_email: config.require("client_email")?.to_string(),
             token_uri: config.get_or("token_uri", DEFAULT_TOKEN_URI).to_string(),
@@ -51,7 +51,15 @@ impl Adapter for Fcm {
             key_secret: config
                 .get_or("key_secret", "service_account_key")
                 .to_string(),
-        })
+        };
+        // The host runs `init` once when it loads the plugin, before any traffic: fetching the
+        // token here means concurrent first calls find it cached instead of each fetching one.
+        // On later instances this is a cache hit. A vendor that is down at load time is not a
+        // reason to refuse the plugin, so a failure only logs; `deliver` tries again.
+        if let Err(why) = ACCESS_TOKEN.get_or_refresh(|| fcm.fetch_access_token()) {
+            log::warn(&format!("could not fetch an access token at init: {why}"));
+        }
+        Ok(fcm)
     }
 
     fn deliver(&self, batch: Vec<Delivery>) -> Vec<Outcome> {

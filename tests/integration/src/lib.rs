@@ -1,1 +1,166 @@
+//! Shared set-up for the end-to-end tests: where the built components are, the FCM simulator
+//! with fresh credentials, plugin loading with chosen limits, and waiting on counts.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard::plugin::capabilities::{AllowedHost, Capabilities, PluginCache};
+use switchboard::plugin::{Delivery, LoadedPlugin, PluginLimits, PluginRuntime, Priority};
+use switchboard::secrets::PluginSecrets;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn built(dir: &str, name: &str) -> PathBuf {
+    let path = repo_root().join("build").join(dir).join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `make plugins guests` (or `make test`) first",
+        path.display()
+    );
+    path
+}
+
+/// A bundled plugin component, as `make plugins` builds it.
+pub fn plugin_path(name: &str) -> PathBuf {
+    built("plugins", name)
+}
+
+/// A test guest component, as `make guests` builds it.
+pub fn guest_path(name: &str) -> PathBuf {
+    built("guests", name)
+}
+
+/// The directory of the bundled plugins.
+pub fn plugin_dir() -> PathBuf {
+    repo_root().join("build/plugins")
+}
+
+/// What a test loads a plugin with.
+pub struct LoadOptions {
+    pub allowed_hosts: Vec<String>,
+    pub secrets: Vec<(String, String)>,
+    pub config: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub memory_mb: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            secrets: Vec::new(),
+            config: Vec::new(),
+            timeout: Duration::from_secs(5),
+            memory_mb: 32,
+        }
+    }
+}
+
+/// A runtime sized for tests.
+pub fn runtime() -> PluginRuntime {
+    PluginRuntime::new(&Default::default(), 64 << 20).expect("plugin runtime")
+}
+
+/// Loads the component at `path` as plugin `name`.
+pub async fn load(
+    runtime: &PluginRuntime,
+    name: &str,
+    path: &std::path::Path,
+    options: LoadOptions,
+) -> Result<LoadedPlugin, switchboard::plugin::LoadError> {
+    let caps = Capabilities::new(
+        name.to_string(),
+        options.allowed_hosts.iter().map(|h| AllowedHost::parse(h)).collect(),
+        PluginSecrets::from_values(options.secrets),
+        Arc::new(PluginCache::default()),
+        switchboard::host::http_client().expect("http client"),
+        Default::default(),
+    );
+    let limits = PluginLimits {
+        timeout: options.timeout,
+        memory_bytes: options.memory_mb << 20,
+    };
+    runtime.load_file(name, path, caps, limits, options.config).await
+}
+
+/// A first-attempt delivery.
+pub fn delivery(key: &str, recipient: &str, content: &str) -> Delivery {
+    Delivery {
+        key: key.to_string(),
+        recipient: recipient.to_string(),
+        content: content.to_string(),
+        priority: Priority::Realtime,
+        attempt: 1,
+    }
+}
+
+/// The FCM simulator with a fresh service account, and the plugin options that reach it.
+pub struct FcmFixture {
+    pub sim: vendorsim::RunningSim,
+    pub account: vendorsim::ServiceAccount,
+}
+
+pub const FCM_PROJECT: &str = "switchboard-test";
+pub const FCM_EMAIL: &str = "tests@switchboard-test.iam.gserviceaccount.com";
+
+impl FcmFixture {
+    /// Starts the simulator; `tune` adjusts its behaviour first.
+    pub async fn start(tune: impl FnOnce(&mut vendorsim::fcm::FcmConfig)) -> Self {
+        let account = vendorsim::ServiceAccount::generate(FCM_EMAIL).expect("service account");
+        let mut config = vendorsim::fcm::FcmConfig::new(FCM_PROJECT, &account);
+        tune(&mut config);
+        let sim = vendorsim::fcm::start(config).await.expect("fcm simulator");
+        Self { sim, account }
+    }
+
+    /// Load options for the FCM plugin against this simulator.
+    pub fn load_options(&self) -> LoadOptions {
+        let url = self.sim.url();
+        LoadOptions {
+            allowed_hosts: vec![self.sim.addr.to_string()],
+            secrets: vec![("service_account_key".into(), self.account.private_key_pem.clone())],
+            config: vec![
+                ("project_id".into(), FCM_PROJECT.into()),
+                ("client_email".into(), FCM_EMAIL.into()),
+                ("token_uri".into(), format!("{url}/token")),
+                ("endpoint".into(), url),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// A host config that delivers channel `push-android` through the FCM plugin to this
+    /// simulator, consuming `topic` from `brokers` as group `group`.
+    pub fn host_config(&self, brokers: &str, topic: &str, group: &str) -> switchboard::Config {
+        let mut config = switchboard::demo::demo_config(
+            &plugin_dir(),
+            &self.sim.url(),
+            self.sim.addr,
+            &self.account.private_key_pem,
+        );
+        if let Some(fcm) = config.plugins.get_mut("fcm") {
+            fcm.config.insert("project_id".into(), FCM_PROJECT.into());
+            fcm.config.insert("client_email".into(), FCM_EMAIL.into());
+        }
+        config.kafka.brokers = Some(brokers.to_string());
+        config.kafka.topics = vec![topic.to_string()];
+        config.kafka.group_id = group.to_string();
+        config.kafka.commit_interval_ms = 200;
+        config
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; true if it held.
+pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition()
+}

@@ -6,7 +6,7 @@
 //! - `POST /v1/projects/{project}/messages:send`: checks the bearer token, the project, and the
 //!   message shape (one target, string-valued `data`, reserved keys, size); answers
 //!   `{"name": "projects/P/messages/ID"}` or FCM's error body.
-//! - `GET /_sim/stats`: the counts, as JSON.
+//! - `GET /_sim/stats`: the counts, as JSON; `POST /_sim/revoke-tokens`: forget issued tokens.
 //!
 //! Faults: a latency distribution, a rate per error code, and deterministic triggers by token
 //! prefix — `sim-unregistered-…`, `sim-invalid_argument-…`, `sim-sender_id_mismatch-…`,
@@ -163,6 +163,7 @@ pub async fn start(config: FcmConfig) -> anyhow::Result<RunningSim> {
         .route("/token", post(token))
         .route("/v1/projects/{project}/messages:send", post(send))
         .route("/_sim/stats", get(stats_handler))
+        .route("/_sim/revoke-tokens", post(revoke_tokens))
         .with_state(state.clone());
     let running = crate::serve(router, stats).await?;
     let _ = state.token_uri.set(format!("{}/token", running.url()));
@@ -171,6 +172,12 @@ pub async fn start(config: FcmConfig) -> anyhow::Result<RunningSim> {
 
 async fn stats_handler(State(state): State<Arc<FcmState>>) -> Json<crate::StatsSnapshot> {
     Json(state.stats.snapshot())
+}
+
+/// Forgets every issued access token, as when Google revokes them; the next send gets 401.
+async fn revoke_tokens(State(state): State<Arc<FcmState>>) -> StatusCode {
+    state.access_tokens.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    StatusCode::NO_CONTENT
 }
 
 fn oauth_error(description: &str) -> Response {

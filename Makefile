@@ -1,0 +1,63 @@
+# Switchboard. The two commands a fresh machine needs: `make demo` and `make test`.
+# Everything else they need beyond the Rust toolchain is installed from here.
+
+# One target directory for the host and both wasm workspaces, so shared crates build once.
+# CI points this at a cache outside the clone.
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+
+WASM_OUT := $(CARGO_TARGET_DIR)/wasm32-wasip2/release
+BIN := $(CARGO_TARGET_DIR)/release
+PLUGINS := fcm
+GUESTS := misbehave
+MESSAGES ?= 20000
+
+.PHONY: demo test plugins guests host lint fmt bench toolchain clean-build
+
+## demo: build everything and run the demo on embedded defaults (prints one JSON line last)
+demo: plugins host
+	$(BIN)/switchboard demo --messages $(MESSAGES)
+
+## test: unit, integration and end-to-end tests (release profile, the one the lab measures)
+test: plugins guests
+	cargo test --release --workspace --all-targets
+	cargo test --release --doc -p switchboard-sdk
+
+## plugins: the bundled vendor adapters as wasm32-wasip2 components, into build/plugins/
+plugins: toolchain
+	cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+	mkdir -p build/plugins
+	for p in $(PLUGINS); do cp $(WASM_OUT)/$$p.wasm build/plugins/; done
+
+## guests: the misbehaving test components, into build/guests/
+guests: toolchain
+	cargo build --release --target wasm32-wasip2 --manifest-path tests/guests/Cargo.toml
+	mkdir -p build/guests
+	for g in $(GUESTS); do cp $(WASM_OUT)/$$g.wasm build/guests/; done
+
+## host: the host, the lab and the simulators (release)
+host:
+	cargo build --release --workspace --bins
+
+## lint: formatting and clippy for the host workspace and the plugin workspaces
+lint: toolchain
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	cd plugins && cargo fmt --all -- --check
+	cd plugins && cargo clippy --release --target wasm32-wasip2 -- -D warnings
+	cd tests/guests && cargo fmt --all -- --check
+
+fmt:
+	cargo fmt --all
+	cd plugins && cargo fmt --all
+	cd tests/guests && cargo fmt --all
+
+## bench: the lab's runtime scenario (per-call cost of the sandbox)
+bench: guests host
+	$(BIN)/switchboard-lab runtime --guest build/guests/misbehave.wasm
+
+toolchain:
+	@rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$$' || rustup target add wasm32-wasip2
+
+clean-build:
+	rm -rf build

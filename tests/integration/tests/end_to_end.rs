@@ -1,0 +1,123 @@
+//! End to end: the real host, the mock Kafka cluster, the FCM simulator and the FCM component.
+
+use std::time::Duration;
+
+use switchboard::demo::{demo_envelope, produce};
+use switchboard::ingest::EmbeddedKafka;
+use switchboard_integration_tests::{FcmFixture, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn kafka(topic: &str) -> EmbeddedKafka {
+    EmbeddedKafka::start(1, &[topic.to_string()], 3).expect("embedded kafka")
+}
+
+async fn produce_demo(brokers: &str, topic: &str, from: u64, count: u64) {
+    produce(brokers, topic, count, |i| {
+        let n = from + i;
+        (format!("device-{n}"), demo_envelope(n))
+    })
+    .await
+    .expect("produce");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_delivered_exactly_once() {
+    let topic = "e2e-once";
+    let cluster = kafka(topic);
+    let fixture = FcmFixture::start(|_| {}).await;
+    let host = switchboard::start(fixture.host_config(cluster.bootstrap_servers(), topic, "g-once"))
+        .await
+        .unwrap();
+    produce_demo(cluster.bootstrap_servers(), topic, 0, 1000).await;
+    let stats = &fixture.sim.stats;
+    assert!(
+        wait_until(WAIT, || stats.snapshot().delivered >= 1000).await,
+        "{:?}",
+        stats.snapshot()
+    );
+    host.stop().await.unwrap();
+    let seen = stats.snapshot();
+    assert_eq!(seen.delivered, 1000);
+    assert_eq!(seen.duplicates, 0);
+    assert_eq!(seen.token_requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_record_is_skipped_and_the_ones_after_it_are_delivered() {
+    let topic = "e2e-malformed";
+    let cluster = kafka(topic);
+    let brokers = cluster.bootstrap_servers().to_string();
+    let fixture = FcmFixture::start(|_| {}).await;
+    let host = switchboard::start(fixture.host_config(&brokers, topic, "g-malformed")).await.unwrap();
+    // All on one key, so they share a partition and the bad ones sit between good ones.
+    produce(&brokers, topic, 30, |i| {
+        let value = match i {
+            10 => "{this is not json".to_string(),
+            20 => r#"{"id":"x","channel":"carrier-pigeon","recipients":[{"to":"a"}],"content":{}}"#.to_string(),
+            _ => demo_envelope(i),
+        };
+        ("same-key".to_string(), value)
+    })
+    .await
+    .unwrap();
+    let stats = &fixture.sim.stats;
+    assert!(wait_until(WAIT, || stats.snapshot().delivered >= 28).await, "{:?}", stats.snapshot());
+    let counts = host.counters.snapshot();
+    host.stop().await.unwrap();
+    assert_eq!(counts.records_undecodable, 1);
+    assert_eq!(counts.records_unknown_channel, 1);
+    assert_eq!(stats.snapshot().delivered, 28);
+    assert_eq!(stats.snapshot().duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_delivers_nothing_again() {
+    let topic = "e2e-restart";
+    let cluster = kafka(topic);
+    let brokers = cluster.bootstrap_servers().to_string();
+    let fixture = FcmFixture::start(|_| {}).await;
+    let stats = fixture.sim.stats.clone();
+
+    let first = switchboard::start(fixture.host_config(&brokers, topic, "g-restart")).await.unwrap();
+    produce_demo(&brokers, topic, 0, 500).await;
+    assert!(wait_until(WAIT, || stats.snapshot().delivered >= 500).await, "{:?}", stats.snapshot());
+    first.stop().await.unwrap();
+
+    let second = switchboard::start(fixture.host_config(&brokers, topic, "g-restart")).await.unwrap();
+    produce_demo(&brokers, topic, 500, 200).await;
+    assert!(wait_until(WAIT, || stats.snapshot().delivered >= 700).await, "{:?}", stats.snapshot());
+    // Give a wrongly rewound consumer time to show itself before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let consumed = second.counters.snapshot().records_consumed;
+    second.stop().await.unwrap();
+    assert_eq!(stats.snapshot().delivered, 700);
+    assert_eq!(stats.snapshot().duplicates, 0);
+    assert_eq!(consumed, 200, "the second host read only the new records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_vendor_errors_are_retried_until_delivered() {
+    let topic = "e2e-retry";
+    let cluster = kafka(topic);
+    let brokers = cluster.bootstrap_servers().to_string();
+    let fixture = FcmFixture::start(|_| {}).await;
+    let mut config = fixture.host_config(&brokers, topic, "g-retry");
+    config.dispatch.retry_base_ms = 10;
+    let host = switchboard::start(config).await.unwrap();
+    produce(&brokers, topic, 20, |i| {
+        let mut envelope: serde_json::Value = serde_json::from_str(&demo_envelope(i)).unwrap();
+        // The simulator answers 503 to the first two tries of each of these tokens.
+        envelope["recipients"][0]["to"] = format!("sim-flaky2-{i}").into();
+        (format!("k{i}"), envelope.to_string())
+    })
+    .await
+    .unwrap();
+    let stats = &fixture.sim.stats;
+    assert!(wait_until(WAIT, || stats.snapshot().delivered >= 20).await, "{:?}", stats.snapshot());
+    let counts = host.counters.snapshot();
+    host.stop().await.unwrap();
+    assert_eq!(counts.retries, 40, "two retries per delivery");
+    assert_eq!(stats.snapshot().refused.get("UNAVAILABLE"), Some(&40));
+    assert_eq!(stats.snapshot().duplicates, 0);
+}
