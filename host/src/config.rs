@@ -237,7 +237,10 @@ impl Config {
     /// Checks what parsing cannot: references between sections and values out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: String, message: String| ConfigError::Invalid {
-            path: self.source.clone().unwrap_or_else(|| PathBuf::from("<inline>")),
+            path: self
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<inline>")),
             field,
             message,
         };
@@ -273,7 +276,10 @@ impl Config {
         }
         for (channel, weights) in &self.channels {
             if weights.is_empty() {
-                return Err(invalid(format!("channels.{channel}"), "names no plugin".into()));
+                return Err(invalid(
+                    format!("channels.{channel}"),
+                    "names no plugin".into(),
+                ));
             }
             for vendor in weights.keys() {
                 if !self.plugins.contains_key(vendor) {
@@ -330,12 +336,26 @@ mod tests {
 
     #[test]
     fn channel_with_unknown_plugin_is_refused() -> anyhow::Result<()> {
-        let config = Config::parse(
-            "[channels.sms]\nsms-acme = 10\n",
-            Path::new("t.toml"),
-        )?;
-        let err = config.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let config = Config::parse("[channels.sms]\nsms-acme = 10\n", Path::new("t.toml"))?;
+        let err = config
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("channels.sms.sms-acme"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_documented_example_config_is_valid() -> anyhow::Result<()> {
+        let text = include_str!("../../examples/switchboard.toml");
+        let config = Config::parse(text, Path::new("examples/switchboard.toml"))?;
+        config.validate()?;
+        assert_eq!(config.plugins["fcm"].concurrency, 32);
+        assert!(matches!(
+            config.plugins["fcm"].secrets.get("service_account_key"),
+            Some(SecretSource::Env(_))
+        ));
         Ok(())
     }
 

@@ -60,7 +60,12 @@ const CLIENT_EMAIL: &str = "switchboard@switchboard-demo.iam.gserviceaccount.com
 const TOPIC: &str = "notifications";
 
 /// The host config the demo runs: embedded Kafka, and the FCM plugin pointed at the simulator.
-pub fn demo_config(plugin_dir: &std::path::Path, fcm_url: &str, fcm_addr: std::net::SocketAddr, private_key_pem: &str) -> Config {
+pub fn demo_config(
+    plugin_dir: &std::path::Path,
+    fcm_url: &str,
+    fcm_addr: std::net::SocketAddr,
+    private_key_pem: &str,
+) -> Config {
     let mut config = Config::default();
     config.kafka.topics = vec![TOPIC.to_string()];
     config.plugins.insert(
@@ -89,9 +94,10 @@ pub fn demo_config(plugin_dir: &std::path::Path, fcm_url: &str, fcm_addr: std::n
             .collect(),
         },
     );
-    config
-        .channels
-        .insert("push-android".into(), [("fcm".to_string(), 100)].into_iter().collect());
+    config.channels.insert(
+        "push-android".into(),
+        [("fcm".to_string(), 100)].into_iter().collect(),
+    );
     config
 }
 
@@ -100,7 +106,7 @@ pub fn demo_envelope(i: u64) -> String {
     serde_json::json!({
         "id": format!("demo-{i}"),
         "channel": "push-android",
-        "priority": if i % 10 == 0 { "realtime" } else { "batch" },
+        "priority": if i.is_multiple_of(10) { "realtime" } else { "batch" },
         "recipients": [{"to": format!("device-{i}")}],
         "content": {"title": "Your order", "body": format!("Order {i} is on its way"), "data": {"order": i}},
     })
@@ -127,7 +133,10 @@ pub async fn produce(
         let topic = topic.to_string();
         pending.push(async move {
             producer
-                .send(FutureRecord::to(&topic).key(&key).payload(&value), Duration::from_secs(30))
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&value),
+                    Duration::from_secs(30),
+                )
                 .await
                 .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))
         });
@@ -158,7 +167,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         jitter: options.vendor_latency / 2,
     };
     let sim = vendorsim::fcm::start(sim_config).await?;
-    let config = demo_config(&options.plugin_dir, &sim.url(), sim.addr, &account.private_key_pem);
+    let config = demo_config(
+        &options.plugin_dir,
+        &sim.url(),
+        sim.addr,
+        &account.private_key_pem,
+    );
     let host = crate::host::start(config).await?;
     let say = |line: String| {
         if options.progress {
@@ -175,7 +189,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     let requested = options.messages;
     let brokers = host.bootstrap_servers.clone();
     let producing = tokio::spawn(async move {
-        produce(&brokers, TOPIC, requested, |i| (format!("device-{i}"), demo_envelope(i))).await
+        produce(&brokers, TOPIC, requested, |i| {
+            (format!("device-{i}"), demo_envelope(i))
+        })
+        .await
     });
 
     let mut last_report = Instant::now();
@@ -186,7 +203,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
             break;
         }
         if started.elapsed() > options.timeout {
-            say(format!("timed out after {:?} with {finished}/{requested} finished", options.timeout));
+            say(format!(
+                "timed out after {:?} with {finished}/{requested} finished",
+                options.timeout
+            ));
             break;
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
@@ -215,7 +235,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         + host_counts.records_undecodable
         + host_counts.records_unknown_channel
         + host_counts.records_expired;
-    say(format!("done: {} delivered in {:.1}s", sim_counts.delivered, elapsed.as_secs_f64()));
+    say(format!(
+        "done: {} delivered in {:.1}s",
+        sim_counts.delivered,
+        elapsed.as_secs_f64()
+    ));
     Ok(DemoSummary {
         scenario: "demo",
         requested,

@@ -55,7 +55,11 @@ async fn load_plugins(
         let secrets = PluginSecrets::load(config, name)?;
         let caps = Capabilities::new(
             name.clone(),
-            plugin.allowed_hosts.iter().map(|h| AllowedHost::parse(h)).collect(),
+            plugin
+                .allowed_hosts
+                .iter()
+                .map(|h| AllowedHost::parse(h))
+                .collect(),
             secrets,
             Arc::new(PluginCache::default()),
             client.clone(),
@@ -107,7 +111,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
     let (embedded, brokers) = match &config.kafka.brokers {
         Some(brokers) => (None, brokers.clone()),
         None => {
-            let cluster = EmbeddedKafka::start(3, &config.kafka.topics, config.kafka.embedded_partitions)?;
+            let cluster =
+                EmbeddedKafka::start(3, &config.kafka.topics, config.kafka.embedded_partitions)?;
             let bootstrap = cluster.bootstrap_servers().to_string();
             tracing::info!(bootstrap = %bootstrap, "no kafka.brokers configured: started the embedded mock cluster");
             (Some(cluster), bootstrap)
@@ -136,7 +141,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
     let max_record_bytes = config.dispatch.max_record_bytes;
     let task = tokio::spawn(async move {
         let result = ingest
-            .run(&router, &dispatcher, &task_counters, max_record_bytes, shutdown_rx, DRAIN_TIMEOUT)
+            .run(
+                &router,
+                &dispatcher,
+                &task_counters,
+                max_record_bytes,
+                shutdown_rx,
+                DRAIN_TIMEOUT,
+            )
             .await;
         // The runtime outlives every call: calls hold the engine, and the ticker stops with it.
         drop(dispatcher);
@@ -154,7 +166,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
 }
 
 /// Runs the host until `shutdown` resolves, then stops it gracefully.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let host = start(config).await?;
     shutdown.await;
     tracing::info!("shutting down");

@@ -152,7 +152,10 @@ mod tests {
             fill_placeholders("Basic {{secret:key}}!", &secrets()),
             Ok("Basic s3cr3t!".to_string())
         );
-        assert_eq!(fill_placeholders("plain", &secrets()), Ok("plain".to_string()));
+        assert_eq!(
+            fill_placeholders("plain", &secrets()),
+            Ok("plain".to_string())
+        );
     }
 
     #[test]

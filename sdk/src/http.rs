@@ -4,8 +4,8 @@
 //! the vendor speaks it), and cuts every request off at the call's deadline. Header values may
 //! hold `{{secret:NAME}}` placeholders, filled in by the host as it sends.
 
-pub use crate::bindings::switchboard::adapter::http::{HttpError, Request, Response};
 use crate::bindings::switchboard::adapter::http as wit;
+pub use crate::bindings::switchboard::adapter::http::{HttpError, Request, Response};
 
 /// Sends one request and waits for the whole response.
 pub fn send(request: Request) -> Result<Response, HttpError> {
@@ -87,7 +87,9 @@ fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }

@@ -26,7 +26,10 @@ pub fn sign(
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
     let signature = secrets::sign(key, alg, signing_input.as_bytes())?;
-    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    Ok(format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(signature)
+    ))
 }
 
 /// Seconds since the Unix epoch, from the WASI wall clock.

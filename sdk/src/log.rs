@@ -1,7 +1,7 @@
 //! Logging through the host, which tags each line with the plugin's name and version.
 
-pub use crate::bindings::switchboard::adapter::log::Level;
 use crate::bindings::switchboard::adapter::log as wit;
+pub use crate::bindings::switchboard::adapter::log::Level;
 
 /// Logs `message` at `level`.
 pub fn log(level: Level, message: &str) {

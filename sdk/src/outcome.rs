@@ -37,7 +37,11 @@ impl PluginInfoExt for PluginInfo {
 /// Reads a `Retry-After` value given in seconds as milliseconds. HTTP dates are not parsed: the
 /// vendors we know send seconds, and a wrong guess here is caught by the host's own backoff floor.
 pub fn retry_after_ms(value: Option<&str>) -> Option<u64> {
-    value?.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+    value?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| s.saturating_mul(1000))
 }
 
 #[cfg(test)]

@@ -23,7 +23,12 @@ impl Backoff {
     /// The wait after failed attempt number `attempt` (1-based): a uniformly random time up to
     /// `base * 2^(attempt-1)` (capped at `max`), so that retries of one outage spread out, and
     /// never less than `retry_after`.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
         let exponent = attempt.saturating_sub(1).min(30);
         let ceiling = self.base.saturating_mul(1u32 << exponent).min(self.max);
         let jittered = Duration::from_millis(rng.gen_range(0..=ceiling.as_millis() as u64));
@@ -43,7 +48,8 @@ mod tests {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for attempt in 1..=20 {
-            let ceiling = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(Duration::from_secs(2));
+            let ceiling = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20)))
+                .min(Duration::from_secs(2));
             let d = backoff.delay(attempt, None, &mut rng);
             assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
         }

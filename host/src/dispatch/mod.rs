@@ -88,7 +88,11 @@ impl Dispatcher {
                     give_up(&self.counters, &job, "plugin lane has stopped");
                 }
             }
-            None => give_up(&self.counters, &job, &format!("no plugin `{plugin}` is loaded")),
+            None => give_up(
+                &self.counters,
+                &job,
+                &format!("no plugin `{plugin}` is loaded"),
+            ),
         }
     }
 }
@@ -176,10 +180,13 @@ impl LaneRunner {
                 // is retried on a fresh instance.
                 let reason = error.to_string();
                 for job in batch {
-                    self.settle(job, Outcome::Retry(RetryInfo {
-                        reason: reason.clone(),
-                        after_ms: None,
-                    }));
+                    self.settle(
+                        job,
+                        Outcome::Retry(RetryInfo {
+                            reason: reason.clone(),
+                            after_ms: None,
+                        }),
+                    );
                 }
             }
         }
@@ -189,7 +196,9 @@ impl LaneRunner {
         let counters = &self.counters;
         match outcome {
             Outcome::Delivered(_) => {
-                counters.deliveries_delivered.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .deliveries_delivered
+                    .fetch_add(1, Ordering::Relaxed);
                 job.ticket.complete();
             }
             Outcome::Rejected(rejection) => {
@@ -217,7 +226,11 @@ impl LaneRunner {
             }
             Outcome::Retry(info) => {
                 if job.delivery.attempt >= self.retry.max_attempts {
-                    give_up(counters, &job, &format!("out of attempts; last: {}", info.reason));
+                    give_up(
+                        counters,
+                        &job,
+                        &format!("out of attempts; last: {}", info.reason),
+                    );
                     return;
                 }
                 counters.retries.fetch_add(1, Ordering::Relaxed);

@@ -32,7 +32,11 @@ pub struct IngestContext {
 impl ClientContext for IngestContext {}
 
 impl ConsumerContext for IngestContext {
-    fn post_rebalance(&self, _base: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(
+        &self,
+        _base: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = %describe_partitions(tpl), "partitions assigned");
@@ -167,14 +171,21 @@ pub struct Ingest {
 
 impl Ingest {
     /// Creates the consumer and subscribes to the configured topics.
-    pub fn connect(kafka: &KafkaConfig, dispatch: &DispatchConfig, brokers: &str) -> anyhow::Result<Self> {
+    pub fn connect(
+        kafka: &KafkaConfig,
+        dispatch: &DispatchConfig,
+        brokers: &str,
+    ) -> anyhow::Result<Self> {
         let book = Arc::new(OffsetBook::new());
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", brokers)
             .set("group.id", &kafka.group_id)
             .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", kafka.commit_interval_ms.to_string())
+            .set(
+                "auto.commit.interval.ms",
+                kafka.commit_interval_ms.to_string(),
+            )
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
@@ -221,9 +232,14 @@ impl Ingest {
                 message = self.consumer.recv() => message,
             };
             match message {
-                Ok(message) => {
-                    self.handle(&message, permit, router, dispatcher, counters, max_record_bytes)
-                }
+                Ok(message) => self.handle(
+                    &message,
+                    permit,
+                    router,
+                    dispatcher,
+                    counters,
+                    max_record_bytes,
+                ),
                 Err(e) => {
                     events::ConsumeFailed { error: &e }.emit();
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -252,21 +268,41 @@ impl Ingest {
             Ok(envelope) => envelope,
             Err(error) => {
                 counters.records_undecodable.fetch_add(1, Ordering::Relaxed);
-                events::RecordRefused { topic, partition, offset, reason: &error }.emit();
+                events::RecordRefused {
+                    topic,
+                    partition,
+                    offset,
+                    reason: &error,
+                }
+                .emit();
                 finish_now();
                 return;
             }
         };
         if envelope.is_expired(time::OffsetDateTime::now_utc()) {
             counters.records_expired.fetch_add(1, Ordering::Relaxed);
-            events::RecordRefused { topic, partition, offset, reason: &"expired" }.emit();
+            events::RecordRefused {
+                topic,
+                partition,
+                offset,
+                reason: &"expired",
+            }
+            .emit();
             finish_now();
             return;
         }
         if !router.knows(&envelope.channel) {
-            counters.records_unknown_channel.fetch_add(1, Ordering::Relaxed);
+            counters
+                .records_unknown_channel
+                .fetch_add(1, Ordering::Relaxed);
             let reason = format!("unknown channel `{}`", envelope.channel);
-            events::RecordRefused { topic, partition, offset, reason: &reason }.emit();
+            events::RecordRefused {
+                topic,
+                partition,
+                offset,
+                reason: &reason,
+            }
+            .emit();
             finish_now();
             return;
         }
@@ -295,10 +331,9 @@ impl Ingest {
         }
         let consumer = self.consumer.clone();
         // A synchronous commit blocks on the broker; keep it off the async workers.
-        let committed = tokio::task::spawn_blocking(move || {
-            consumer.commit_consumer_state(CommitMode::Sync)
-        })
-        .await;
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await;
         match committed {
             Ok(Ok(())) => tracing::info!("final offsets committed"),
             // Nothing stored since the last commit is not a failure.

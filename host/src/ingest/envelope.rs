@@ -161,9 +161,15 @@ mod tests {
         assert_eq!(Envelope::decode(None, 10).err(), Some(EnvelopeError::Empty));
         assert!(matches!(
             Envelope::decode(Some(&[b'x'; 11]), 10),
-            Err(EnvelopeError::TooLarge { size: 11, limit: 10 })
+            Err(EnvelopeError::TooLarge {
+                size: 11,
+                limit: 10
+            })
         ));
-        assert!(matches!(decode("{not json"), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            decode("{not json"),
+            Err(EnvelopeError::Malformed(_))
+        ));
         assert!(matches!(
             decode(r#"{"id":"a","channel":"sms","priority":"urgent","recipients":[{"to":"1"}],"content":{}}"#),
             Err(EnvelopeError::Malformed(m)) if m.contains("urgent")
@@ -186,7 +192,8 @@ mod tests {
     #[test]
     fn too_many_recipients_is_refused() {
         let recipients = vec![r#"{"to":"1"}"#; MAX_RECIPIENTS + 1].join(",");
-        let text = format!(r#"{{"id":"a","channel":"sms","recipients":[{recipients}],"content":{{}}}}"#);
+        let text =
+            format!(r#"{{"id":"a","channel":"sms","recipients":[{recipients}],"content":{{}}}}"#);
         assert_eq!(
             decode(&text).err(),
             Some(EnvelopeError::TooManyRecipients(MAX_RECIPIENTS + 1))

@@ -8,7 +8,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::switchboard::adapter::types::{
-    Priority, Rejection, RetryInfo,
-};
+pub use self::switchboard::adapter::types::{Priority, Rejection, RetryInfo};
 pub use self::switchboard::adapter::{cache, http, log, secrets};

@@ -188,7 +188,10 @@ async fn send_one(
     let url = reqwest::Url::parse(&request.url)
         .map_err(|e| HttpError::Protocol(format!("bad url: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(HttpError::Denied(format!("scheme `{}` is not allowed", url.scheme())));
+        return Err(HttpError::Denied(format!(
+            "scheme `{}` is not allowed",
+            url.scheme()
+        )));
     }
     if !caps.permits(&url) {
         caps.counters.denied_hosts.fetch_add(1, Ordering::Relaxed);
@@ -222,7 +225,12 @@ async fn send_one(
         let headers = response
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
@@ -269,10 +277,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl http::Host for PluginState {
-    async fn send(
-        &mut self,
-        request: http::Request,
-    ) -> Result<http::Response, http::HttpError> {
+    async fn send(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
         send_one(self.caps.clone(), self.deadline, request).await
     }
 
@@ -291,7 +296,10 @@ impl secrets::Host for PluginState {
     async fn sign(&mut self, key: String, alg: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
         let result = self.caps.signer.sign(&self.caps.secrets, &key, &alg, &data);
         if result.is_err() && self.caps.secrets.get(&key).is_none() {
-            self.caps.counters.denied_secrets.fetch_add(1, Ordering::Relaxed);
+            self.caps
+                .counters
+                .denied_secrets
+                .fetch_add(1, Ordering::Relaxed);
         }
         result
     }

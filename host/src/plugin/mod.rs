@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+};
 
-pub use bindings::{Delivery, Outcome, PluginInfo, Priority, Rejection, RetryInfo};
 use bindings::AdapterPre;
+pub use bindings::{Delivery, Outcome, PluginInfo, Priority, Rejection, RetryInfo};
 use capabilities::{Capabilities, PluginState};
 
 use crate::config::RuntimeConfig;
@@ -146,7 +148,8 @@ impl PluginRuntime {
             path: path.display().to_string(),
             source,
         })?;
-        self.load_bytes(name, &bytes, caps, limits, init_config).await
+        self.load_bytes(name, &bytes, caps, limits, init_config)
+            .await
     }
 
     /// As [`PluginRuntime::load_file`], from the component's bytes.
@@ -161,7 +164,9 @@ impl PluginRuntime {
         let plugin = name.to_string();
         limits.memory_bytes = limits.memory_bytes.min(self.max_memory_bytes);
         let pre = self.compile(&plugin, bytes).await?;
-        let info = self.describe(&plugin, &pre, caps.client.clone(), limits).await?;
+        let info = self
+            .describe(&plugin, &pre, caps.client.clone(), limits)
+            .await?;
         caps.version = info.version.clone();
         let loaded = LoadedPlugin {
             name: plugin.clone(),
@@ -195,7 +200,11 @@ impl PluginRuntime {
 
     /// Compiles a component and checks it against the world. Cranelift compilation is CPU work
     /// of up to seconds, so it runs off the async workers.
-    async fn compile(&self, plugin: &str, bytes: &[u8]) -> Result<AdapterPre<PluginState>, LoadError> {
+    async fn compile(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+    ) -> Result<AdapterPre<PluginState>, LoadError> {
         let not_a_component = |reason: String| LoadError::NotAComponent {
             plugin: plugin.to_string(),
             reason,
@@ -210,7 +219,10 @@ impl PluginRuntime {
             plugin: plugin.to_string(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
         AdapterPre::new(instance_pre).map_err(wrong_world)
     }
 
@@ -352,17 +364,20 @@ pub async fn check_component(path: &Path) -> Result<PluginInfo, LoadError> {
         timeout: Duration::from_secs(5),
         memory_bytes: 256 << 20,
     };
-    let runtime = PluginRuntime::new(&RuntimeConfig::default(), limits.memory_bytes).map_err(|e| {
-        LoadError::NotAComponent {
-            plugin: name.clone(),
-            reason: format!("runtime: {e:#}"),
-        }
-    })?;
+    let runtime =
+        PluginRuntime::new(&RuntimeConfig::default(), limits.memory_bytes).map_err(|e| {
+            LoadError::NotAComponent {
+                plugin: name.clone(),
+                reason: format!("runtime: {e:#}"),
+            }
+        })?;
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         plugin: name.clone(),
         path: path.display().to_string(),
         source,
     })?;
     let pre = runtime.compile(&name, &bytes).await?;
-    runtime.describe(&name, &pre, reqwest::Client::new(), limits).await
+    runtime
+        .describe(&name, &pre, reqwest::Client::new(), limits)
+        .await
 }

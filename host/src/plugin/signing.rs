@@ -36,8 +36,9 @@ impl Signer256 {
             .ok_or_else(|| format!("no secret `{key}` is granted to this plugin"))?;
         match alg {
             "HS256" => {
-                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes())
-                    .map_err(|_| format!("secret `{key}` cannot be an HMAC key"))?;
+                let mut mac =
+                    hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes())
+                        .map_err(|_| format!("secret `{key}` cannot be an HMAC key"))?;
                 mac.update(data);
                 Ok(mac.finalize().into_bytes().to_vec())
             }

@@ -30,8 +30,8 @@ impl SmoothWeighted {
             vendor.2 += vendor.1;
         }
         // Highest score wins; ties go to the first vendor, so the order is deterministic.
-        let best = (0..self.vendors.len())
-            .max_by_key(|i| (self.vendors[*i].2, std::cmp::Reverse(*i)))?;
+        let best =
+            (0..self.vendors.len()).max_by_key(|i| (self.vendors[*i].2, std::cmp::Reverse(*i)))?;
         self.vendors[best].2 -= self.total;
         Some(&self.vendors[best].0)
     }
@@ -61,7 +61,11 @@ impl ChannelRouter {
 
     /// The plugin for the next delivery of `channel`.
     pub fn pick(&self, channel: &str) -> Option<String> {
-        let mut choice = self.channels.get(channel)?.lock().unwrap_or_else(|p| p.into_inner());
+        let mut choice = self
+            .channels
+            .get(channel)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         choice.next().map(str::to_string)
     }
 }
@@ -72,11 +76,17 @@ mod tests {
 
     #[test]
     fn split_follows_the_weights_exactly_per_cycle() {
-        let weights = BTreeMap::from([("a".to_string(), 70), ("b".to_string(), 30), ("c".to_string(), 0)]);
+        let weights = BTreeMap::from([
+            ("a".to_string(), 70),
+            ("b".to_string(), 30),
+            ("c".to_string(), 0),
+        ]);
         let router = ChannelRouter::new(&BTreeMap::from([("sms".to_string(), weights)]));
         let mut counts: HashMap<String, u32> = HashMap::new();
         for _ in 0..10_000 {
-            *counts.entry(router.pick("sms").unwrap_or_default()).or_default() += 1;
+            *counts
+                .entry(router.pick("sms").unwrap_or_default())
+                .or_default() += 1;
         }
         assert_eq!(counts.get("a"), Some(&7000));
         assert_eq!(counts.get("b"), Some(&3000));

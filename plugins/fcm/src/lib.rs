@@ -140,7 +140,10 @@ impl Fcm {
             .get("access_token")
             .and_then(Value::as_str)
             .ok_or("token endpoint reply has no access_token")?;
-        let expires_in_s = body.get("expires_in").and_then(Value::as_u64).unwrap_or(3600);
+        let expires_in_s = body
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(3600);
         Ok((token.to_string(), expires_in_s * 1000))
     }
 

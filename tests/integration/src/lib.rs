@@ -14,7 +14,10 @@ fn repo_root() -> PathBuf {
 }
 
 fn built(dir: &str, name: &str) -> PathBuf {
-    let path = repo_root().join("build").join(dir).join(format!("{name}.wasm"));
+    let path = repo_root()
+        .join("build")
+        .join(dir)
+        .join(format!("{name}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: run `make plugins guests` (or `make test`) first",
@@ -73,7 +76,11 @@ pub async fn load(
 ) -> Result<LoadedPlugin, switchboard::plugin::LoadError> {
     let caps = Capabilities::new(
         name.to_string(),
-        options.allowed_hosts.iter().map(|h| AllowedHost::parse(h)).collect(),
+        options
+            .allowed_hosts
+            .iter()
+            .map(|h| AllowedHost::parse(h))
+            .collect(),
         PluginSecrets::from_values(options.secrets),
         Arc::new(PluginCache::default()),
         switchboard::host::http_client().expect("http client"),
@@ -83,7 +90,9 @@ pub async fn load(
         timeout: options.timeout,
         memory_bytes: options.memory_mb << 20,
     };
-    runtime.load_file(name, path, caps, limits, options.config).await
+    runtime
+        .load_file(name, path, caps, limits, options.config)
+        .await
 }
 
 /// A first-attempt delivery.
@@ -121,7 +130,10 @@ impl FcmFixture {
         let url = self.sim.url();
         LoadOptions {
             allowed_hosts: vec![self.sim.addr.to_string()],
-            secrets: vec![("service_account_key".into(), self.account.private_key_pem.clone())],
+            secrets: vec![(
+                "service_account_key".into(),
+                self.account.private_key_pem.clone(),
+            )],
             config: vec![
                 ("project_id".into(), FCM_PROJECT.into()),
                 ("client_email".into(), FCM_EMAIL.into()),

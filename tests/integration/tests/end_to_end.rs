@@ -26,9 +26,10 @@ async fn every_request_is_delivered_exactly_once() {
     let topic = "e2e-once";
     let cluster = kafka(topic);
     let fixture = FcmFixture::start(|_| {}).await;
-    let host = switchboard::start(fixture.host_config(cluster.bootstrap_servers(), topic, "g-once"))
-        .await
-        .unwrap();
+    let host =
+        switchboard::start(fixture.host_config(cluster.bootstrap_servers(), topic, "g-once"))
+            .await
+            .unwrap();
     produce_demo(cluster.bootstrap_servers(), topic, 0, 1000).await;
     let stats = &fixture.sim.stats;
     assert!(
@@ -49,12 +50,15 @@ async fn a_malformed_record_is_skipped_and_the_ones_after_it_are_delivered() {
     let cluster = kafka(topic);
     let brokers = cluster.bootstrap_servers().to_string();
     let fixture = FcmFixture::start(|_| {}).await;
-    let host = switchboard::start(fixture.host_config(&brokers, topic, "g-malformed")).await.unwrap();
+    let host = switchboard::start(fixture.host_config(&brokers, topic, "g-malformed"))
+        .await
+        .unwrap();
     // All on one key, so they share a partition and the bad ones sit between good ones.
     produce(&brokers, topic, 30, |i| {
         let value = match i {
             10 => "{this is not json".to_string(),
-            20 => r#"{"id":"x","channel":"carrier-pigeon","recipients":[{"to":"a"}],"content":{}}"#.to_string(),
+            20 => r#"{"id":"x","channel":"carrier-pigeon","recipients":[{"to":"a"}],"content":{}}"#
+                .to_string(),
             _ => demo_envelope(i),
         };
         ("same-key".to_string(), value)
@@ -62,7 +66,11 @@ async fn a_malformed_record_is_skipped_and_the_ones_after_it_are_delivered() {
     .await
     .unwrap();
     let stats = &fixture.sim.stats;
-    assert!(wait_until(WAIT, || stats.snapshot().delivered >= 28).await, "{:?}", stats.snapshot());
+    assert!(
+        wait_until(WAIT, || stats.snapshot().delivered >= 28).await,
+        "{:?}",
+        stats.snapshot()
+    );
     let counts = host.counters.snapshot();
     host.stop().await.unwrap();
     assert_eq!(counts.records_undecodable, 1);
@@ -79,14 +87,26 @@ async fn a_restarted_host_delivers_nothing_again() {
     let fixture = FcmFixture::start(|_| {}).await;
     let stats = fixture.sim.stats.clone();
 
-    let first = switchboard::start(fixture.host_config(&brokers, topic, "g-restart")).await.unwrap();
+    let first = switchboard::start(fixture.host_config(&brokers, topic, "g-restart"))
+        .await
+        .unwrap();
     produce_demo(&brokers, topic, 0, 500).await;
-    assert!(wait_until(WAIT, || stats.snapshot().delivered >= 500).await, "{:?}", stats.snapshot());
+    assert!(
+        wait_until(WAIT, || stats.snapshot().delivered >= 500).await,
+        "{:?}",
+        stats.snapshot()
+    );
     first.stop().await.unwrap();
 
-    let second = switchboard::start(fixture.host_config(&brokers, topic, "g-restart")).await.unwrap();
+    let second = switchboard::start(fixture.host_config(&brokers, topic, "g-restart"))
+        .await
+        .unwrap();
     produce_demo(&brokers, topic, 500, 200).await;
-    assert!(wait_until(WAIT, || stats.snapshot().delivered >= 700).await, "{:?}", stats.snapshot());
+    assert!(
+        wait_until(WAIT, || stats.snapshot().delivered >= 700).await,
+        "{:?}",
+        stats.snapshot()
+    );
     // Give a wrongly rewound consumer time to show itself before counting.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let consumed = second.counters.snapshot().records_consumed;
@@ -114,7 +134,11 @@ async fn transient_vendor_errors_are_retried_until_delivered() {
     .await
     .unwrap();
     let stats = &fixture.sim.stats;
-    assert!(wait_until(WAIT, || stats.snapshot().delivered >= 20).await, "{:?}", stats.snapshot());
+    assert!(
+        wait_until(WAIT, || stats.snapshot().delivered >= 20).await,
+        "{:?}",
+        stats.snapshot()
+    );
     let counts = host.counters.snapshot();
     host.stop().await.unwrap();
     assert_eq!(counts.retries, 40, "two retries per delivery");

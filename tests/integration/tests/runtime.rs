@@ -16,31 +16,61 @@ async fn a_guest_that_loops_forever_is_stopped_at_its_deadline() {
         timeout: Duration::from_millis(300),
         ..Default::default()
     };
-    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), options).await.unwrap();
+    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), options)
+        .await
+        .unwrap();
     let started = Instant::now();
     let result = plugin.deliver(&[delivery("k/0", "loop", "{}")]).await;
     let took = started.elapsed();
     assert!(matches!(result, Err(CallError::Timeout(_))), "{result:?}");
     // Stopped at the deadline, give or take scheduling; not left running.
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    assert_eq!(plugin.counters.timeouts.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        plugin
+            .counters
+            .timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // The host goes on: the next call on a fresh instance works.
-    let next = plugin.deliver(&[delivery("k/1", "ok", "{}")]).await.unwrap();
+    let next = plugin
+        .deliver(&[delivery("k/1", "ok", "{}")])
+        .await
+        .unwrap();
     assert!(matches!(&next[0], Outcome::Delivered(_)), "{next:?}");
 }
 
 #[tokio::test]
 async fn a_trap_fails_that_call_only_and_the_next_call_succeeds() {
     let rt = runtime();
-    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), Default::default()).await.unwrap();
+    let plugin = load(
+        &rt,
+        "misbehave",
+        &guest_path("misbehave"),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let trapped = plugin
         .deliver(&[delivery("k/0", "ok", "{}"), delivery("k/1", "trap", "{}")])
         .await;
     assert!(matches!(trapped, Err(CallError::Trap(_))), "{trapped:?}");
-    let next = plugin.deliver(&[delivery("k/2", "ok", "{}")]).await.unwrap();
+    let next = plugin
+        .deliver(&[delivery("k/2", "ok", "{}")])
+        .await
+        .unwrap();
     assert_eq!(next.len(), 1);
-    assert!(matches!(&next[0], Outcome::Delivered(id) if id == "ok-k/2"), "{next:?}");
-    assert_eq!(plugin.counters.traps.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(
+        matches!(&next[0], Outcome::Delivered(id) if id == "ok-k/2"),
+        "{next:?}"
+    );
+    assert_eq!(
+        plugin
+            .counters
+            .traps
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test]
@@ -53,14 +83,22 @@ async fn a_host_that_was_not_granted_is_denied() {
         secrets: vec![("token".into(), "t0ken".into())],
         ..Default::default()
     };
-    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), options).await.unwrap();
+    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), options)
+        .await
+        .unwrap();
     let url = format!("http:{}/_sim/stats", fixture.sim.url());
-    let outcomes = plugin.deliver(&[delivery("k/0", &url, "{}")]).await.unwrap();
+    let outcomes = plugin
+        .deliver(&[delivery("k/0", &url, "{}")])
+        .await
+        .unwrap();
     match &outcomes[0] {
         Outcome::Rejected(r) => assert!(r.reason.contains("Denied"), "{r:?}"),
         other => panic!("expected a denied request, got {other:?}"),
     }
-    let denied = plugin.capability_counters().denied_hosts.load(std::sync::atomic::Ordering::Relaxed);
+    let denied = plugin
+        .capability_counters()
+        .denied_hosts
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(denied, 1);
 
     // The same request from a plugin granted that host goes through.
@@ -69,9 +107,17 @@ async fn a_host_that_was_not_granted_is_denied() {
         secrets: vec![("token".into(), "t0ken".into())],
         ..Default::default()
     };
-    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), granted).await.unwrap();
-    let outcomes = plugin.deliver(&[delivery("k/1", &url, "{}")]).await.unwrap();
-    assert!(matches!(&outcomes[0], Outcome::Delivered(status) if status == "200"), "{outcomes:?}");
+    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), granted)
+        .await
+        .unwrap();
+    let outcomes = plugin
+        .deliver(&[delivery("k/1", &url, "{}")])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcomes[0], Outcome::Delivered(status) if status == "200"),
+        "{outcomes:?}"
+    );
 }
 
 #[tokio::test]
@@ -83,15 +129,26 @@ async fn a_placeholder_for_a_secret_the_plugin_does_not_own_is_denied() {
         // No secret `token`: the header placeholder names a secret this plugin does not own.
         ..Default::default()
     };
-    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), options).await.unwrap();
+    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), options)
+        .await
+        .unwrap();
     let url = format!("http:{}/_sim/stats", fixture.sim.url());
-    let outcomes = plugin.deliver(&[delivery("k/0", &url, "{}")]).await.unwrap();
+    let outcomes = plugin
+        .deliver(&[delivery("k/0", &url, "{}")])
+        .await
+        .unwrap();
     assert!(
         matches!(&outcomes[0], Outcome::Rejected(r) if r.reason.contains("secret `token` is not granted")),
         "{outcomes:?}"
     );
-    let signed = plugin.deliver(&[delivery("k/1", "sign:other", "{}")]).await.unwrap();
-    assert!(matches!(&signed[0], Outcome::Rejected(r) if r.code == "sign"), "{signed:?}");
+    let signed = plugin
+        .deliver(&[delivery("k/1", "sign:other", "{}")])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&signed[0], Outcome::Rejected(r) if r.code == "sign"),
+        "{signed:?}"
+    );
 }
 
 #[tokio::test]
@@ -101,21 +158,42 @@ async fn a_guest_over_its_memory_cap_fails_that_call_only() {
         memory_mb: 16,
         ..Default::default()
     };
-    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), options).await.unwrap();
-    let within = plugin.deliver(&[delivery("k/0", "grow:4", "{}")]).await.unwrap();
+    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), options)
+        .await
+        .unwrap();
+    let within = plugin
+        .deliver(&[delivery("k/0", "grow:4", "{}")])
+        .await
+        .unwrap();
     assert!(matches!(&within[0], Outcome::Delivered(_)), "{within:?}");
     let over = plugin.deliver(&[delivery("k/1", "grow:64", "{}")]).await;
-    assert!(matches!(&over, Err(CallError::Trap(why)) if why.contains("memory")), "{over:?}");
-    let next = plugin.deliver(&[delivery("k/2", "ok", "{}")]).await.unwrap();
+    assert!(
+        matches!(&over, Err(CallError::Trap(why)) if why.contains("memory")),
+        "{over:?}"
+    );
+    let next = plugin
+        .deliver(&[delivery("k/2", "ok", "{}")])
+        .await
+        .unwrap();
     assert!(matches!(&next[0], Outcome::Delivered(_)), "{next:?}");
 }
 
 #[tokio::test]
 async fn the_cache_outlives_fresh_instances_but_instance_state_does_not() {
     let rt = runtime();
-    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), Default::default()).await.unwrap();
+    let plugin = load(
+        &rt,
+        "misbehave",
+        &guest_path("misbehave"),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     for expected in 1..=3 {
-        let outcomes = plugin.deliver(&[delivery("k", "count", "{}")]).await.unwrap();
+        let outcomes = plugin
+            .deliver(&[delivery("k", "count", "{}")])
+            .await
+            .unwrap();
         assert!(
             matches!(&outcomes[0], Outcome::Delivered(n) if *n == expected.to_string()),
             "{outcomes:?}"
@@ -130,7 +208,9 @@ async fn a_config_the_plugin_refuses_is_refused_at_load() {
         config: vec![("init".into(), "fail".into())],
         ..Default::default()
     };
-    let err = load(&rt, "misbehave", &guest_path("misbehave"), options).await.err();
+    let err = load(&rt, "misbehave", &guest_path("misbehave"), options)
+        .await
+        .err();
     let message = err.map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("init told to fail"), "{message}");
 }
@@ -144,21 +224,35 @@ async fn a_file_that_is_not_a_component_is_refused_with_a_reason() {
     std::fs::write(&path, b"\0asm junk").unwrap();
     let err = load(&rt, "junk", &path, Default::default()).await.err();
     let message = err.map(|e| e.to_string()).unwrap_or_default();
-    assert!(message.contains("not a valid WebAssembly component"), "{message}");
+    assert!(
+        message.contains("not a valid WebAssembly component"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn fcm_fetches_its_token_once_and_reuses_it_across_calls() {
     let fixture = FcmFixture::start(|_| {}).await;
     let rt = runtime();
-    let plugin = load(&rt, "fcm", &plugin_path("fcm"), fixture.load_options()).await.unwrap();
+    let plugin = load(&rt, "fcm", &plugin_path("fcm"), fixture.load_options())
+        .await
+        .unwrap();
     let content = r#"{"title":"t","body":"b","data":{"n":1}}"#;
     for call in 0..20 {
         let batch: Vec<_> = (0..5)
-            .map(|i| delivery(&format!("r{call}/{i}"), &format!("device-{call}-{i}"), content))
+            .map(|i| {
+                delivery(
+                    &format!("r{call}/{i}"),
+                    &format!("device-{call}-{i}"),
+                    content,
+                )
+            })
             .collect();
         let outcomes = plugin.deliver(&batch).await.unwrap();
-        assert!(outcomes.iter().all(|o| matches!(o, Outcome::Delivered(_))), "{outcomes:?}");
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Outcome::Delivered(_))),
+            "{outcomes:?}"
+        );
     }
     let stats = fixture.sim.stats.snapshot();
     assert_eq!(stats.delivered, 100);
@@ -170,11 +264,16 @@ async fn fcm_fetches_its_token_once_and_reuses_it_across_calls() {
 async fn fcm_errors_map_to_outcomes() {
     let fixture = FcmFixture::start(|_| {}).await;
     let rt = runtime();
-    let plugin = load(&rt, "fcm", &plugin_path("fcm"), fixture.load_options()).await.unwrap();
+    let plugin = load(&rt, "fcm", &plugin_path("fcm"), fixture.load_options())
+        .await
+        .unwrap();
     let content = r#"{"title":"t","body":"b"}"#;
     let cases = [
         (FcmError::InvalidArgument, "rejected:INVALID_ARGUMENT"),
-        (FcmError::ThirdPartyAuthError, "rejected:THIRD_PARTY_AUTH_ERROR"),
+        (
+            FcmError::ThirdPartyAuthError,
+            "rejected:THIRD_PARTY_AUTH_ERROR",
+        ),
         (FcmError::SenderIdMismatch, "rejected:SENDER_ID_MISMATCH"),
         (FcmError::Unregistered, "invalid-recipient"),
         (FcmError::QuotaExceeded, "retry:1000"),
@@ -193,37 +292,57 @@ async fn fcm_errors_map_to_outcomes() {
         let got = match outcome {
             Outcome::Rejected(r) => format!("rejected:{}", r.code),
             Outcome::InvalidRecipient(_) => "invalid-recipient".to_string(),
-            Outcome::Retry(r) => format!("retry:{}", r.after_ms.map_or("-".into(), |ms| ms.to_string())),
+            Outcome::Retry(r) => format!(
+                "retry:{}",
+                r.after_ms.map_or("-".into(), |ms| ms.to_string())
+            ),
             Outcome::Delivered(_) => "delivered".to_string(),
         };
         assert_eq!(&got, expected, "FCM {error:?}");
     }
     // Content that is not push JSON is refused without a request.
-    let bad = plugin.deliver(&[delivery("bad", "device-x", r#"{"title": 5}"#)]).await.unwrap();
-    assert!(matches!(&bad[0], Outcome::Rejected(r) if r.code == "INVALID_CONTENT"), "{bad:?}");
+    let bad = plugin
+        .deliver(&[delivery("bad", "device-x", r#"{"title": 5}"#)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&bad[0], Outcome::Rejected(r) if r.code == "INVALID_CONTENT"),
+        "{bad:?}"
+    );
 }
 
 #[tokio::test]
 async fn fcm_refreshes_a_token_the_vendor_stopped_accepting() {
     let fixture = FcmFixture::start(|_| {}).await;
     let rt = runtime();
-    let plugin = load(&rt, "fcm", &plugin_path("fcm"), fixture.load_options()).await.unwrap();
-    let first = plugin.deliver(&[delivery("a", "device-a", "{}")]).await.unwrap();
+    let plugin = load(&rt, "fcm", &plugin_path("fcm"), fixture.load_options())
+        .await
+        .unwrap();
+    let first = plugin
+        .deliver(&[delivery("a", "device-a", "{}")])
+        .await
+        .unwrap();
     assert!(matches!(&first[0], Outcome::Delivered(_)), "{first:?}");
 
     let revoke = format!("{}/_sim/revoke-tokens", fixture.sim.url());
     reqwest_post(&revoke).await;
     // The cached token is refused: the delivery is retried and the cached token dropped...
-    let refused = plugin.deliver(&[delivery("b", "device-b", "{}")]).await.unwrap();
+    let refused = plugin
+        .deliver(&[delivery("b", "device-b", "{}")])
+        .await
+        .unwrap();
     assert!(matches!(&refused[0], Outcome::Retry(_)), "{refused:?}");
     // ...so the next call fetches a new one and goes through.
-    let again = plugin.deliver(&[delivery("b", "device-b", "{}")]).await.unwrap();
+    let again = plugin
+        .deliver(&[delivery("b", "device-b", "{}")])
+        .await
+        .unwrap();
     assert!(matches!(&again[0], Outcome::Delivered(_)), "{again:?}");
     assert_eq!(fixture.sim.stats.snapshot().token_requests, 2);
 }
 
 async fn reqwest_post(url: &str) {
-    let client = switchboard::host::http_client().unwrap();
-    let status = client.post(url).send().await.unwrap().status();
+    let client = switchboard::host::http_client().expect("http client");
+    let status = client.post(url).send().await.expect("revoke request").status();
     assert!(status.is_success(), "{status}");
 }

@@ -1,1 +1,113 @@
-fn main() {}
+//! `switchboard-lab`: scenarios that measure Switchboard's promises against the real host,
+//! embedded Kafka and the vendor simulators. Progress goes to stderr; the last line on stdout is
+//! one JSON object with the figures. Build with `cargo build --release -p switchboard-lab`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use switchboard::plugin::Outcome;
+use switchboard_integration_tests::{LoadOptions, delivery, load, runtime};
+
+#[derive(Parser)]
+#[command(name = "switchboard-lab", about)]
+struct Lab {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// The demo: N requests through embedded Kafka, the FCM plugin and the FCM simulator.
+    Demo {
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        vendor_latency_ms: u64,
+    },
+    /// The sandbox's cost per call: a fresh instance, `init`, and `deliver` of one delivery,
+    /// with a guest that does no I/O, so only the runtime is measured. Also a batch of 100.
+    Runtime {
+        #[arg(long, default_value = "build/guests/misbehave.wasm")]
+        guest: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        calls: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    switchboard::telemetry::init(switchboard::telemetry::LogFormat::Text, "warn");
+    let line = match Lab::parse().scenario {
+        Scenario::Demo {
+            messages,
+            plugin_dir,
+            vendor_latency_ms,
+        } => {
+            let summary = switchboard::demo::run(switchboard::demo::DemoOptions {
+                messages,
+                plugin_dir,
+                vendor_latency: Duration::from_millis(vendor_latency_ms),
+                ..Default::default()
+            })
+            .await?;
+            serde_json::to_value(summary)?
+        }
+        Scenario::Runtime { guest, calls } => runtime_cost(&guest, calls).await?,
+    };
+    println!("{line}");
+    Ok(())
+}
+
+async fn runtime_cost(guest: &std::path::Path, calls: u64) -> anyhow::Result<serde_json::Value> {
+    let rt = runtime();
+    let plugin = load(&rt, "misbehave", guest, LoadOptions::default())
+        .await
+        .with_context(|| format!("loading {}", guest.display()))?;
+    let one = [delivery("k/0", "ok", "{}")];
+    let hundred: Vec<_> = (0..100)
+        .map(|i| delivery(&format!("k/{i}"), "ok", "{}"))
+        .collect();
+    // Warm-up: the first calls fault in the pool's memory slots.
+    for _ in 0..200 {
+        plugin.deliver(&one).await?;
+    }
+    let mut single = Histogram::<u64>::new(3)?;
+    let started = Instant::now();
+    for i in 0..calls {
+        let t = Instant::now();
+        let outcomes = plugin.deliver(&one).await?;
+        single.record(t.elapsed().as_nanos() as u64)?;
+        anyhow::ensure!(
+            matches!(outcomes[0], Outcome::Delivered(_)),
+            "call {i}: {outcomes:?}"
+        );
+        if i.is_multiple_of(5000) && i > 0 {
+            eprintln!("[runtime] {i}/{calls} single-delivery calls");
+        }
+    }
+    let single_total = started.elapsed();
+    let batch_calls = (calls / 10).max(10);
+    let mut batch = Histogram::<u64>::new(3)?;
+    for _ in 0..batch_calls {
+        let t = Instant::now();
+        plugin.deliver(&hundred).await?;
+        batch.record(t.elapsed().as_nanos() as u64)?;
+    }
+    let us = |ns: u64| (ns as f64 / 1000.0 * 10.0).round() / 10.0;
+    Ok(json!({
+        "scenario": "runtime",
+        "calls": calls,
+        "per_call_us_mean": us((single_total.as_nanos() / u128::from(calls.max(1))) as u64),
+        "per_call_us_p50": us(single.value_at_quantile(0.5)),
+        "per_call_us_p99": us(single.value_at_quantile(0.99)),
+        "batch": 100,
+        "batch_call_us_p50": us(batch.value_at_quantile(0.5)),
+        "per_delivery_us_in_batch": us(batch.value_at_quantile(0.5) / 100),
+    }))
+}

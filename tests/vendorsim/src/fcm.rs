@@ -176,7 +176,11 @@ async fn stats_handler(State(state): State<Arc<FcmState>>) -> Json<crate::StatsS
 
 /// Forgets every issued access token, as when Google revokes them; the next send gets 401.
 async fn revoke_tokens(State(state): State<Arc<FcmState>>) -> StatusCode {
-    state.access_tokens.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    state
+        .access_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
     StatusCode::NO_CONTENT
 }
 
@@ -370,17 +374,34 @@ fn check_message(message: &Value) -> Result<&str, String> {
         return Err("Exactly one of token, topic or condition must be specified.".into());
     }
     for key in message.keys() {
-        if !["token", "topic", "condition", "name", "data", "notification", "android", "webpush", "apns", "fcm_options"]
-            .contains(&key.as_str())
+        if ![
+            "token",
+            "topic",
+            "condition",
+            "name",
+            "data",
+            "notification",
+            "android",
+            "webpush",
+            "apns",
+            "fcm_options",
+        ]
+        .contains(&key.as_str())
         {
-            return Err(format!("Invalid JSON payload received. Unknown name \"{key}\" at 'message'"));
+            return Err(format!(
+                "Invalid JSON payload received. Unknown name \"{key}\" at 'message'"
+            ));
         }
     }
     if let Some(data) = message.get("data") {
-        let data = data.as_object().ok_or("Invalid value at 'message.data': must be a map")?;
+        let data = data
+            .as_object()
+            .ok_or("Invalid value at 'message.data': must be a map")?;
         for (k, v) in data {
             if !v.is_string() {
-                return Err(format!("Invalid value at 'message.data[{k}].value' (TYPE_STRING)"));
+                return Err(format!(
+                    "Invalid value at 'message.data[{k}].value' (TYPE_STRING)"
+                ));
             }
             if ["from", "notification", "message_type"].contains(&k.as_str())
                 || k.starts_with("google.")
@@ -401,7 +422,10 @@ fn check_message(message: &Value) -> Result<&str, String> {
         }
     }
     if let Some(priority) = message.get("android").and_then(|a| a.get("priority"))
-        && !matches!(priority.as_str(), Some("normal" | "high" | "NORMAL" | "HIGH"))
+        && !matches!(
+            priority.as_str(),
+            Some("normal" | "high" | "NORMAL" | "HIGH")
+        )
     {
         return Err("Invalid value at 'message.android.priority'".into());
     }
@@ -454,7 +478,11 @@ async fn send(
         Ok(v) => v,
         Err(_) => {
             state.stats.refuse(FcmError::InvalidArgument.code());
-            return fcm_error(FcmError::InvalidArgument, "Invalid JSON payload received.", retry_after);
+            return fcm_error(
+                FcmError::InvalidArgument,
+                "Invalid JSON payload received.",
+                retry_after,
+            );
         }
     };
     let Some(message) = parsed.get("message") else {
@@ -490,7 +518,10 @@ fn injected_fault(state: &FcmState, token: &str) -> Option<FcmError> {
         && let Some((n, _)) = rest.split_once('-')
         && let Ok(failures) = n.parse::<u32>()
     {
-        let mut attempts = state.flaky_attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut attempts = state
+            .flaky_attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let tries = attempts.entry(token.to_string()).or_default();
         *tries += 1;
         if *tries <= failures {
@@ -522,8 +553,14 @@ mod tests {
 
     #[test]
     fn fault_prefixes_map_to_codes() {
-        assert_eq!(FcmError::from_prefix("sim-unregistered-1"), Some(FcmError::Unregistered));
-        assert_eq!(FcmError::from_prefix("sim-quota_exceeded-x"), Some(FcmError::QuotaExceeded));
+        assert_eq!(
+            FcmError::from_prefix("sim-unregistered-1"),
+            Some(FcmError::Unregistered)
+        );
+        assert_eq!(
+            FcmError::from_prefix("sim-quota_exceeded-x"),
+            Some(FcmError::QuotaExceeded)
+        );
         assert_eq!(FcmError::from_prefix("device-1"), None);
     }
 

@@ -46,7 +46,10 @@ impl Drop for RunningSim {
     }
 }
 
-async fn serve(router: axum::Router, stats: std::sync::Arc<SimStats>) -> anyhow::Result<RunningSim> {
+async fn serve(
+    router: axum::Router,
+    stats: std::sync::Arc<SimStats>,
+) -> anyhow::Result<RunningSim> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -54,7 +57,10 @@ async fn serve(router: axum::Router, stats: std::sync::Arc<SimStats>) -> anyhow:
         let shutdown = async {
             let _ = rx.await;
         };
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::warn!(error = %e, "vendorsim server stopped");
         }
     });

@@ -9,7 +9,10 @@ struct Args {
     #[arg(long, default_value = "demo-project")]
     project: String,
     /// Service-account email the simulator accepts.
-    #[arg(long, default_value = "switchboard@demo-project.iam.gserviceaccount.com")]
+    #[arg(
+        long,
+        default_value = "switchboard@demo-project.iam.gserviceaccount.com"
+    )]
     client_email: String,
     /// SPKI PEM file with the service account's public key.
     #[arg(long)]
@@ -21,7 +24,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let public_key_pem = std::fs::read_to_string(&args.public_key)?;
     let mut config = vendorsim::fcm::FcmConfig::new(
@@ -34,7 +39,11 @@ async fn main() -> anyhow::Result<()> {
     );
     config.latency = vendorsim::Latency::fixed(std::time::Duration::from_millis(args.latency_ms));
     let sim = vendorsim::fcm::start(config).await?;
-    println!("fcm simulator on {} (token URI {}/token)", sim.url(), sim.url());
+    println!(
+        "fcm simulator on {} (token URI {}/token)",
+        sim.url(),
+        sim.url()
+    );
     tokio::signal::ctrl_c().await?;
     println!("{}", serde_json::to_string(&sim.stats.snapshot())?);
     Ok(())

@@ -80,7 +80,11 @@ impl SimStats {
             duplicates: self.duplicates.load(Ordering::Relaxed),
             token_requests: self.token_requests.load(Ordering::Relaxed),
             auth_failures: self.auth_failures.load(Ordering::Relaxed),
-            refused: self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            refused: self
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

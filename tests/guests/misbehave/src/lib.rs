@@ -55,8 +55,7 @@ fn act(delivery: &Delivery) -> Outcome {
             Outcome::delivered(format!("grew {}", std::hint::black_box(v).len()))
         }
         "http" => {
-            let request = Request::new("GET", arg)
-                .header("x-token", secrets::placeholder("token"));
+            let request = Request::new("GET", arg).header("x-token", secrets::placeholder("token"));
             match http::send(request) {
                 Ok(response) => Outcome::delivered(response.status.to_string()),
                 Err(error) => Outcome::rejected("http", format!("{error:?}")),
