@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR
 
 WASM_OUT := $(CARGO_TARGET_DIR)/wasm32-wasip2/release
 BIN := $(CARGO_TARGET_DIR)/release
-PLUGINS := fcm
+PLUGINS := fcm apns alimtalk-nhn sms-twilio sms-nhn
 GUESTS := misbehave
 MESSAGES ?= 20000
 
@@ -27,7 +27,7 @@ test: plugins guests
 plugins: toolchain
 	cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 	mkdir -p build/plugins
-	for p in $(PLUGINS); do cp $(WASM_OUT)/$$p.wasm build/plugins/; done
+	for p in $(PLUGINS); do cp $(WASM_OUT)/$$(echo $$p | tr - _).wasm build/plugins/$$p.wasm; done
 
 ## guests: the misbehaving test components, into build/guests/
 guests: toolchain

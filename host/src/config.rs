@@ -40,6 +40,9 @@ pub struct Config {
     /// The WebAssembly runtime shared by all plugins.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The HTTP client plugins' requests go through.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Vendor adapters by name, e.g. `[plugins.fcm]`.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -137,6 +140,15 @@ impl Default for RuntimeConfig {
             epoch_tick_ms: 5,
         }
     }
+}
+
+/// The outbound HTTP client.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// PEM files of extra root certificates to trust besides the built-in web roots, e.g. a
+    /// vendor sandbox's or a corporate proxy's CA.
+    pub extra_root_certs: Vec<PathBuf>,
 }
 
 /// One vendor adapter.

@@ -94,14 +94,34 @@ async fn load_plugins(
     Ok(lanes)
 }
 
-/// The HTTP client every plugin's requests go through: pooled, HTTP/2 where the vendor offers it.
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// The HTTP client every plugin's requests go through: pooled, and HTTP/2 wherever TLS ALPN
+/// offers it (APNs accepts nothing else). `extra_root_pems` are CA certificates to trust besides
+/// the built-in web roots.
+pub fn http_client(extra_root_pems: &[String]) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .pool_idle_timeout(Duration::from_secs(90))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .context("building the HTTP client")
+        .connect_timeout(Duration::from_secs(5));
+    for pem in extra_root_pems {
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+            .context("an extra root certificate is not valid PEM")?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().context("building the HTTP client")
+}
+
+/// Reads the configured extra root certificates.
+fn extra_root_pems(config: &Config) -> anyhow::Result<Vec<String>> {
+    config
+        .http
+        .extra_root_certs
+        .iter()
+        .map(|path| {
+            let path = config.resolve(path);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("http.extra_root_certs: cannot read {}", path.display()))
+        })
+        .collect()
 }
 
 /// Starts the host: Kafka (embedded when no brokers are configured), plugins, dispatch, and the
@@ -126,7 +146,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
         .max()
         .unwrap_or(64 << 20);
     let runtime = Arc::new(PluginRuntime::new(&config.runtime, max_memory)?);
-    let client = http_client()?;
+    let client = http_client(&extra_root_pems(&config)?)?;
     let lanes = load_plugins(&config, &runtime, &client).await?;
     let plugins = lanes.iter().map(|l| l.plugin.clone()).collect();
 

@@ -48,6 +48,8 @@ pub struct LoadOptions {
     pub config: Vec<(String, String)>,
     pub timeout: Duration,
     pub memory_mb: usize,
+    /// Extra CA certificates (PEM) the HTTP client trusts, e.g. a TLS simulator's.
+    pub trust_pems: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -58,6 +60,7 @@ impl Default for LoadOptions {
             config: Vec::new(),
             timeout: Duration::from_secs(5),
             memory_mb: 32,
+            trust_pems: Vec::new(),
         }
     }
 }
@@ -83,7 +86,7 @@ pub async fn load(
             .collect(),
         PluginSecrets::from_values(options.secrets),
         Arc::new(PluginCache::default()),
-        switchboard::host::http_client().expect("http client"),
+        switchboard::host::http_client(&options.trust_pems).expect("http client"),
         Default::default(),
     );
     let limits = PluginLimits {

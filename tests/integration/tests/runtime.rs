@@ -342,7 +342,7 @@ async fn fcm_refreshes_a_token_the_vendor_stopped_accepting() {
 }
 
 async fn reqwest_post(url: &str) {
-    let client = switchboard::host::http_client().expect("http client");
+    let client = switchboard::host::http_client(&[]).expect("http client");
     let status = client.post(url).send().await.expect("revoke request").status();
     assert!(status.is_success(), "{status}");
 }

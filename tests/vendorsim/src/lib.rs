@@ -10,7 +10,10 @@
 //! Every simulator counts accepted deliveries and duplicates (the same message to the same
 //! recipient accepted twice); the demo, the lab and the tests read those counts.
 
+pub mod apns;
 pub mod fcm;
+pub mod nhn;
+pub mod twilio;
 mod keys;
 mod stats;
 
