@@ -162,7 +162,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     );
     let account = vendorsim::ServiceAccount::generate(CLIENT_EMAIL)?;
     let mut sim_config = vendorsim::fcm::FcmConfig::new(PROJECT, &account);
-    sim_config.latency = vendorsim::Latency {
+    sim_config.faults.latency = vendorsim::Latency {
         mean: options.vendor_latency,
         jitter: options.vendor_latency / 2,
     };

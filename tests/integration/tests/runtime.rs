@@ -343,6 +343,11 @@ async fn fcm_refreshes_a_token_the_vendor_stopped_accepting() {
 
 async fn reqwest_post(url: &str) {
     let client = switchboard::host::http_client(&[]).expect("http client");
-    let status = client.post(url).send().await.expect("revoke request").status();
+    let status = client
+        .post(url)
+        .send()
+        .await
+        .expect("revoke request")
+        .status();
     assert!(status.is_success(), "{status}");
 }

@@ -30,7 +30,7 @@ use rsa::pkcs8::DecodePublicKey;
 use rsa::signature::Verifier;
 use serde_json::{Value, json};
 
-use crate::{Latency, RunningSim, SimStats};
+use crate::{Faults, Injected, RunningSim, SimStats, Transport};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 const MAX_MESSAGE_BYTES: usize = 4096;
@@ -111,7 +111,8 @@ pub struct FcmConfig {
     pub client_email: String,
     /// SPKI PEM of the service account's key.
     pub public_key_pem: String,
-    pub latency: Latency,
+    /// Latency, outage windows and the rate limit.
+    pub faults: Faults,
     /// Random faults: each code with its probability per message.
     pub error_rates: Vec<(FcmError, f64)>,
     /// Lifetime of issued access tokens.
@@ -127,7 +128,7 @@ impl FcmConfig {
             project_id: project_id.to_string(),
             client_email: account.client_email.clone(),
             public_key_pem: account.public_key_pem.clone(),
-            latency: Latency::default(),
+            faults: Faults::default(),
             error_rates: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
             retry_after_s: 1,
@@ -144,6 +145,7 @@ struct FcmState {
     flaky_attempts: Mutex<HashMap<String, u32>>,
     next_id: AtomicU64,
     stats: Arc<SimStats>,
+    faults: OnceLock<Arc<crate::FaultState>>,
 }
 
 /// Starts the FCM simulator on a loopback port.
@@ -158,6 +160,7 @@ pub async fn start(config: FcmConfig) -> anyhow::Result<RunningSim> {
         flaky_attempts: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         stats: stats.clone(),
+        faults: OnceLock::new(),
     });
     let router = axum::Router::new()
         .route("/token", post(token))
@@ -165,8 +168,10 @@ pub async fn start(config: FcmConfig) -> anyhow::Result<RunningSim> {
         .route("/_sim/stats", get(stats_handler))
         .route("/_sim/revoke-tokens", post(revoke_tokens))
         .with_state(state.clone());
-    let running = crate::serve(router, stats).await?;
+    let faults = state.config.faults.clone();
+    let running = crate::serve(router, stats, faults, Transport::Plain).await?;
     let _ = state.token_uri.set(format!("{}/token", running.url()));
+    let _ = state.faults.set(running.faults.clone());
     Ok(running)
 }
 
@@ -270,8 +275,20 @@ fn verify_jwt(
     }
 }
 
+impl FcmState {
+    async fn delay(&self) {
+        if let Some(faults) = self.faults.get() {
+            faults.delay().await;
+        }
+    }
+
+    fn injected(&self) -> Option<Injected> {
+        self.faults.get().and_then(|f| f.check())
+    }
+}
+
 async fn token(State(state): State<Arc<FcmState>>, body: String) -> Response {
-    state.config.latency.wait().await;
+    state.delay().await;
     state.stats.token_request();
     let form = parse_form(&body);
     if form.get("grant_type").map(String::as_str)
@@ -442,8 +459,27 @@ async fn send(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    state.config.latency.wait().await;
+    state.delay().await;
     let retry_after = state.config.retry_after_s;
+    match state.injected() {
+        Some(Injected::Unavailable) => {
+            state.stats.refuse(FcmError::Unavailable.code());
+            return fcm_error(
+                FcmError::Unavailable,
+                "The service is currently unavailable.",
+                retry_after,
+            );
+        }
+        Some(Injected::RateLimited { retry_after_s }) => {
+            state.stats.refuse(FcmError::QuotaExceeded.code());
+            return fcm_error(
+                FcmError::QuotaExceeded,
+                "Quota exceeded for sending messages.",
+                retry_after_s,
+            );
+        }
+        None => {}
+    }
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

@@ -37,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
             public_key_pem,
         },
     );
-    config.latency = vendorsim::Latency::fixed(std::time::Duration::from_millis(args.latency_ms));
+    config.faults.latency =
+        vendorsim::Latency::fixed(std::time::Duration::from_millis(args.latency_ms));
     let sim = vendorsim::fcm::start(config).await?;
     println!(
         "fcm simulator on {} (token URI {}/token)",
