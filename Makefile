@@ -11,15 +11,18 @@ BIN := $(CARGO_TARGET_DIR)/release
 PLUGINS := fcm apns alimtalk-nhn sms-twilio sms-nhn
 GUESTS := misbehave
 MESSAGES ?= 20000
+# A Redis of the project's own, on loopback, for the Redis dedup tests.
+REDIS_PORT ?= 6390
+export SWITCHBOARD_TEST_REDIS ?= redis://127.0.0.1:$(REDIS_PORT)
 
-.PHONY: demo test plugins guests host lint fmt bench toolchain clean-build
+.PHONY: demo test plugins guests host lint fmt bench toolchain services clean-build
 
 ## demo: build everything and run the demo on embedded defaults (prints one JSON line last)
 demo: plugins host
 	$(BIN)/switchboard demo --messages $(MESSAGES)
 
 ## test: unit, integration and end-to-end tests (release profile, the one the lab measures)
-test: plugins guests
+test: plugins guests services
 	cargo test --release --workspace --all-targets
 	cargo test --release --doc -p switchboard-sdk
 
@@ -55,6 +58,12 @@ fmt:
 ## bench: the lab's runtime scenario (per-call cost of the sandbox)
 bench: guests host
 	$(BIN)/switchboard-lab runtime --guest build/guests/misbehave.wasm
+
+## services: install (from Debian's packages) and start the servers the tests use, on loopback
+services:
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 || redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --daemonize yes --save '' --appendonly no --dir /tmp
+	@redis-cli -p $(REDIS_PORT) ping
 
 toolchain:
 	@rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$$' || rustup target add wasm32-wasip2

@@ -43,6 +43,9 @@ pub struct Config {
     /// The HTTP client plugins' requests go through.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Which deliveries are already done, so redelivered requests skip them.
+    #[serde(default)]
+    pub dedup: DedupConfig,
     /// Vendor adapters by name, e.g. `[plugins.fcm]`.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -138,6 +141,50 @@ impl Default for RuntimeConfig {
         Self {
             max_instances: 256,
             epoch_tick_ms: 5,
+        }
+    }
+}
+
+/// Where the dedup store keeps done deliveries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// `embedded` (a compact store on local disk, for one host), `redis` (shared by a fleet of
+    /// hosts) or `off` (no dedup: a redelivered request is sent again).
+    pub backend: DedupBackend,
+    /// Directory of the embedded store; relative paths resolve against the config file.
+    pub data_dir: PathBuf,
+    /// How long a done delivery is remembered, in hours. Set it to the topic's retention: a
+    /// record older than that can no longer be redelivered.
+    pub retention_hours: u64,
+    /// Redis URL for the `redis` backend.
+    pub redis_url: String,
+    /// Key prefix in Redis.
+    pub redis_prefix: String,
+    /// SETs per time bucket in Redis. Keep (deliveries per bucket / shards) under 512, Redis's
+    /// `set-max-intset-entries`, so each SET stays a compact intset.
+    pub redis_shards: u64,
+}
+
+/// The dedup backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupBackend {
+    Embedded,
+    Redis,
+    Off,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            backend: DedupBackend::Embedded,
+            data_dir: PathBuf::from("data/dedup"),
+            // Kafka's default log retention is 7 days.
+            retention_hours: 168,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "switchboard:dedup".into(),
+            redis_shards: 16_384,
         }
     }
 }

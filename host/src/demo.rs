@@ -68,6 +68,8 @@ pub fn demo_config(
 ) -> Config {
     let mut config = Config::default();
     config.kafka.topics = vec![TOPIC.to_string()];
+    // Each demo run (and each test using this config) remembers done deliveries on its own.
+    config.dedup.data_dir = fresh_data_dir();
     config.plugins.insert(
         "fcm".into(),
         PluginConfig {
@@ -99,6 +101,15 @@ pub fn demo_config(
         [("fcm".to_string(), 100)].into_iter().collect(),
     );
     config
+}
+
+/// A new directory under the system temp dir for one run's dedup store.
+pub fn fresh_data_dir() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("switchboard-dedup-{}-{nanos}", std::process::id()))
 }
 
 /// One demo request to one Android device.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, DedupBackend};
+use crate::dedup::{DedupStore, EmbeddedDedup, RedisDedup};
 use crate::dispatch::{Dispatcher, PluginLane};
 use crate::ingest::EmbeddedKafka;
 use crate::ingest::consumer::Ingest;
@@ -124,6 +125,32 @@ fn extra_root_pems(config: &Config) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// Opens the configured dedup store.
+async fn open_dedup(config: &Config) -> anyhow::Result<Option<Arc<DedupStore>>> {
+    let dedup = &config.dedup;
+    let retention = Duration::from_secs(dedup.retention_hours.max(1) * 3600);
+    let store = match dedup.backend {
+        DedupBackend::Off => return Ok(None),
+        DedupBackend::Embedded => {
+            let dir = config.resolve(&dedup.data_dir);
+            let store = EmbeddedDedup::open(&dir, retention)?;
+            tracing::info!(dir = %dir.display(), keys = store.len(), "embedded dedup store open");
+            DedupStore::Embedded(store)
+        }
+        DedupBackend::Redis => DedupStore::Redis(
+            RedisDedup::connect(
+                &dedup.redis_url,
+                &dedup.redis_prefix,
+                retention,
+                dedup.redis_shards,
+            )
+            .await
+            .with_context(|| format!("dedup.redis_url: connecting to {}", dedup.redis_url))?,
+        ),
+    };
+    Ok(Some(Arc::new(store)))
+}
+
 /// Starts the host: Kafka (embedded when no brokers are configured), plugins, dispatch, and the
 /// consumer. Returns once everything is running.
 pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
@@ -151,9 +178,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
     let plugins = lanes.iter().map(|l| l.plugin.clone()).collect();
 
     let counters = Arc::new(Counters::default());
-    let dispatcher = Dispatcher::start(lanes, &config.dispatch, counters.clone());
+    let dedup = open_dedup(&config).await?;
+    let dispatcher = Dispatcher::start(lanes, &config.dispatch, counters.clone(), dedup.clone());
     let router = ChannelRouter::new(&config.channels);
-    let ingest = Ingest::connect(&config.kafka, &config.dispatch, &brokers)?;
+    let ingest = Ingest::connect(&config.kafka, &config.dispatch, &brokers, dedup)?;
     tracing::info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, "consuming");
 
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -6,6 +6,7 @@
 //! ## Layout
 //! - [`config`]: the TOML configuration, documented field by field, validated at start;
 //! - [`ingest`]: the Kafka consumer, envelope decoding, the offset watermark, the embedded cluster;
+//! - [`dedup`]: which deliveries are done, by idempotency key (embedded store, Redis);
 //! - [`dispatch`]: batching per plugin, call concurrency, retries with backoff;
 //! - [`route`]: channel → plugin choice by weight;
 //! - [`plugin`]: the wasmtime runtime, plugin loading, and the host capabilities plugins import;
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dedup;
 pub mod demo;
 pub mod dispatch;
 pub mod host;

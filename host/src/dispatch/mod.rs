@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::DispatchConfig;
+use crate::dedup::DedupStore;
 use crate::ingest::consumer::RecordTicket;
 use crate::plugin::{Delivery, LoadedPlugin, Outcome, RetryInfo};
 use crate::telemetry::{Counters, events};
@@ -54,6 +55,7 @@ impl Dispatcher {
         plugins: Vec<PluginLane>,
         config: &DispatchConfig,
         counters: Arc<Counters>,
+        dedup: Option<Arc<DedupStore>>,
     ) -> Self {
         let mut lanes = HashMap::new();
         for lane in plugins {
@@ -72,6 +74,7 @@ impl Dispatcher {
                     requeue: tx.downgrade(),
                 },
                 counters: counters.clone(),
+                dedup: dedup.clone(),
             };
             tokio::spawn(runner.run(rx));
             lanes.insert(lane.plugin.name.clone(), tx);
@@ -98,6 +101,11 @@ impl Dispatcher {
 }
 
 fn give_up(counters: &Counters, job: &Job, reason: &str) {
+    report_given_up(counters, job, reason);
+    job.ticket.complete();
+}
+
+fn report_given_up(counters: &Counters, job: &Job, reason: &str) {
     counters.deliveries_failed.fetch_add(1, Ordering::Relaxed);
     events::DeliveryGivenUp {
         key: &job.delivery.key,
@@ -106,7 +114,6 @@ fn give_up(counters: &Counters, job: &Job, reason: &str) {
         record: job.ticket.coordinates(),
     }
     .emit();
-    job.ticket.complete();
 }
 
 struct RetryPolicy {
@@ -123,6 +130,7 @@ struct LaneRunner {
     calls: Arc<Semaphore>,
     retry: RetryPolicy,
     counters: Arc<Counters>,
+    dedup: Option<Arc<DedupStore>>,
 }
 
 impl LaneRunner {
@@ -161,10 +169,11 @@ impl LaneRunner {
         let started = std::time::Instant::now();
         let result = self.plugin.deliver(&deliveries).await;
         let elapsed = started.elapsed();
+        let mut finished = Vec::with_capacity(batch.len());
         match result {
             Ok(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    self.settle(job, outcome);
+                    finished.extend(self.settle(job, outcome));
                 }
             }
             Err(error) => {
@@ -180,26 +189,47 @@ impl LaneRunner {
                 // is retried on a fresh instance.
                 let reason = error.to_string();
                 for job in batch {
-                    self.settle(
-                        job,
-                        Outcome::Retry(RetryInfo {
-                            reason: reason.clone(),
-                            after_ms: None,
-                        }),
-                    );
+                    let retry = Outcome::Retry(RetryInfo {
+                        reason: reason.clone(),
+                        after_ms: None,
+                    });
+                    finished.extend(self.settle(job, retry));
                 }
             }
         }
+        self.finish(finished).await;
     }
 
-    fn settle(&self, mut job: Job, outcome: Outcome) {
+    /// Marks deliveries with a final outcome as done, then lets their records finish. The mark
+    /// comes first: once a record's offset is committed, its recipients must be known as done.
+    async fn finish(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Some(dedup) = &self.dedup {
+            let keys: Vec<&str> = jobs.iter().map(|j| j.delivery.key.as_str()).collect();
+            if let Err(error) = dedup.mark(&keys).await {
+                // The deliveries are done either way; an unrecorded mark only means a
+                // redelivery of the record could send them again (at least once).
+                self.counters.dedup_errors.fetch_add(1, Ordering::Relaxed);
+                events::DedupFailed { error: &error }.emit();
+            }
+        }
+        for job in jobs {
+            job.ticket.complete();
+        }
+    }
+
+    /// Acts on one outcome. Returns the job when the outcome is final (to be marked and
+    /// finished); a retry is requeued and returns nothing.
+    fn settle(&self, mut job: Job, outcome: Outcome) -> Option<Job> {
         let counters = &self.counters;
         match outcome {
             Outcome::Delivered(_) => {
                 counters
                     .deliveries_delivered
                     .fetch_add(1, Ordering::Relaxed);
-                job.ticket.complete();
+                Some(job)
             }
             Outcome::Rejected(rejection) => {
                 counters.deliveries_rejected.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +240,7 @@ impl LaneRunner {
                     reason: &rejection.reason,
                 }
                 .emit();
-                job.ticket.complete();
+                Some(job)
             }
             Outcome::InvalidRecipient(reason) => {
                 counters
@@ -222,16 +252,13 @@ impl LaneRunner {
                     reason: &reason,
                 }
                 .emit();
-                job.ticket.complete();
+                Some(job)
             }
             Outcome::Retry(info) => {
                 if job.delivery.attempt >= self.retry.max_attempts {
-                    give_up(
-                        counters,
-                        &job,
-                        &format!("out of attempts; last: {}", info.reason),
-                    );
-                    return;
+                    let reason = format!("out of attempts; last: {}", info.reason);
+                    report_given_up(counters, &job, &reason);
+                    return Some(job);
                 }
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 let wait = self.retry.backoff.delay(
@@ -254,6 +281,7 @@ impl LaneRunner {
                         None => drop(job),
                     }
                 });
+                None
             }
         }
     }

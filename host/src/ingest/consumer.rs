@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::envelope::Envelope;
 use super::watermark::OffsetWatermark;
 use crate::config::{DispatchConfig, KafkaConfig};
+use crate::dedup::DedupStore;
 use crate::dispatch::{Dispatcher, Job};
 use crate::route::ChannelRouter;
 use crate::telemetry::{Counters, events};
@@ -167,6 +168,7 @@ pub struct Ingest {
     book: Arc<OffsetBook>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    dedup: Option<Arc<DedupStore>>,
 }
 
 impl Ingest {
@@ -175,6 +177,7 @@ impl Ingest {
         kafka: &KafkaConfig,
         dispatch: &DispatchConfig,
         brokers: &str,
+        dedup: Option<Arc<DedupStore>>,
     ) -> anyhow::Result<Self> {
         let book = Arc::new(OffsetBook::new());
         let mut client = ClientConfig::new();
@@ -208,6 +211,7 @@ impl Ingest {
             book,
             in_flight: Arc::new(Semaphore::new(dispatch.max_in_flight_records)),
             max_in_flight: dispatch.max_in_flight_records,
+            dedup,
         })
     }
 
@@ -232,14 +236,16 @@ impl Ingest {
                 message = self.consumer.recv() => message,
             };
             match message {
-                Ok(message) => self.handle(
-                    &message,
-                    permit,
-                    router,
-                    dispatcher,
-                    counters,
-                    max_record_bytes,
-                ),
+                Ok(message) => {
+                    // The borrowed message cannot live across an await; take what is needed.
+                    let accepted =
+                        self.accept(&message, permit, router, counters, max_record_bytes);
+                    drop(message);
+                    if let Some((envelope, ticket)) = accepted {
+                        self.dispatch(envelope, ticket, router, dispatcher, counters)
+                            .await;
+                    }
+                }
                 Err(e) => {
                     events::ConsumeFailed { error: &e }.emit();
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -250,15 +256,16 @@ impl Ingest {
         Ok(())
     }
 
-    fn handle(
+    /// Opens the record and decodes it. A record that will not be delivered is finished here;
+    /// a deliverable one comes back with its ticket.
+    fn accept(
         &self,
         message: &BorrowedMessage<'_>,
         permit: OwnedSemaphorePermit,
         router: &ChannelRouter,
-        dispatcher: &Dispatcher,
         counters: &Counters,
         max_record_bytes: usize,
-    ) {
+    ) -> Option<(Envelope, Arc<RecordTicket>)> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         counters.records_consumed.fetch_add(1, Ordering::Relaxed);
         self.book.open(topic, partition, offset);
@@ -276,7 +283,7 @@ impl Ingest {
                 }
                 .emit();
                 finish_now();
-                return;
+                return None;
             }
         };
         if envelope.is_expired(time::OffsetDateTime::now_utc()) {
@@ -289,7 +296,7 @@ impl Ingest {
             }
             .emit();
             finish_now();
-            return;
+            return None;
         }
         if !router.knows(&envelope.channel) {
             counters
@@ -304,7 +311,7 @@ impl Ingest {
             }
             .emit();
             finish_now();
-            return;
+            return None;
         }
         let ticket = Arc::new(RecordTicket {
             topic: topic.to_string(),
@@ -314,7 +321,40 @@ impl Ingest {
             book: self.book.clone(),
             _permit: permit,
         });
-        for delivery in envelope.deliveries() {
+        Some((envelope, ticket))
+    }
+
+    /// Skips the recipients the dedup store knows as done (a redelivered or replayed request),
+    /// and hands the rest to the dispatcher.
+    async fn dispatch(
+        &self,
+        envelope: Envelope,
+        ticket: Arc<RecordTicket>,
+        router: &ChannelRouter,
+        dispatcher: &Dispatcher,
+        counters: &Counters,
+    ) {
+        let deliveries: Vec<_> = envelope.deliveries().collect();
+        let done = match &self.dedup {
+            None => vec![false; deliveries.len()],
+            Some(dedup) => {
+                let keys: Vec<&str> = deliveries.iter().map(|d| d.key.as_str()).collect();
+                dedup.seen(&keys).await.unwrap_or_else(|error| {
+                    // Unanswered means "not known as done": sending again is at least once.
+                    counters.dedup_errors.fetch_add(1, Ordering::Relaxed);
+                    events::DedupFailed { error: &error }.emit();
+                    vec![false; keys.len()]
+                })
+            }
+        };
+        for (delivery, done) in deliveries.into_iter().zip(done) {
+            if done {
+                counters
+                    .deliveries_skipped_done
+                    .fetch_add(1, Ordering::Relaxed);
+                ticket.complete();
+                continue;
+            }
             let plugin = router.pick(&envelope.channel).unwrap_or_default();
             dispatcher.submit(&plugin, Job::new(delivery, ticket.clone()));
         }

@@ -143,3 +143,14 @@ impl DeliveryGivenUp<'_> {
         );
     }
 }
+
+/// The dedup store did not answer a lookup or a mark.
+pub struct DedupFailed<'a> {
+    pub error: &'a crate::dedup::DedupError,
+}
+
+impl DedupFailed<'_> {
+    pub fn emit(self) {
+        tracing::error!(event = "dedup_failed", error = %self.error, "dedup store failed");
+    }
+}

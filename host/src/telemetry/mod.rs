@@ -51,6 +51,10 @@ pub struct Counters {
     pub deliveries_failed: AtomicU64,
     /// Retries scheduled.
     pub retries: AtomicU64,
+    /// Deliveries skipped because the dedup store knew them as done.
+    pub deliveries_skipped_done: AtomicU64,
+    /// Dedup lookups or marks that failed.
+    pub dedup_errors: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -65,6 +69,8 @@ pub struct CountersSnapshot {
     pub deliveries_invalid_recipient: u64,
     pub deliveries_failed: u64,
     pub retries: u64,
+    pub deliveries_skipped_done: u64,
+    pub dedup_errors: u64,
 }
 
 impl CountersSnapshot {
@@ -91,6 +97,8 @@ impl Counters {
             deliveries_invalid_recipient: r(&self.deliveries_invalid_recipient),
             deliveries_failed: r(&self.deliveries_failed),
             retries: r(&self.retries),
+            deliveries_skipped_done: r(&self.deliveries_skipped_done),
+            dedup_errors: r(&self.dedup_errors),
         }
     }
 }

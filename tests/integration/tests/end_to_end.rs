@@ -145,3 +145,81 @@ async fn transient_vendor_errors_are_retried_until_delivered() {
     assert_eq!(stats.snapshot().refused.get("UNAVAILABLE"), Some(&40));
     assert_eq!(stats.snapshot().duplicates, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_topic_from_the_start_sends_nothing_again() {
+    let topic = "e2e-replay";
+    let cluster = kafka(topic);
+    let brokers = cluster.bootstrap_servers().to_string();
+    let fixture = FcmFixture::start(|_| {}).await;
+    let stats = fixture.sim.stats.clone();
+    let config = fixture.host_config(&brokers, topic, "g-replay-1");
+    let first = switchboard::start(config.clone()).await.unwrap();
+    produce_demo(&brokers, topic, 0, 300).await;
+    assert!(
+        wait_until(WAIT, || stats.snapshot().delivered >= 300).await,
+        "{:?}",
+        stats.snapshot()
+    );
+    first.stop().await.unwrap();
+
+    // A new consumer group reads the topic from offset 0; the dedup store (same data dir)
+    // knows every recipient as done.
+    let mut replay = config;
+    replay.kafka.group_id = "g-replay-2".into();
+    let second = switchboard::start(replay).await.unwrap();
+    let counters = second.counters.clone();
+    assert!(
+        wait_until(WAIT, || counters.snapshot().deliveries_skipped_done >= 300).await,
+        "{:?}",
+        counters.snapshot()
+    );
+    second.stop().await.unwrap();
+    assert_eq!(counters.snapshot().records_consumed, 300);
+    assert_eq!(stats.snapshot().delivered, 300);
+    assert_eq!(stats.snapshot().duplicates, 0, "nothing was sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_second_half_fails_first_ends_with_all_delivered_once() {
+    let topic = "e2e-half";
+    let cluster = kafka(topic);
+    let brokers = cluster.bootstrap_servers().to_string();
+    let fixture = FcmFixture::start(|_| {}).await;
+    let mut config = fixture.host_config(&brokers, topic, "g-half");
+    config.dispatch.retry_base_ms = 10;
+    let host = switchboard::start(config).await.unwrap();
+    // Recipients 51–100 (indexes 50–99) fail their first attempt with 503.
+    let recipients: Vec<_> = (0..100)
+        .map(|i| {
+            let to = if i >= 50 {
+                format!("sim-flaky1-half-{i}")
+            } else {
+                format!("half-{i}")
+            };
+            serde_json::json!({ "to": to })
+        })
+        .collect();
+    let envelope = serde_json::json!({
+        "id": "half-request", "channel": "push-android", "priority": "realtime",
+        "recipients": recipients, "content": {"title": "t", "body": "b"},
+    })
+    .to_string();
+    produce(&brokers, topic, 1, |_| {
+        ("half".to_string(), envelope.clone())
+    })
+    .await
+    .unwrap();
+    let stats = &fixture.sim.stats;
+    assert!(
+        wait_until(WAIT, || stats.snapshot().delivered >= 100).await,
+        "{:?}",
+        stats.snapshot()
+    );
+    let counts = host.counters.snapshot();
+    host.stop().await.unwrap();
+    assert_eq!(stats.snapshot().delivered, 100);
+    assert_eq!(stats.snapshot().duplicates, 0);
+    assert_eq!(counts.retries, 50);
+    assert_eq!(counts.deliveries_delivered, 100);
+}
