@@ -12,6 +12,8 @@ use serde_json::json;
 use switchboard::plugin::Outcome;
 use switchboard_integration_tests::{LoadOptions, delivery, load, runtime};
 
+mod dedup;
+
 #[derive(Parser)]
 #[command(name = "switchboard-lab", about)]
 struct Lab {
@@ -29,6 +31,19 @@ enum Scenario {
         plugin_dir: PathBuf,
         #[arg(long, default_value_t = 5)]
         vendor_latency_ms: u64,
+    },
+    /// Dedup store cost: resident bytes per key (from process RSS before and after), inserts
+    /// and lookups per second for the embedded store; bytes per key in Redis from its own
+    /// `INFO memory`.
+    Dedup {
+        #[arg(long, default_value_t = 10_000_000)]
+        keys: u64,
+        /// Keys for the Redis measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        redis_keys: u64,
+        /// Redis URL; without one (and without SWITCHBOARD_TEST_REDIS) Redis is not measured.
+        #[arg(long, env = "SWITCHBOARD_TEST_REDIS")]
+        redis: Option<String>,
     },
     /// The sandbox's cost per call: a fresh instance, `init`, and `deliver` of one delivery,
     /// with a guest that does no I/O, so only the runtime is measured. Also a batch of 100.
@@ -59,6 +74,11 @@ async fn main() -> anyhow::Result<()> {
             serde_json::to_value(summary)?
         }
         Scenario::Runtime { guest, calls } => runtime_cost(&guest, calls).await?,
+        Scenario::Dedup {
+            keys,
+            redis_keys,
+            redis,
+        } => dedup::measure(keys, redis_keys, redis.as_deref()).await?,
     };
     println!("{line}");
     Ok(())
