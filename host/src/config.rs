@@ -78,6 +78,13 @@ pub struct KafkaConfig {
     pub embedded_partitions: i32,
     /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,
+    /// Where `retry` outcomes wait for their due time.
+    pub retry_topic: String,
+    /// Where deliveries and records that will not be delivered go, with reason headers.
+    pub dlq_topic: String,
+    /// On a rebalance, how long revoked partitions may take to finish their in-flight records
+    /// before their offsets are committed, in milliseconds. Must stay below the session timeout.
+    pub rebalance_drain_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -91,6 +98,9 @@ impl Default for KafkaConfig {
             session_timeout_ms: 30_000,
             embedded_partitions: 4,
             properties: BTreeMap::new(),
+            retry_topic: "switchboard.retry".into(),
+            dlq_topic: "switchboard.dlq".into(),
+            rebalance_drain_ms: 10_000,
         }
     }
 }
@@ -111,6 +121,9 @@ pub struct DispatchConfig {
     pub retry_max_ms: u64,
     /// Largest record value accepted, in bytes; larger records are counted as undecodable.
     pub max_record_bytes: usize,
+    /// A delivery still not done this many seconds after its request was first seen goes to the
+    /// DLQ with reason `expired` instead of being retried again.
+    pub give_up_after_s: u64,
 }
 
 impl Default for DispatchConfig {
@@ -122,6 +135,9 @@ impl Default for DispatchConfig {
             retry_base_ms: 200,
             retry_max_ms: 30_000,
             max_record_bytes: 1024 * 1024,
+            // A notification an hour late is rarely still wanted; operators of batch traffic
+            // raise it.
+            give_up_after_s: 3600,
         }
     }
 }
@@ -305,6 +321,25 @@ impl Config {
         };
         if self.kafka.topics.is_empty() {
             return Err(invalid("kafka.topics".into(), "names no topic".into()));
+        }
+        if self.kafka.rebalance_drain_ms >= self.kafka.session_timeout_ms {
+            return Err(invalid(
+                "kafka.rebalance_drain_ms".into(),
+                format!(
+                    "{} ms must be below kafka.session_timeout_ms ({} ms), or the group evicts this host while it drains",
+                    self.kafka.rebalance_drain_ms, self.kafka.session_timeout_ms
+                ),
+            ));
+        }
+        for special in [&self.kafka.retry_topic, &self.kafka.dlq_topic] {
+            if self.kafka.topics.contains(special) {
+                return Err(invalid(
+                    "kafka.topics".into(),
+                    format!(
+                        "`{special}` is the retry or DLQ topic and cannot also be a request topic"
+                    ),
+                ));
+            }
         }
         if self.dispatch.max_in_flight_records == 0 {
             return Err(invalid(

@@ -13,9 +13,10 @@ use crate::config::{Config, DedupBackend};
 use crate::dedup::{DedupStore, EmbeddedDedup, RedisDedup};
 use crate::dispatch::{Dispatcher, PluginLane};
 use crate::ingest::EmbeddedKafka;
-use crate::ingest::consumer::Ingest;
+use crate::ingest::consumer::{Ingest, IngestShared, Source};
 use crate::plugin::capabilities::{AllowedHost, Capabilities, PluginCache};
 use crate::plugin::{LoadedPlugin, PluginLimits, PluginRuntime};
+use crate::retry::Outbox;
 use crate::route::ChannelRouter;
 use crate::secrets::PluginSecrets;
 use crate::telemetry::Counters;
@@ -158,8 +159,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
     let (embedded, brokers) = match &config.kafka.brokers {
         Some(brokers) => (None, brokers.clone()),
         None => {
-            let cluster =
-                EmbeddedKafka::start(3, &config.kafka.topics, config.kafka.embedded_partitions)?;
+            let mut topics = config.kafka.topics.clone();
+            topics.push(config.kafka.retry_topic.clone());
+            topics.push(config.kafka.dlq_topic.clone());
+            let cluster = EmbeddedKafka::start(3, &topics, config.kafka.embedded_partitions)?;
             let bootstrap = cluster.bootstrap_servers().to_string();
             tracing::info!(bootstrap = %bootstrap, "no kafka.brokers configured: started the embedded mock cluster");
             (Some(cluster), bootstrap)
@@ -178,26 +181,61 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
     let plugins = lanes.iter().map(|l| l.plugin.clone()).collect();
 
     let counters = Arc::new(Counters::default());
-    let dedup = open_dedup(&config).await?;
-    let dispatcher = Dispatcher::start(lanes, &config.dispatch, counters.clone(), dedup.clone());
-    let router = ChannelRouter::new(&config.channels);
-    let ingest = Ingest::connect(&config.kafka, &config.dispatch, &brokers, dedup)?;
-    tracing::info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, "consuming");
-
+    let shared = IngestShared {
+        dedup: open_dedup(&config).await?,
+        outbox: Arc::new(Outbox::connect(
+            &brokers,
+            &config.kafka.retry_topic,
+            &config.kafka.dlq_topic,
+            &config.kafka.properties,
+        )?),
+    };
+    let dispatcher = Arc::new(Dispatcher::start(
+        lanes,
+        &config.dispatch,
+        counters.clone(),
+        shared.dedup.clone(),
+        shared.outbox.clone(),
+    ));
+    let router = Arc::new(ChannelRouter::new(&config.channels));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let task_counters = counters.clone();
-    let max_record_bytes = config.dispatch.max_record_bytes;
+    let mut consumers = Vec::new();
+    for source in [Source::Requests, Source::Retries] {
+        let ingest = Ingest::connect(&config.kafka, &config.dispatch, &brokers, &shared, source)?;
+        let (router, dispatcher, counters) = (router.clone(), dispatcher.clone(), counters.clone());
+        let shutdown_rx = shutdown_rx.clone();
+        let max_record_bytes = config.dispatch.max_record_bytes;
+        consumers.push(tokio::spawn(async move {
+            ingest
+                .run(
+                    &router,
+                    &dispatcher,
+                    &counters,
+                    max_record_bytes,
+                    shutdown_rx,
+                    DRAIN_TIMEOUT,
+                )
+                .await
+        }));
+    }
+    tracing::info!(
+        topics = ?config.kafka.topics,
+        retry_topic = %config.kafka.retry_topic,
+        dlq_topic = %config.kafka.dlq_topic,
+        group = %config.kafka.group_id,
+        "consuming"
+    );
     let task = tokio::spawn(async move {
-        let result = ingest
-            .run(
-                &router,
-                &dispatcher,
-                &task_counters,
-                max_record_bytes,
-                shutdown_rx,
-                DRAIN_TIMEOUT,
-            )
-            .await;
+        let mut result = Ok(());
+        for consumer in consumers {
+            let finished = consumer
+                .await
+                .context("consumer task panicked")
+                .and_then(|r| r);
+            if result.is_ok() {
+                result = finished;
+            }
+        }
         // The runtime outlives every call: calls hold the engine, and the ticker stops with it.
         drop(dispatcher);
         drop(runtime);

@@ -8,6 +8,7 @@
 //! - [`ingest`]: the Kafka consumer, envelope decoding, the offset watermark, the embedded cluster;
 //! - [`dedup`]: which deliveries are done, by idempotency key (embedded store, Redis);
 //! - [`dispatch`]: batching per plugin, call concurrency, retries with backoff;
+//! - [`retry`]: the retry topic and the DLQ: records, headers, the idempotent producer;
 //! - [`route`]: channel → plugin choice by weight;
 //! - [`plugin`]: the wasmtime runtime, plugin loading, and the host capabilities plugins import;
 //! - [`secrets`]: secret values, loaded once and never printed;
@@ -24,6 +25,7 @@ pub mod dispatch;
 pub mod host;
 pub mod ingest;
 pub mod plugin;
+pub mod retry;
 pub mod route;
 pub mod secrets;
 pub mod telemetry;

@@ -1,8 +1,17 @@
 //! Dispatch: batches deliveries per plugin, runs plugin calls under each plugin's concurrency
-//! limit, and acts on outcomes — final ones finish the delivery, `retry` ones come back after a
-//! backoff until the attempts run out.
+//! limit, and settles every outcome.
 //!
-//! Must never finish a delivery that has no final outcome: that would let its record's offset be
+//! - `delivered`, `invalid-recipient`: final.
+//! - `rejected`: written to the DLQ, then final.
+//! - `retry`: written to the retry topic with its due time (exponential backoff with jitter,
+//!   never before the vendor's Retry-After). If that is past `give_up_after`, or the attempts ran
+//!   out, it goes to the DLQ instead.
+//!
+//! A final delivery is marked in the dedup store before its record may finish. A retried one
+//! finishes its record once the retry topic has acknowledged it, and is not marked.
+//!
+//! Must never finish a delivery before its outcome is recorded somewhere durable: the vendor
+//! accepted it, the DLQ holds it, or the retry topic does. Otherwise the record's offset could be
 //! committed while the recipient was never served.
 
 pub mod backoff;
@@ -17,7 +26,8 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::config::DispatchConfig;
 use crate::dedup::DedupStore;
 use crate::ingest::consumer::RecordTicket;
-use crate::plugin::{Delivery, LoadedPlugin, Outcome, RetryInfo};
+use crate::plugin::{Delivery, LoadedPlugin, Outcome};
+use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
 use crate::telemetry::{Counters, events};
 use backoff::Backoff;
 
@@ -25,19 +35,53 @@ use backoff::Backoff;
 pub struct Job {
     delivery: Delivery,
     ticket: Arc<RecordTicket>,
+    /// The request's channel, for the retry topic.
+    channel: Arc<str>,
+    /// Where the request was first read, for the retry topic and the DLQ headers.
+    origin: Arc<Origin>,
+    /// When the request was first seen (ms since the epoch), for `give_up_after`.
+    first_seen_ms: u64,
 }
 
 impl Job {
-    /// A first attempt at `delivery`.
-    pub fn new(delivery: Delivery, ticket: Arc<RecordTicket>) -> Self {
-        Self { delivery, ticket }
+    /// A delivery of a request on `channel` first read at `origin`.
+    pub fn new(
+        delivery: Delivery,
+        ticket: Arc<RecordTicket>,
+        channel: Arc<str>,
+        origin: Arc<Origin>,
+        first_seen_ms: u64,
+    ) -> Self {
+        Self {
+            delivery,
+            ticket,
+            channel,
+            origin,
+            first_seen_ms,
+        }
+    }
+
+    fn retry_record(&self, due_at_ms: u64, last_reason: String, plugin_fault: bool) -> RetryRecord {
+        RetryRecord {
+            key: self.delivery.key.clone(),
+            channel: self.channel.to_string(),
+            recipient: self.delivery.recipient.clone(),
+            content: self.delivery.content.clone(),
+            priority: self.delivery.priority.into(),
+            attempt: self.delivery.attempt + 1,
+            due_at_ms,
+            first_seen_ms: self.first_seen_ms,
+            origin: (*self.origin).clone(),
+            last_reason,
+            last_was_plugin_fault: plugin_fault,
+        }
     }
 }
 
 /// Sends jobs to the lane of their plugin.
 pub struct Dispatcher {
     lanes: HashMap<String, mpsc::UnboundedSender<Job>>,
-    counters: Arc<Counters>,
+    settler: Arc<Settler>,
 }
 
 /// A plugin with the limits the dispatcher applies to it.
@@ -56,7 +100,19 @@ impl Dispatcher {
         config: &DispatchConfig,
         counters: Arc<Counters>,
         dedup: Option<Arc<DedupStore>>,
+        outbox: Arc<Outbox>,
     ) -> Self {
+        let settler = Arc::new(Settler {
+            counters,
+            dedup,
+            outbox,
+            max_attempts: config.retry_max_attempts,
+            give_up_after: Duration::from_secs(config.give_up_after_s),
+            backoff: Backoff::new(
+                Duration::from_millis(config.retry_base_ms),
+                Duration::from_millis(config.retry_max_ms),
+            ),
+        });
         let mut lanes = HashMap::new();
         for lane in plugins {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -65,62 +121,188 @@ impl Dispatcher {
                 max_batch: lane.max_batch,
                 linger: Duration::from_millis(config.batch_linger_ms),
                 calls: Arc::new(Semaphore::new(lane.concurrency)),
-                retry: RetryPolicy {
-                    max_attempts: config.retry_max_attempts,
-                    backoff: Backoff::new(
-                        Duration::from_millis(config.retry_base_ms),
-                        Duration::from_millis(config.retry_max_ms),
-                    ),
-                    requeue: tx.downgrade(),
-                },
-                counters: counters.clone(),
-                dedup: dedup.clone(),
+                settler: settler.clone(),
             };
             tokio::spawn(runner.run(rx));
             lanes.insert(lane.plugin.name.clone(), tx);
         }
-        Self { lanes, counters }
+        Self { lanes, settler }
     }
 
-    /// Queues a job on its plugin's lane. A plugin without a lane (not loaded) fails the
-    /// delivery with a reason rather than holding its record forever.
-    pub fn submit(&self, plugin: &str, job: Job) {
-        match self.lanes.get(plugin) {
-            Some(lane) => {
-                if let Err(mpsc::error::SendError(job)) = lane.send(job) {
-                    give_up(&self.counters, &job, "plugin lane has stopped");
-                }
+    /// Queues a job on its plugin's lane. A plugin without a lane (not loaded) dead-letters the
+    /// delivery rather than holding its record forever.
+    pub async fn submit(&self, plugin: &str, job: Job) {
+        let job = match self.lanes.get(plugin) {
+            Some(lane) => match lane.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let reason = format!(
+            "no plugin `{plugin}` is running for channel `{}`",
+            job.channel
+        );
+        let settled = self
+            .settler
+            .dead_letter(job, ReasonClass::UnknownChannel, &reason, None, None)
+            .await;
+        self.settler.finish(vec![settled]).await;
+    }
+}
+
+/// Turns outcomes into durable results, shared by all lanes.
+struct Settler {
+    counters: Arc<Counters>,
+    dedup: Option<Arc<DedupStore>>,
+    outbox: Arc<Outbox>,
+    max_attempts: u32,
+    give_up_after: Duration,
+    backoff: Backoff,
+}
+
+impl Settler {
+    /// Acts on one outcome. Returns the job when the outcome is final (to be marked and
+    /// finished); a retried job is finished here, once the retry topic holds it.
+    async fn settle(
+        &self,
+        job: Job,
+        outcome: Outcome,
+        plugin: &LoadedPlugin,
+        plugin_fault: bool,
+    ) -> Option<Job> {
+        let counters = &self.counters;
+        match outcome {
+            Outcome::Delivered(_) => {
+                counters
+                    .deliveries_delivered
+                    .fetch_add(1, Ordering::Relaxed);
+                Some(job)
             }
-            None => give_up(
-                &self.counters,
-                &job,
-                &format!("no plugin `{plugin}` is loaded"),
-            ),
+            Outcome::InvalidRecipient(reason) => {
+                counters
+                    .deliveries_invalid_recipient
+                    .fetch_add(1, Ordering::Relaxed);
+                events::RecipientInvalid {
+                    key: &job.delivery.key,
+                    plugin: &plugin.name,
+                    reason: &reason,
+                }
+                .emit();
+                Some(job)
+            }
+            Outcome::Rejected(rejection) => {
+                counters.deliveries_rejected.fetch_add(1, Ordering::Relaxed);
+                events::DeliveryRejected {
+                    key: &job.delivery.key,
+                    plugin: &plugin.name,
+                    code: &rejection.code,
+                    reason: &rejection.reason,
+                }
+                .emit();
+                Some(
+                    self.dead_letter(
+                        job,
+                        ReasonClass::Rejected,
+                        &rejection.reason,
+                        Some(&rejection.code),
+                        Some(plugin),
+                    )
+                    .await,
+                )
+            }
+            Outcome::Retry(info) => {
+                let wait = self.backoff.delay(
+                    job.delivery.attempt,
+                    info.after_ms.map(Duration::from_millis),
+                    &mut rand::thread_rng(),
+                );
+                let due_at_ms = now_ms() + wait.as_millis() as u64;
+                let give_up_at = job.first_seen_ms + self.give_up_after.as_millis() as u64;
+                let class = if due_at_ms > give_up_at {
+                    Some(ReasonClass::Expired)
+                } else if job.delivery.attempt >= self.max_attempts {
+                    Some(if plugin_fault {
+                        ReasonClass::PluginFault
+                    } else {
+                        ReasonClass::AttemptsExhausted
+                    })
+                } else {
+                    None
+                };
+                if let Some(class) = class {
+                    counters.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+                    events::DeliveryGivenUp {
+                        key: &job.delivery.key,
+                        attempts: job.delivery.attempt,
+                        reason: &info.reason,
+                        class: class.as_str(),
+                    }
+                    .emit();
+                    return Some(
+                        self.dead_letter(job, class, &info.reason, None, Some(plugin))
+                            .await,
+                    );
+                }
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                let record = job.retry_record(due_at_ms, info.reason, plugin_fault);
+                self.outbox.retry(&record).await;
+                // The retry topic holds the delivery now: its record may move on, unmarked.
+                job.ticket.complete();
+                None
+            }
         }
     }
-}
 
-fn give_up(counters: &Counters, job: &Job, reason: &str) {
-    report_given_up(counters, job, reason);
-    job.ticket.complete();
-}
-
-fn report_given_up(counters: &Counters, job: &Job, reason: &str) {
-    counters.deliveries_failed.fetch_add(1, Ordering::Relaxed);
-    events::DeliveryGivenUp {
-        key: &job.delivery.key,
-        attempts: job.delivery.attempt,
-        reason,
-        record: job.ticket.coordinates(),
+    /// Writes the delivery to the DLQ; returns it for marking and finishing.
+    async fn dead_letter(
+        &self,
+        job: Job,
+        class: ReasonClass,
+        reason: &str,
+        vendor_code: Option<&str>,
+        plugin: Option<&LoadedPlugin>,
+    ) -> Job {
+        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let record = job.retry_record(
+            now_ms(),
+            reason.to_string(),
+            class == ReasonClass::PluginFault,
+        );
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        let why = DeadLetterReason {
+            class,
+            reason,
+            vendor_code,
+            plugin: plugin.map(|p| (p.name.as_str(), p.info.version.as_str())),
+            attempts: job.delivery.attempt,
+            first_seen_ms: job.first_seen_ms,
+        };
+        self.outbox
+            .dead_letter(&job.delivery.key, &value, &job.origin, &why)
+            .await;
+        job
     }
-    .emit();
-}
 
-struct RetryPolicy {
-    max_attempts: u32,
-    backoff: Backoff,
-    /// Weak, so pending retries do not keep a lane alive after shutdown.
-    requeue: mpsc::WeakUnboundedSender<Job>,
+    /// Marks final deliveries as done, then lets their records finish. The mark comes first:
+    /// once a record's offset is committed, its recipients must be known as done.
+    async fn finish(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Some(dedup) = &self.dedup {
+            let keys: Vec<&str> = jobs.iter().map(|j| j.delivery.key.as_str()).collect();
+            if let Err(error) = dedup.mark(&keys).await {
+                // The deliveries are done either way; an unrecorded mark only means a
+                // redelivery of the record could send them again (at least once).
+                self.counters.dedup_errors.fetch_add(1, Ordering::Relaxed);
+                events::DedupFailed { error: &error }.emit();
+            }
+        }
+        for job in jobs {
+            job.ticket.complete();
+        }
+    }
 }
 
 struct LaneRunner {
@@ -128,9 +310,7 @@ struct LaneRunner {
     max_batch: usize,
     linger: Duration,
     calls: Arc<Semaphore>,
-    retry: RetryPolicy,
-    counters: Arc<Counters>,
-    dedup: Option<Arc<DedupStore>>,
+    settler: Arc<Settler>,
 }
 
 impl LaneRunner {
@@ -169,13 +349,8 @@ impl LaneRunner {
         let started = std::time::Instant::now();
         let result = self.plugin.deliver(&deliveries).await;
         let elapsed = started.elapsed();
-        let mut finished = Vec::with_capacity(batch.len());
-        match result {
-            Ok(outcomes) => {
-                for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    finished.extend(self.settle(job, outcome));
-                }
-            }
+        let (outcomes, plugin_fault) = match result {
+            Ok(outcomes) => (outcomes, false),
             Err(error) => {
                 events::PluginCallFailed {
                     plugin: &self.plugin.name,
@@ -186,103 +361,26 @@ impl LaneRunner {
                 }
                 .emit();
                 // A trap, a timeout or a failed init costs this call only: every delivery in it
-                // is retried on a fresh instance.
+                // is tried again, on a fresh instance.
                 let reason = error.to_string();
-                for job in batch {
-                    let retry = Outcome::Retry(RetryInfo {
+                let retry = |_| {
+                    Outcome::Retry(crate::plugin::RetryInfo {
                         reason: reason.clone(),
                         after_ms: None,
-                    });
-                    finished.extend(self.settle(job, retry));
-                }
+                    })
+                };
+                ((0..batch.len()).map(retry).collect(), true)
             }
-        }
-        self.finish(finished).await;
-    }
-
-    /// Marks deliveries with a final outcome as done, then lets their records finish. The mark
-    /// comes first: once a record's offset is committed, its recipients must be known as done.
-    async fn finish(&self, jobs: Vec<Job>) {
-        if jobs.is_empty() {
-            return;
-        }
-        if let Some(dedup) = &self.dedup {
-            let keys: Vec<&str> = jobs.iter().map(|j| j.delivery.key.as_str()).collect();
-            if let Err(error) = dedup.mark(&keys).await {
-                // The deliveries are done either way; an unrecorded mark only means a
-                // redelivery of the record could send them again (at least once).
-                self.counters.dedup_errors.fetch_add(1, Ordering::Relaxed);
-                events::DedupFailed { error: &error }.emit();
-            }
-        }
-        for job in jobs {
-            job.ticket.complete();
-        }
-    }
-
-    /// Acts on one outcome. Returns the job when the outcome is final (to be marked and
-    /// finished); a retry is requeued and returns nothing.
-    fn settle(&self, mut job: Job, outcome: Outcome) -> Option<Job> {
-        let counters = &self.counters;
-        match outcome {
-            Outcome::Delivered(_) => {
-                counters
-                    .deliveries_delivered
-                    .fetch_add(1, Ordering::Relaxed);
-                Some(job)
-            }
-            Outcome::Rejected(rejection) => {
-                counters.deliveries_rejected.fetch_add(1, Ordering::Relaxed);
-                events::DeliveryRejected {
-                    key: &job.delivery.key,
-                    plugin: &self.plugin.name,
-                    code: &rejection.code,
-                    reason: &rejection.reason,
-                }
-                .emit();
-                Some(job)
-            }
-            Outcome::InvalidRecipient(reason) => {
-                counters
-                    .deliveries_invalid_recipient
-                    .fetch_add(1, Ordering::Relaxed);
-                events::RecipientInvalid {
-                    key: &job.delivery.key,
-                    plugin: &self.plugin.name,
-                    reason: &reason,
-                }
-                .emit();
-                Some(job)
-            }
-            Outcome::Retry(info) => {
-                if job.delivery.attempt >= self.retry.max_attempts {
-                    let reason = format!("out of attempts; last: {}", info.reason);
-                    report_given_up(counters, &job, &reason);
-                    return Some(job);
-                }
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                let wait = self.retry.backoff.delay(
-                    job.delivery.attempt,
-                    info.after_ms.map(Duration::from_millis),
-                    &mut rand::thread_rng(),
-                );
-                job.delivery.attempt += 1;
-                let requeue = self.retry.requeue.clone();
-                let counters = counters.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    match requeue.upgrade() {
-                        Some(lane) => {
-                            if let Err(mpsc::error::SendError(job)) = lane.send(job) {
-                                give_up(&counters, &job, "plugin lane has stopped");
-                            }
-                        }
-                        // Shutting down: the record stays unfinished and is consumed again.
-                        None => drop(job),
-                    }
-                });
-                None
-            }
-        }
+        };
+        let settling = batch.into_iter().zip(outcomes).map(|(job, outcome)| {
+            self.settler
+                .settle(job, outcome, &self.plugin, plugin_fault)
+        });
+        let finished = futures::future::join_all(settling)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        self.settler.finish(finished).await;
     }
 }

@@ -1,18 +1,25 @@
-//! The Kafka consumer: reads records, decodes envelopes, hands deliveries to the dispatcher, and
-//! stores the completed watermark of each partition as the offset to commit.
+//! The Kafka consumers: one for the request topics, one for the retry topic. Each reads records,
+//! turns them into deliveries, hands those to the dispatcher, and stores the completed watermark
+//! of each partition as the offset to commit.
 //!
 //! At least once: `enable.auto.offset.store=false`, and an offset is stored only when every
 //! record below it is finished. librdkafka commits the stored offsets once per
-//! `commit_interval_ms`, never per message. A bad record is counted, logged with its
-//! coordinates, and finished; it never stops the consumer.
+//! `commit_interval_ms`, never per message. A record that is not a usable request goes to the DLQ
+//! with a reason and never stops the consumer. On a rebalance, revoked partitions drain their
+//! in-flight records (bounded by `rebalance_drain_ms`) and commit before they are given up.
+//!
+//! The retry consumer pauses a partition whose next record is not yet due, and resumes it at the
+//! due time. The records stay in Kafka, not in memory, while they wait.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -22,22 +29,57 @@ use super::watermark::OffsetWatermark;
 use crate::config::{DispatchConfig, KafkaConfig};
 use crate::dedup::DedupStore;
 use crate::dispatch::{Dispatcher, Job};
+use crate::plugin::Delivery;
+use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
 use crate::route::ChannelRouter;
 use crate::telemetry::{Counters, events};
 
-/// Logs rebalances and forgets the watermarks of partitions this host no longer owns.
+/// Which records a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Notification requests (envelopes) from the configured topics.
+    Requests,
+    /// Deliveries waiting for another try, from the retry topic.
+    Retries,
+}
+
+/// Drains revoked partitions before they go, and forgets their watermarks after.
 pub struct IngestContext {
     book: Arc<OffsetBook>,
+    drain: Duration,
 }
 
 impl ClientContext for IngestContext {}
 
 impl ConsumerContext for IngestContext {
-    fn post_rebalance(
-        &self,
-        _base: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
+    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        // Let the in-flight records of the revoked partitions finish, so their offsets are
+        // committed here and the next owner does not deliver them again. This runs on the
+        // consumer's polling task; the records finish on other tasks.
+        let deadline = Instant::now() + self.drain;
+        while self.book.open_in(tpl) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let open = self.book.open_in(tpl);
+        if open > 0 {
+            tracing::warn!(
+                open_records = open,
+                "rebalance drain timed out; the next owner redelivers them"
+            );
+        }
+        match base.commit_consumer_state(CommitMode::Sync) {
+            Ok(())
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(e) => tracing::warn!(error = %e, "commit before giving up partitions failed"),
+        }
+    }
+
+    fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = %describe_partitions(tpl), "partitions assigned");
@@ -61,10 +103,10 @@ fn describe_partitions(tpl: &TopicPartitionList) -> String {
 
 type IngestConsumer = StreamConsumer<IngestContext>;
 
-/// The watermarks of the partitions this host consumes, and the consumer to store them in.
+/// The watermarks of the partitions this consumer reads, and the consumer to store them in.
 pub struct OffsetBook {
     marks: Mutex<HashMap<(String, i32), OffsetWatermark>>,
-    consumer: std::sync::OnceLock<std::sync::Weak<IngestConsumer>>,
+    consumer: std::sync::OnceLock<Weak<IngestConsumer>>,
 }
 
 impl OffsetBook {
@@ -103,7 +145,7 @@ impl OffsetBook {
     }
 
     fn store(&self, topic: &str, partition: i32, next_offset: i64) {
-        let Some(consumer) = self.consumer.get().and_then(std::sync::Weak::upgrade) else {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
             return;
         };
         let mut tpl = TopicPartitionList::new();
@@ -129,6 +171,15 @@ impl OffsetBook {
         }
     }
 
+    fn open_in(&self, tpl: &TopicPartitionList) -> usize {
+        let marks = self.lock();
+        tpl.elements()
+            .iter()
+            .filter_map(|e| marks.get(&(e.topic().to_string(), e.partition())))
+            .map(OffsetWatermark::open_count)
+            .sum()
+    }
+
     /// Records consumed and not yet finished, over all partitions.
     pub fn open_records(&self) -> usize {
         self.lock().values().map(OffsetWatermark::open_count).sum()
@@ -149,7 +200,7 @@ pub struct RecordTicket {
 }
 
 impl RecordTicket {
-    /// One delivery of this record reached a final outcome.
+    /// One delivery of this record reached a final outcome, or was handed to the retry topic.
     pub fn complete(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.book.finish(&self.topic, self.partition, self.offset);
@@ -162,28 +213,74 @@ impl RecordTicket {
     }
 }
 
-/// The running consumer of the host's topics.
+/// What a consumed record turns into.
+enum Accepted {
+    /// Deliveries to send.
+    Deliver {
+        deliveries: Vec<Delivery>,
+        channel: Arc<str>,
+        origin: Arc<Origin>,
+        first_seen_ms: u64,
+        ticket: Arc<RecordTicket>,
+    },
+    /// A record that will not be delivered: to the DLQ as it is.
+    DeadLetter {
+        key: String,
+        value: Vec<u8>,
+        origin: Origin,
+        class: ReasonClass,
+        reason: String,
+        first_seen_ms: u64,
+        ticket: Arc<RecordTicket>,
+    },
+    /// A retry record that is not due yet: wait for it without holding it.
+    NotDue {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        due_at_ms: u64,
+    },
+}
+
+/// A running consumer.
 pub struct Ingest {
     consumer: Arc<IngestConsumer>,
     book: Arc<OffsetBook>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     dedup: Option<Arc<DedupStore>>,
+    outbox: Arc<Outbox>,
+    source: Source,
+}
+
+/// What every consumer of one host shares.
+pub struct IngestShared {
+    pub dedup: Option<Arc<DedupStore>>,
+    pub outbox: Arc<Outbox>,
 }
 
 impl Ingest {
-    /// Creates the consumer and subscribes to the configured topics.
+    /// Creates a consumer of `source` and subscribes it.
     pub fn connect(
         kafka: &KafkaConfig,
         dispatch: &DispatchConfig,
         brokers: &str,
-        dedup: Option<Arc<DedupStore>>,
+        shared: &IngestShared,
+        source: Source,
     ) -> anyhow::Result<Self> {
         let book = Arc::new(OffsetBook::new());
+        let (group, topics) = match source {
+            Source::Requests => (kafka.group_id.clone(), kafka.topics.clone()),
+            // A group of its own, so a rebalance of one consumer never stalls the other.
+            Source::Retries => (
+                format!("{}.retry", kafka.group_id),
+                vec![kafka.retry_topic.clone()],
+            ),
+        };
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", brokers)
-            .set("group.id", &kafka.group_id)
+            .set("group.id", &group)
             .set("enable.auto.commit", "true")
             .set(
                 "auto.commit.interval.ms",
@@ -197,13 +294,17 @@ impl Ingest {
         for (k, v) in &kafka.properties {
             client.set(k, v);
         }
+        let context = IngestContext {
+            book: book.clone(),
+            drain: Duration::from_millis(kafka.rebalance_drain_ms),
+        };
         let consumer: IngestConsumer = client
-            .create_with_context(IngestContext { book: book.clone() })
+            .create_with_context(context)
             .with_context(|| format!("creating the Kafka consumer for {brokers}"))?;
-        let topics: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
-            .subscribe(&topics)
-            .with_context(|| format!("subscribing to {topics:?}"))?;
+            .subscribe(&names)
+            .with_context(|| format!("subscribing to {names:?}"))?;
         let consumer = Arc::new(consumer);
         let _ = book.consumer.set(Arc::downgrade(&consumer));
         Ok(Self {
@@ -211,7 +312,9 @@ impl Ingest {
             book,
             in_flight: Arc::new(Semaphore::new(dispatch.max_in_flight_records)),
             max_in_flight: dispatch.max_in_flight_records,
-            dedup,
+            dedup: shared.dedup.clone(),
+            outbox: shared.outbox.clone(),
+            source,
         })
     }
 
@@ -235,29 +338,90 @@ impl Ingest {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 message = self.consumer.recv() => message,
             };
-            match message {
-                Ok(message) => {
-                    // The borrowed message cannot live across an await; take what is needed.
-                    let accepted =
-                        self.accept(&message, permit, router, counters, max_record_bytes);
-                    drop(message);
-                    if let Some((envelope, ticket)) = accepted {
-                        self.dispatch(envelope, ticket, router, dispatcher, counters)
-                            .await;
-                    }
-                }
+            let message = match message {
+                Ok(message) => message,
                 Err(e) => {
                     events::ConsumeFailed { error: &e }.emit();
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
+            };
+            // The borrowed message cannot live across an await; take what is needed.
+            let accepted = self.accept(&message, permit, router, counters, max_record_bytes);
+            drop(message);
+            match accepted {
+                Accepted::Deliver {
+                    deliveries,
+                    channel,
+                    origin,
+                    first_seen_ms,
+                    ticket,
+                } => {
+                    self.dispatch(
+                        deliveries,
+                        channel,
+                        origin,
+                        first_seen_ms,
+                        ticket,
+                        router,
+                        dispatcher,
+                        counters,
+                    )
+                    .await;
+                }
+                Accepted::DeadLetter {
+                    key,
+                    value,
+                    origin,
+                    class,
+                    reason,
+                    first_seen_ms,
+                    ticket,
+                } => {
+                    counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let why = DeadLetterReason {
+                        class,
+                        reason: &reason,
+                        vendor_code: None,
+                        plugin: None,
+                        attempts: 0,
+                        first_seen_ms,
+                    };
+                    self.outbox.dead_letter(&key, &value, &origin, &why).await;
+                    ticket.complete();
+                }
+                Accepted::NotDue {
+                    topic,
+                    partition,
+                    offset,
+                    due_at_ms,
+                } => self.wait_for_due(&topic, partition, offset, due_at_ms),
             }
         }
         self.drain_and_commit(drain).await;
         Ok(())
     }
 
-    /// Opens the record and decodes it. A record that will not be delivered is finished here;
-    /// a deliverable one comes back with its ticket.
+    fn ticket(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        deliveries: usize,
+        permit: OwnedSemaphorePermit,
+    ) -> Arc<RecordTicket> {
+        self.book.open(topic, partition, offset);
+        Arc::new(RecordTicket {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            remaining: AtomicUsize::new(deliveries),
+            book: self.book.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Decodes a record into what to do with it.
     fn accept(
         &self,
         message: &BorrowedMessage<'_>,
@@ -265,76 +429,165 @@ impl Ingest {
         router: &ChannelRouter,
         counters: &Counters,
         max_record_bytes: usize,
-    ) -> Option<(Envelope, Arc<RecordTicket>)> {
+    ) -> Accepted {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        counters.records_consumed.fetch_add(1, Ordering::Relaxed);
-        self.book.open(topic, partition, offset);
-        let finish_now = || self.book.finish(topic, partition, offset);
-
-        let envelope = match Envelope::decode(message.payload(), max_record_bytes) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                counters.records_undecodable.fetch_add(1, Ordering::Relaxed);
+        let origin = Origin {
+            topic: topic.to_string(),
+            partition,
+            offset,
+        };
+        let seen_at = message
+            .timestamp()
+            .to_millis()
+            .map_or_else(now_ms, |ms| ms.max(0) as u64);
+        let refuse =
+            |class: ReasonClass, reason: String, counter: &std::sync::atomic::AtomicU64, permit| {
+                counter.fetch_add(1, Ordering::Relaxed);
                 events::RecordRefused {
                     topic,
                     partition,
                     offset,
-                    reason: &error,
+                    reason: &reason,
                 }
                 .emit();
-                finish_now();
-                return None;
+                Accepted::DeadLetter {
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    value: message.payload().unwrap_or_default().to_vec(),
+                    origin: origin.clone(),
+                    class,
+                    reason,
+                    first_seen_ms: seen_at,
+                    ticket: self.ticket(topic, partition, offset, 1, permit),
+                }
+            };
+        if self.source == Source::Retries {
+            let record: RetryRecord = match message.payload().map(serde_json::from_slice) {
+                Some(Ok(record)) => record,
+                Some(Err(e)) => {
+                    return refuse(
+                        ReasonClass::Undecodable,
+                        format!("not a retry record: {e}"),
+                        &counters.records_undecodable,
+                        permit,
+                    );
+                }
+                None => {
+                    return refuse(
+                        ReasonClass::Undecodable,
+                        "retry record has no value".into(),
+                        &counters.records_undecodable,
+                        permit,
+                    );
+                }
+            };
+            if record.due_at_ms > now_ms() {
+                return Accepted::NotDue {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    due_at_ms: record.due_at_ms,
+                };
+            }
+            counters.records_consumed.fetch_add(1, Ordering::Relaxed);
+            return Accepted::Deliver {
+                deliveries: vec![record.delivery()],
+                channel: record.channel.as_str().into(),
+                first_seen_ms: record.first_seen_ms,
+                origin: Arc::new(record.origin),
+                ticket: self.ticket(topic, partition, offset, 1, permit),
+            };
+        }
+
+        counters.records_consumed.fetch_add(1, Ordering::Relaxed);
+        let envelope = match Envelope::decode(message.payload(), max_record_bytes) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                return refuse(
+                    ReasonClass::Undecodable,
+                    error.to_string(),
+                    &counters.records_undecodable,
+                    permit,
+                );
             }
         };
         if envelope.is_expired(time::OffsetDateTime::now_utc()) {
-            counters.records_expired.fetch_add(1, Ordering::Relaxed);
-            events::RecordRefused {
-                topic,
-                partition,
-                offset,
-                reason: &"expired",
-            }
-            .emit();
-            finish_now();
-            return None;
+            return refuse(
+                ReasonClass::Expired,
+                "expired".into(),
+                &counters.records_expired,
+                permit,
+            );
         }
         if !router.knows(&envelope.channel) {
-            counters
-                .records_unknown_channel
-                .fetch_add(1, Ordering::Relaxed);
             let reason = format!("unknown channel `{}`", envelope.channel);
-            events::RecordRefused {
-                topic,
-                partition,
-                offset,
-                reason: &reason,
-            }
-            .emit();
-            finish_now();
-            return None;
+            return refuse(
+                ReasonClass::UnknownChannel,
+                reason,
+                &counters.records_unknown_channel,
+                permit,
+            );
         }
-        let ticket = Arc::new(RecordTicket {
-            topic: topic.to_string(),
-            partition,
-            offset,
-            remaining: AtomicUsize::new(envelope.recipients.len()),
-            book: self.book.clone(),
-            _permit: permit,
+        let deliveries: Vec<Delivery> = envelope.deliveries().collect();
+        Accepted::Deliver {
+            ticket: self.ticket(topic, partition, offset, deliveries.len(), permit),
+            deliveries,
+            channel: envelope.channel.as_str().into(),
+            origin: Arc::new(origin),
+            first_seen_ms: seen_at,
+        }
+    }
+
+    /// Pauses the partition at `offset` and resumes it when the record there is due.
+    fn wait_for_due(&self, topic: &str, partition: i32, offset: i64, due_at_ms: u64) {
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition(topic, partition)
+            .set_offset(Offset::Offset(offset))
+            .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(error = %e, topic, partition, "pausing a retry partition failed");
+        }
+        // Rewind to the record, so it is read again once the partition resumes; what was
+        // fetched after it is dropped by the seek.
+        if let Err(e) = self
+            .consumer
+            .seek_partitions(tpl.clone(), Duration::from_secs(5))
+        {
+            tracing::warn!(error = %e, topic, partition, "rewinding a retry partition failed");
+        }
+        let wait = Duration::from_millis(due_at_ms.saturating_sub(now_ms()));
+        let consumer = Arc::downgrade(&self.consumer);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(consumer) = consumer.upgrade()
+                && let Err(e) = consumer.resume(&tpl)
+            {
+                // Revoked meanwhile: the new owner reads the record.
+                tracing::debug!(error = %e, "resuming a retry partition failed");
+            }
         });
-        Some((envelope, ticket))
     }
 
     /// Skips the recipients the dedup store knows as done (a redelivered or replayed request),
     /// and hands the rest to the dispatcher.
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
-        envelope: Envelope,
+        deliveries: Vec<Delivery>,
+        channel: Arc<str>,
+        origin: Arc<Origin>,
+        first_seen_ms: u64,
         ticket: Arc<RecordTicket>,
         router: &ChannelRouter,
         dispatcher: &Dispatcher,
         counters: &Counters,
     ) {
-        let deliveries: Vec<_> = envelope.deliveries().collect();
         let done = match &self.dedup {
             None => vec![false; deliveries.len()],
             Some(dedup) => {
@@ -355,8 +608,15 @@ impl Ingest {
                 ticket.complete();
                 continue;
             }
-            let plugin = router.pick(&envelope.channel).unwrap_or_default();
-            dispatcher.submit(&plugin, Job::new(delivery, ticket.clone()));
+            let plugin = router.pick(&channel).unwrap_or_default();
+            let job = Job::new(
+                delivery,
+                ticket.clone(),
+                channel.clone(),
+                origin.clone(),
+                first_seen_ms,
+            );
+            dispatcher.submit(&plugin, job).await;
         }
     }
 
@@ -375,7 +635,7 @@ impl Ingest {
             tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
                 .await;
         match committed {
-            Ok(Ok(())) => tracing::info!("final offsets committed"),
+            Ok(Ok(())) => tracing::info!(source = ?self.source, "final offsets committed"),
             // Nothing stored since the last commit is not a failure.
             Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
                 rdkafka::types::RDKafkaErrorCode::NoOffset,

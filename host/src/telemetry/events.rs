@@ -121,12 +121,13 @@ impl RecipientInvalid<'_> {
     }
 }
 
-/// A delivery ran out of attempts or had nowhere to go.
+/// A delivery will not be tried again: it goes to the DLQ.
 pub struct DeliveryGivenUp<'a> {
     pub key: &'a str,
     pub attempts: u32,
     pub reason: &'a str,
-    pub record: (&'a str, i32, i64),
+    /// The DLQ reason class.
+    pub class: &'a str,
 }
 
 impl DeliveryGivenUp<'_> {
@@ -135,11 +136,9 @@ impl DeliveryGivenUp<'_> {
             event = "delivery_given_up",
             key = self.key,
             attempts = self.attempts,
-            topic = self.record.0,
-            partition = self.record.1,
-            offset = self.record.2,
+            class = self.class,
             reason = self.reason,
-            "delivery given up"
+            "delivery given up; dead-lettered"
         );
     }
 }

@@ -47,8 +47,10 @@ pub struct Counters {
     pub deliveries_rejected: AtomicU64,
     /// Deliveries to recipients the vendor no longer knows.
     pub deliveries_invalid_recipient: AtomicU64,
-    /// Deliveries given up after their last attempt.
+    /// Deliveries given up (attempts exhausted, expired, plugin faults).
     pub deliveries_failed: AtomicU64,
+    /// DLQ writes: deliveries and records.
+    pub dead_lettered: AtomicU64,
     /// Retries scheduled.
     pub retries: AtomicU64,
     /// Deliveries skipped because the dedup store knew them as done.
@@ -68,6 +70,7 @@ pub struct CountersSnapshot {
     pub deliveries_rejected: u64,
     pub deliveries_invalid_recipient: u64,
     pub deliveries_failed: u64,
+    pub dead_lettered: u64,
     pub retries: u64,
     pub deliveries_skipped_done: u64,
     pub dedup_errors: u64,
@@ -96,6 +99,7 @@ impl Counters {
             deliveries_rejected: r(&self.deliveries_rejected),
             deliveries_invalid_recipient: r(&self.deliveries_invalid_recipient),
             deliveries_failed: r(&self.deliveries_failed),
+            dead_lettered: r(&self.dead_lettered),
             retries: r(&self.retries),
             deliveries_skipped_done: r(&self.deliveries_skipped_done),
             dedup_errors: r(&self.dedup_errors),
