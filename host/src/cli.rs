@@ -45,6 +45,31 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Dead-letter queue tools.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Send dead-lettered deliveries back to their lane. They are still deduplicated, so a
+    /// replay never re-sends a delivered recipient.
+    Replay {
+        /// The host's config file (for the brokers and topic names).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only records with this reason class.
+        #[arg(long, value_enum)]
+        reason: Option<crate::retry::ReasonClass>,
+        /// Only records dead-lettered within this age: 90s, 30m, 2h, 7d.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Count what would be replayed, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +110,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.lost,
                 summary.duplicates
             );
+            Ok(())
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    config,
+                    reason,
+                    since,
+                    dry_run,
+                },
+        } => {
+            telemetry::init(cli.log_format, "warn");
+            let config = crate::Config::load(&config)?;
+            let brokers = config.kafka.brokers.clone().context(
+                "kafka.brokers is not set: the embedded cluster lives inside a running host, so there is no DLQ to read from outside it",
+            )?;
+            let age = crate::retry::replay::parse_age(&since)?;
+            let filter = crate::retry::replay::ReplayFilter {
+                reason,
+                since_ms: crate::retry::now_ms().saturating_sub(age.as_millis() as u64),
+                dry_run,
+            };
+            let outbox = crate::retry::Outbox::connect(
+                &brokers,
+                &config.kafka.retry_topic,
+                &config.kafka.dlq_topic,
+                &config.kafka.properties,
+            )?;
+            eprintln!("reading {} from {brokers}…", config.kafka.dlq_topic);
+            let summary =
+                crate::retry::replay::replay(&brokers, &config.kafka.dlq_topic, &outbox, &filter)
+                    .await?;
+            println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
         Command::Plugin {

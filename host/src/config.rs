@@ -74,8 +74,9 @@ pub struct KafkaConfig {
     pub commit_interval_ms: u64,
     /// The consumer's session timeout, in milliseconds.
     pub session_timeout_ms: u64,
-    /// Partitions of each topic when the embedded mock cluster creates it.
-    pub embedded_partitions: i32,
+    /// Partitions of each topic the host creates: all of them on the embedded cluster, and the
+    /// retry and DLQ topics on a real one when they do not exist yet.
+    pub new_topic_partitions: i32,
     /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,
     /// Where `retry` outcomes wait for their due time.
@@ -96,7 +97,7 @@ impl Default for KafkaConfig {
             // librdkafka's own default is 5 s; 1 s keeps redelivery after a crash small.
             commit_interval_ms: 1000,
             session_timeout_ms: 30_000,
-            embedded_partitions: 4,
+            new_topic_partitions: 4,
             properties: BTreeMap::new(),
             retry_topic: "switchboard.retry".into(),
             dlq_topic: "switchboard.dlq".into(),

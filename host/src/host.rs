@@ -162,7 +162,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
             let mut topics = config.kafka.topics.clone();
             topics.push(config.kafka.retry_topic.clone());
             topics.push(config.kafka.dlq_topic.clone());
-            let cluster = EmbeddedKafka::start(3, &topics, config.kafka.embedded_partitions)?;
+            let cluster = EmbeddedKafka::start(3, &topics, config.kafka.new_topic_partitions)?;
             let bootstrap = cluster.bootstrap_servers().to_string();
             tracing::info!(bootstrap = %bootstrap, "no kafka.brokers configured: started the embedded mock cluster");
             (Some(cluster), bootstrap)
@@ -181,6 +181,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
     let plugins = lanes.iter().map(|l| l.plugin.clone()).collect();
 
     let counters = Arc::new(Counters::default());
+    if let Err(e) = crate::retry::ensure_topics(
+        &brokers,
+        &[&config.kafka.retry_topic, &config.kafka.dlq_topic],
+        config.kafka.new_topic_partitions,
+        &config.kafka.properties,
+    )
+    .await
+    {
+        // Brokers that auto-create topics (and librdkafka's mock cluster, which has no admin
+        // API) still work: the retry consumer refreshes its metadata often enough to find the
+        // topic once the first retry creates it.
+        tracing::warn!(error = %format!("{e:#}"), "could not create the retry and DLQ topics");
+    }
     let shared = IngestShared {
         dedup: open_dedup(&config).await?,
         outbox: Arc::new(Outbox::connect(

@@ -40,6 +40,12 @@ impl DedupError {
     }
 }
 
+/// The key under which a dead-lettered delivery is marked. Kept apart from the delivered mark so
+/// a redelivered request skips both, while a DLQ replay skips only what was delivered.
+pub fn dead_key(key: &str) -> String {
+    format!("{key}#dead")
+}
+
 /// The fingerprint of an idempotency key.
 pub fn fingerprint(key: &str) -> u64 {
     let digest = sha2::Sha256::digest(key.as_bytes());

@@ -41,6 +41,8 @@ pub struct Job {
     origin: Arc<Origin>,
     /// When the request was first seen (ms since the epoch), for `give_up_after`.
     first_seen_ms: u64,
+    /// Set once the DLQ holds the delivery: it is marked as dead, not as delivered.
+    dead_lettered: bool,
 }
 
 impl Job {
@@ -58,6 +60,7 @@ impl Job {
             channel,
             origin,
             first_seen_ms,
+            dead_lettered: false,
         }
     }
 
@@ -74,6 +77,7 @@ impl Job {
             origin: (*self.origin).clone(),
             last_reason,
             last_was_plugin_fault: plugin_fault,
+            replayed: false,
         }
     }
 }
@@ -257,7 +261,7 @@ impl Settler {
     /// Writes the delivery to the DLQ; returns it for marking and finishing.
     async fn dead_letter(
         &self,
-        job: Job,
+        mut job: Job,
         class: ReasonClass,
         reason: &str,
         vendor_code: Option<&str>,
@@ -281,6 +285,7 @@ impl Settler {
         self.outbox
             .dead_letter(&job.delivery.key, &value, &job.origin, &why)
             .await;
+        job.dead_lettered = true;
         job
     }
 
@@ -291,7 +296,14 @@ impl Settler {
             return;
         }
         if let Some(dedup) = &self.dedup {
-            let keys: Vec<&str> = jobs.iter().map(|j| j.delivery.key.as_str()).collect();
+            let keys: Vec<String> = jobs
+                .iter()
+                .map(|j| match j.dead_lettered {
+                    true => crate::dedup::dead_key(&j.delivery.key),
+                    false => j.delivery.key.clone(),
+                })
+                .collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             if let Err(error) = dedup.mark(&keys).await {
                 // The deliveries are done either way; an unrecorded mark only means a
                 // redelivery of the record could send them again (at least once).

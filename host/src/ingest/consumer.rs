@@ -213,16 +213,21 @@ impl RecordTicket {
     }
 }
 
+/// The deliveries of one record, on their way to the dispatcher.
+struct Arrival {
+    deliveries: Vec<Delivery>,
+    /// A DLQ replay: skip only what was delivered, not what was dead-lettered.
+    replayed: bool,
+    channel: Arc<str>,
+    origin: Arc<Origin>,
+    first_seen_ms: u64,
+    ticket: Arc<RecordTicket>,
+}
+
 /// What a consumed record turns into.
 enum Accepted {
     /// Deliveries to send.
-    Deliver {
-        deliveries: Vec<Delivery>,
-        channel: Arc<str>,
-        origin: Arc<Origin>,
-        first_seen_ms: u64,
-        ticket: Arc<RecordTicket>,
-    },
+    Deliver(Arrival),
     /// A record that will not be delivered: to the DLQ as it is.
     DeadLetter {
         key: String,
@@ -291,6 +296,11 @@ impl Ingest {
             .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
             // Bounds what librdkafka prefetches, so a backlog cannot grow host memory.
             .set("queued.max.messages.kbytes", "16384");
+        if source == Source::Retries {
+            // The retry topic may come into being with the first retry; look for it every few
+            // seconds rather than at librdkafka's default of five minutes.
+            client.set("topic.metadata.refresh.interval.ms", "3000");
+        }
         for (k, v) in &kafka.properties {
             client.set(k, v);
         }
@@ -350,24 +360,8 @@ impl Ingest {
             let accepted = self.accept(&message, permit, router, counters, max_record_bytes);
             drop(message);
             match accepted {
-                Accepted::Deliver {
-                    deliveries,
-                    channel,
-                    origin,
-                    first_seen_ms,
-                    ticket,
-                } => {
-                    self.dispatch(
-                        deliveries,
-                        channel,
-                        origin,
-                        first_seen_ms,
-                        ticket,
-                        router,
-                        dispatcher,
-                        counters,
-                    )
-                    .await;
+                Accepted::Deliver(arrival) => {
+                    self.dispatch(arrival, router, dispatcher, counters).await;
                 }
                 Accepted::DeadLetter {
                     key,
@@ -492,13 +486,14 @@ impl Ingest {
                 };
             }
             counters.records_consumed.fetch_add(1, Ordering::Relaxed);
-            return Accepted::Deliver {
+            return Accepted::Deliver(Arrival {
                 deliveries: vec![record.delivery()],
+                replayed: record.replayed,
                 channel: record.channel.as_str().into(),
                 first_seen_ms: record.first_seen_ms,
                 origin: Arc::new(record.origin),
                 ticket: self.ticket(topic, partition, offset, 1, permit),
-            };
+            });
         }
 
         counters.records_consumed.fetch_add(1, Ordering::Relaxed);
@@ -531,13 +526,14 @@ impl Ingest {
             );
         }
         let deliveries: Vec<Delivery> = envelope.deliveries().collect();
-        Accepted::Deliver {
+        Accepted::Deliver(Arrival {
             ticket: self.ticket(topic, partition, offset, deliveries.len(), permit),
             deliveries,
+            replayed: false,
             channel: envelope.channel.as_str().into(),
             origin: Arc::new(origin),
             first_seen_ms: seen_at,
-        }
+        })
     }
 
     /// Pauses the partition at `offset` and resumes it when the record there is due.
@@ -576,28 +572,46 @@ impl Ingest {
 
     /// Skips the recipients the dedup store knows as done (a redelivered or replayed request),
     /// and hands the rest to the dispatcher.
-    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
-        deliveries: Vec<Delivery>,
-        channel: Arc<str>,
-        origin: Arc<Origin>,
-        first_seen_ms: u64,
-        ticket: Arc<RecordTicket>,
+        arrival: Arrival,
         router: &ChannelRouter,
         dispatcher: &Dispatcher,
         counters: &Counters,
     ) {
+        let Arrival {
+            deliveries,
+            replayed,
+            channel,
+            origin,
+            first_seen_ms,
+            ticket,
+        } = arrival;
         let done = match &self.dedup {
             None => vec![false; deliveries.len()],
             Some(dedup) => {
-                let keys: Vec<&str> = deliveries.iter().map(|d| d.key.as_str()).collect();
-                dedup.seen(&keys).await.unwrap_or_else(|error| {
-                    // Unanswered means "not known as done": sending again is at least once.
-                    counters.dedup_errors.fetch_add(1, Ordering::Relaxed);
-                    events::DedupFailed { error: &error }.emit();
-                    vec![false; keys.len()]
-                })
+                // Each delivery is looked up as delivered and, unless replayed, as dead.
+                let per_delivery = if replayed { 1 } else { 2 };
+                let mut keys = Vec::with_capacity(deliveries.len() * per_delivery);
+                for d in &deliveries {
+                    keys.push(d.key.clone());
+                    if !replayed {
+                        keys.push(crate::dedup::dead_key(&d.key));
+                    }
+                }
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                match dedup.seen(&refs).await {
+                    Ok(seen) => seen
+                        .chunks(per_delivery)
+                        .map(|c| c.iter().any(|s| *s))
+                        .collect(),
+                    Err(error) => {
+                        // Unanswered means "not known as done": sending again is at least once.
+                        counters.dedup_errors.fetch_add(1, Ordering::Relaxed);
+                        events::DedupFailed { error: &error }.emit();
+                        vec![false; deliveries.len()]
+                    }
+                }
             }
         };
         for (delivery, done) in deliveries.into_iter().zip(done) {

@@ -10,6 +10,8 @@
 //! before it finishes the delivery. Neither call gives up, so a Kafka outage holds offsets back
 //! instead of dropping deliveries.
 
+pub mod replay;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -97,6 +99,9 @@ pub struct RetryRecord {
     /// Whether the last failure was a plugin fault rather than a vendor's answer.
     #[serde(default)]
     pub last_was_plugin_fault: bool,
+    /// Sent back from the DLQ by an operator: skipped only if delivered, not if dead-lettered.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// `Priority` as it is written in records.
@@ -204,7 +209,47 @@ impl Outbox {
     pub fn dlq_topic(&self) -> &str {
         &self.dlq_topic
     }
+}
 
+/// Creates the retry and DLQ topics on `brokers` unless they exist, so the retry consumer finds
+/// its topic at once instead of at the next metadata refresh (minutes).
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().context("creating the Kafka admin client")?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(5)))
+        .request_timeout(Some(Duration::from_secs(5)));
+    for result in admin
+        .create_topics(&new, &options)
+        .await
+        .context("creating the retry and DLQ topics")?
+    {
+        match result {
+            Ok(topic) => tracing::info!(topic, partitions, "topic created"),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("creating topic `{topic}`: {code}"),
+        }
+    }
+    Ok(())
+}
+
+impl Outbox {
     /// Writes `record` to the retry topic; returns once Kafka acknowledged it.
     pub async fn retry(&self, record: &RetryRecord) {
         let value = serde_json::to_vec(record).unwrap_or_default();
@@ -242,6 +287,11 @@ impl Outbox {
                 .insert(header(headers::PLUGIN_VERSION, version));
         }
         self.send(&self.dlq_topic, key, value, headers).await;
+    }
+
+    /// Writes a record back to `topic` as it was (a request returning from the DLQ).
+    pub async fn republish(&self, topic: &str, key: &str, value: &[u8]) {
+        self.send(topic, key, value, OwnedHeaders::new()).await;
     }
 
     async fn send(&self, topic: &str, key: &str, value: &[u8], headers: OwnedHeaders) {
@@ -302,6 +352,7 @@ mod tests {
             },
             last_reason: "503".into(),
             last_was_plugin_fault: false,
+            replayed: false,
         };
         let text = serde_json::to_string(&record)?;
         let back: RetryRecord = serde_json::from_str(&text)?;

@@ -1,0 +1,174 @@
+//! The DLQ and the retry topic end to end: what lands in the DLQ, with which headers, and a
+//! replay that delivers once and never twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use switchboard::demo::{demo_envelope, produce};
+use switchboard::ingest::EmbeddedKafka;
+use switchboard::retry::replay::{ReplayFilter, replay};
+use switchboard::retry::{Outbox, ReasonClass};
+use switchboard_integration_tests::{FcmFixture, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Every DLQ record: its headers by name, and its value.
+fn read_dlq(brokers: &str, topic: &str) -> Vec<(HashMap<String, String>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "dlq-reader")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+            .unwrap();
+        remaining += high - low;
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    while remaining > 0 {
+        let Some(message) = consumer.poll(Duration::from_secs(5)) else {
+            break;
+        };
+        let message = message.unwrap();
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push((headers, message.payload().unwrap_or_default().to_vec()));
+        remaining -= 1;
+    }
+    records
+}
+
+fn envelope_to(i: u64, to: &str) -> String {
+    let mut envelope: serde_json::Value = serde_json::from_str(&demo_envelope(i)).unwrap();
+    envelope["recipients"][0]["to"] = to.into();
+    envelope.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once() {
+    let topic = "dlq-requests";
+    let cluster = EmbeddedKafka::start(1, &[topic.to_string()], 2).unwrap();
+    let brokers = cluster.bootstrap_servers().to_string();
+    let fixture = FcmFixture::start(|_| {}).await;
+    let mut config = fixture.host_config(&brokers, topic, "g-dlq");
+    // Any retry is past its deadline at once: it goes to the DLQ as expired.
+    config.dispatch.give_up_after_s = 0;
+    let host = switchboard::start(config.clone()).await.unwrap();
+
+    produce(&brokers, topic, 4, |i| {
+        let value = match i {
+            0 => demo_envelope(0),
+            1 => envelope_to(1, "sim-invalid_argument-1"),
+            2 => "\u{0}garbage".to_string(),
+            _ => envelope_to(3, "sim-flaky1-3"),
+        };
+        (format!("k{i}"), value)
+    })
+    .await
+    .unwrap();
+    let counters = host.counters.clone();
+    assert!(
+        wait_until(WAIT, || {
+            let c = counters.snapshot();
+            c.dead_lettered >= 3 && c.deliveries_delivered >= 1
+        })
+        .await,
+        "{:?}",
+        counters.snapshot()
+    );
+
+    let dlq = read_dlq(&brokers, &config.kafka.dlq_topic);
+    let by_class: HashMap<String, &HashMap<String, String>> = dlq
+        .iter()
+        .map(|(h, _)| (h["sb-reason-class"].clone(), h))
+        .collect();
+    assert_eq!(dlq.len(), 3, "{dlq:?}");
+    let rejected = by_class["rejected"];
+    assert_eq!(rejected["sb-vendor-code"], "INVALID_ARGUMENT");
+    assert_eq!(rejected["sb-plugin"], "fcm");
+    assert_eq!(rejected["sb-plugin-version"], "0.1.0");
+    assert_eq!(rejected["sb-origin-topic"], topic);
+    assert_eq!(rejected["sb-attempts"], "1");
+    for name in [
+        "sb-origin-partition",
+        "sb-origin-offset",
+        "sb-first-seen-ms",
+        "sb-dead-at-ms",
+    ] {
+        assert!(rejected.contains_key(name), "{name} missing: {rejected:?}");
+    }
+    assert!(by_class["undecodable"]["sb-reason"].contains("not a valid envelope"));
+    assert_eq!(by_class["expired"]["sb-attempts"], "1");
+
+    // Replay the expired delivery: its second try succeeds (the token fails only once).
+    let outbox = Outbox::connect(
+        &brokers,
+        &config.kafka.retry_topic,
+        &config.kafka.dlq_topic,
+        &Default::default(),
+    )
+    .unwrap();
+    let filter = ReplayFilter {
+        reason: Some(ReasonClass::Expired),
+        since_ms: 0,
+        dry_run: false,
+    };
+    let summary = replay(&brokers, &config.kafka.dlq_topic, &outbox, &filter)
+        .await
+        .unwrap();
+    assert_eq!(summary.scanned, 3);
+    assert_eq!(summary.to_retry_topic, 1);
+    let stats = fixture.sim.stats.clone();
+    assert!(
+        wait_until(WAIT, || stats.snapshot().delivered >= 2).await,
+        "{:?}",
+        stats.snapshot()
+    );
+
+    // Replaying it again sends nothing: the dedup store knows it as delivered.
+    replay(&brokers, &config.kafka.dlq_topic, &outbox, &filter)
+        .await
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || counters.snapshot().deliveries_skipped_done >= 1).await,
+        "{:?}",
+        counters.snapshot()
+    );
+    host.stop().await.unwrap();
+    assert_eq!(stats.snapshot().delivered, 2);
+    assert_eq!(stats.snapshot().duplicates, 0);
+
+    // Undecodable records are counted, never replayed.
+    let all = ReplayFilter {
+        reason: None,
+        since_ms: 0,
+        dry_run: true,
+    };
+    let dry = replay(&brokers, &config.kafka.dlq_topic, &outbox, &all)
+        .await
+        .unwrap();
+    assert_eq!(dry.not_replayable, 1);
+}
