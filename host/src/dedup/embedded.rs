@@ -183,10 +183,10 @@ impl EmbeddedDedup {
             let _ = std::fs::remove_file(self.bucket_path(start));
         }
         for (start, bucket) in buckets.by_start.range_mut(..current) {
-            if let Some(file) = bucket.file.take() {
-                if let Err(e) = file.sync_data() {
-                    tracing::warn!(bucket = start, error = %e, "dedup bucket sync failed");
-                }
+            if let Some(file) = bucket.file.take()
+                && let Err(e) = file.sync_data()
+            {
+                tracing::warn!(bucket = start, error = %e, "dedup bucket sync failed");
             }
         }
     }

@@ -1,21 +1,241 @@
-//! Placeholder while the alimtalk-nhn adapter is written.
+//! KakaoTalk Bizmessage Alimtalk through NHN Cloud, API v2.3 (template substitution send).
+//!
+//! Auth: the `X-Secret-Key` header, filled in by the host from the secret named by
+//! `secret_key_secret`. The appkey is part of the path.
+//!
+//! A batch is grouped by template code: each group of up to 1000 recipients is one
+//! `POST /alimtalk/v2.3/appkeys/{appkey}/messages`, and the groups are sent concurrently. NHN
+//! answers HTTP 200 for most failures and puts them in the body: a failed `header` fails every
+//! recipient of that request, a negative `resultCode` in `message.sendResults` fails that one
+//! recipient. The mapping of codes to outcomes is in docs/vendors/alimtalk-nhn.md.
+//!
+//! Config keys: `appkey`, `sender_key` (required); `endpoint`, `secret_key_secret` (optional).
 
-use switchboard_sdk::{Adapter, Config, Delivery, Outcome, PluginInfo, PluginInfoExt};
+use serde_json::{Map, Value, json};
+use switchboard_sdk::content::{self, TemplateContent};
+use switchboard_sdk::http::{self, Request, Response};
+use switchboard_sdk::{
+    Adapter, Config, Delivery, Outcome, PluginInfo, PluginInfoExt, retry_after_ms, secrets,
+};
 
-struct Placeholder;
+const DEFAULT_ENDPOINT: &str = "https://api-alimtalk.cloud.toast.com";
+/// NHN's limit on `recipientList` in one send request.
+const MAX_RECIPIENTS: usize = 1000;
 
-impl Adapter for Placeholder {
+struct Alimtalk {
+    appkey: String,
+    sender_key: String,
+    endpoint: String,
+    secret_key_secret: String,
+}
+
+impl Adapter for Alimtalk {
     fn describe() -> PluginInfo {
-        PluginInfo::new("alimtalk-nhn", env!("CARGO_PKG_VERSION"), "placeholder")
+        PluginInfo::new("alimtalk-nhn", env!("CARGO_PKG_VERSION"), "alimtalk")
+            .max_batch(MAX_RECIPIENTS as u32)
+            .wants_host("api-alimtalk.cloud.toast.com")
+            .wants_host("kakaotalk-bizmessage.api.nhncloudservice.com")
     }
 
-    fn init(_config: Config) -> Result<Self, String> {
-        Ok(Placeholder)
+    fn init(config: Config) -> Result<Self, String> {
+        Ok(Alimtalk {
+            appkey: config.require("appkey")?.to_string(),
+            sender_key: config.require("sender_key")?.to_string(),
+            endpoint: config
+                .get_or("endpoint", DEFAULT_ENDPOINT)
+                .trim_end_matches('/')
+                .to_string(),
+            secret_key_secret: config.get_or("secret_key_secret", "secret_key").to_string(),
+        })
     }
 
     fn deliver(&self, batch: Vec<Delivery>) -> Vec<Outcome> {
-        batch.iter().map(|_| Outcome::retry("not written yet", None)).collect()
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        // Template code → the batch indexes and recipient entries that use it, in batch order.
+        let mut groups: Vec<(String, Vec<usize>, Vec<Value>)> = Vec::new();
+        for (i, delivery) in batch.iter().enumerate() {
+            let template: TemplateContent = match content::parse(&delivery.content) {
+                Ok(t) => t,
+                Err(why) => {
+                    outcomes[i] = Some(Outcome::rejected("INVALID_CONTENT", why));
+                    continue;
+                }
+            };
+            // NHN refuses the whole request for one blank recipientNo; keeping it out of the
+            // request spares the rest of the group.
+            if delivery.recipient.trim().is_empty() {
+                outcomes[i] = Some(Outcome::invalid_recipient("empty recipient number"));
+                continue;
+            }
+            let mut recipient = Map::new();
+            recipient.insert("recipientNo".into(), delivery.recipient.clone().into());
+            if !template.params.is_empty() {
+                recipient.insert(
+                    "templateParameter".into(),
+                    content::string_values(&template.params).into(),
+                );
+            }
+            let slot = match groups.iter().position(|(code, indexes, _)| {
+                *code == template.template && indexes.len() < MAX_RECIPIENTS
+            }) {
+                Some(slot) => slot,
+                None => {
+                    groups.push((template.template.clone(), Vec::new(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[slot].1.push(i);
+            groups[slot].2.push(Value::Object(recipient));
+        }
+
+        let requests = groups
+            .iter()
+            .map(|(code, _, recipients)| self.send_request(code, recipients))
+            .collect();
+        for ((_, indexes, _), result) in groups.iter().zip(http::send_all(requests)) {
+            let group_outcomes = match result {
+                Ok(response) => classify(&response, indexes.len()),
+                // A request that never got an answer may be retried; a denied host is a grant
+                // the operator has to fix, and until then retrying keeps the delivery.
+                Err(error) => vec![Outcome::retry(format!("http {error}"), None); indexes.len()],
+            };
+            for (&i, outcome) in indexes.iter().zip(group_outcomes) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::retry("no outcome", None)))
+            .collect()
     }
 }
 
-switchboard_sdk::export_adapter!(Placeholder);
+impl Alimtalk {
+    fn send_request(&self, template_code: &str, recipients: &[Value]) -> Request {
+        let body = json!({
+            "senderKey": self.sender_key,
+            "templateCode": template_code,
+            "recipientList": recipients,
+        });
+        let mut request = Request::post(format!(
+            "{}/alimtalk/v2.3/appkeys/{}/messages",
+            self.endpoint, self.appkey
+        ))
+        .header(
+            "X-Secret-Key",
+            secrets::placeholder(&self.secret_key_secret),
+        )
+        // The charset is spelled out as NHN's guide does; template parameters are often Korean.
+        .header("Content-Type", "application/json;charset=UTF-8");
+        request.body = body.to_string().into_bytes();
+        request
+    }
+}
+
+/// One outcome per recipient of a send request, in request order.
+fn classify(response: &Response, recipients: usize) -> Vec<Outcome> {
+    let retry_after = retry_after_ms(response.header("retry-after"));
+    if response.status == 429 || response.status >= 500 {
+        let reason = format!("NHN answered HTTP {}", response.status);
+        return vec![Outcome::retry(reason, retry_after); recipients];
+    }
+    let Some(body) = response.json() else {
+        return vec![unreadable(response.status, retry_after); recipients];
+    };
+    let header = body.get("header").cloned().unwrap_or(Value::Null);
+    let header_code = header.get("resultCode").and_then(Value::as_i64);
+    let successful = header.get("isSuccessful").and_then(Value::as_bool);
+    let message = body.get("message").cloned().unwrap_or(Value::Null);
+    let results = message.get("sendResults").and_then(Value::as_array);
+    let request_id = message
+        .get("requestId")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+
+    let header_ok = successful == Some(true) && header_code.is_some_and(|c| c >= 0);
+    match (header_ok, results) {
+        // Per-recipient results are the more precise answer, also when the header reports that
+        // every recipient failed (-1031).
+        (_, Some(results)) if !results.is_empty() => {
+            per_recipient(results, recipients, request_id, retry_after)
+        }
+        (true, _) => vec![Outcome::retry("success reply without sendResults", None); recipients],
+        (false, _) => match header_code {
+            Some(code) => {
+                let reason = result_message(&header);
+                vec![outcome_for_code(code, &reason, retry_after); recipients]
+            }
+            None => vec![unreadable(response.status, retry_after); recipients],
+        },
+    }
+}
+
+/// Matches `sendResults` to the request's recipients by `recipientSeq` (1-based, in request
+/// order), falling back to the position in the list when a result has no usable sequence.
+fn per_recipient(
+    results: &[Value],
+    recipients: usize,
+    request_id: &str,
+    retry_after: Option<u64>,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; recipients];
+    for (position, result) in results.iter().enumerate() {
+        let seq = result.get("recipientSeq").and_then(Value::as_u64);
+        let index = match seq {
+            Some(seq) if seq >= 1 && (seq as usize) <= recipients => seq as usize - 1,
+            _ => position,
+        };
+        let Some(slot) = outcomes.get_mut(index) else {
+            continue;
+        };
+        let code = result.get("resultCode").and_then(Value::as_i64);
+        let reason = result_message(result);
+        *slot = Some(match code {
+            Some(0) => {
+                Outcome::delivered(format!("{request_id}/{}", seq.unwrap_or(index as u64 + 1)))
+            }
+            Some(code) => outcome_for_code(code, &reason, retry_after),
+            None => Outcome::retry("send result without resultCode", None),
+        });
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::retry("no send result for this recipient", None)))
+        .collect()
+}
+
+/// The NHN Bizmessage result codes this adapter distinguishes; every other failure code is a
+/// rejection that carries the code, since NHN uses negative codes for request errors that a
+/// retry cannot fix (validation, template, sender profile, credentials).
+fn outcome_for_code(code: i64, reason: &str, retry_after: Option<u64>) -> Outcome {
+    match code {
+        // -9999 system error, -7000 the request to Kakao failed: both on the vendors' side.
+        -9999 | -7000 => Outcome::retry(format!("{code}: {reason}"), retry_after),
+        // -5000 / -4019: the recipient number is invalid.
+        -5000 | -4019 => Outcome::invalid_recipient(format!("{code}: {reason}")),
+        code => Outcome::rejected(code.to_string(), reason),
+    }
+}
+
+fn result_message(value: &Value) -> String {
+    value
+        .get("resultMessage")
+        .and_then(Value::as_str)
+        .unwrap_or("no resultMessage")
+        .to_string()
+}
+
+/// A reply without NHN's header: a 2xx of unknown meaning may have sent nothing, so it is
+/// retried; any other status is refused with the status as the code.
+fn unreadable(status: u16, retry_after: Option<u64>) -> Outcome {
+    if (200..300).contains(&status) {
+        Outcome::retry(format!("unreadable NHN reply (HTTP {status})"), retry_after)
+    } else {
+        Outcome::rejected(
+            format!("HTTP_{status}"),
+            "NHN reply without a result header",
+        )
+    }
+}
+
+switchboard_sdk::export_adapter!(Alimtalk);

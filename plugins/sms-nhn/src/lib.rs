@@ -1,21 +1,238 @@
-//! Placeholder while the sms-nhn adapter is written.
+//! SMS through NHN Cloud, API v3.0 (`sender/sms`).
+//!
+//! Auth: the `X-Secret-Key` header, filled in by the host from the secret named by
+//! `secret_key_secret`. The appkey is part of the path.
+//!
+//! A batch is grouped by message text: each group of up to 1000 recipients is one
+//! `POST /sms/v3.0/appKeys/{appKey}/sender/sms`, and the groups are sent concurrently. NHN
+//! answers HTTP 200 for most failures and puts them in the body: a failed `header` fails every
+//! recipient of that request, a negative `resultCode` in `body.data.sendResultList` fails that
+//! one recipient. The mapping of codes to outcomes is in docs/vendors/sms-nhn.md.
+//!
+//! Config keys: `appkey`, `send_no` (required); `endpoint`, `secret_key_secret` (optional).
 
-use switchboard_sdk::{Adapter, Config, Delivery, Outcome, PluginInfo, PluginInfoExt};
+use serde_json::{Value, json};
+use switchboard_sdk::content::{self, SmsContent};
+use switchboard_sdk::http::{self, Request, Response};
+use switchboard_sdk::{
+    Adapter, Config, Delivery, Outcome, PluginInfo, PluginInfoExt, retry_after_ms, secrets,
+};
 
-struct Placeholder;
+const DEFAULT_ENDPOINT: &str = "https://api-sms.cloud.toast.com";
+/// NHN's limit on `recipientList` in one send request.
+const MAX_RECIPIENTS: usize = 1000;
 
-impl Adapter for Placeholder {
+struct NhnSms {
+    appkey: String,
+    send_no: String,
+    endpoint: String,
+    secret_key_secret: String,
+}
+
+impl Adapter for NhnSms {
     fn describe() -> PluginInfo {
-        PluginInfo::new("sms-nhn", env!("CARGO_PKG_VERSION"), "placeholder")
+        PluginInfo::new("sms-nhn", env!("CARGO_PKG_VERSION"), "sms")
+            .max_batch(MAX_RECIPIENTS as u32)
+            .wants_host("api-sms.cloud.toast.com")
+            .wants_host("sms.api.nhncloudservice.com")
     }
 
-    fn init(_config: Config) -> Result<Self, String> {
-        Ok(Placeholder)
+    fn init(config: Config) -> Result<Self, String> {
+        Ok(NhnSms {
+            appkey: config.require("appkey")?.to_string(),
+            send_no: config.require("send_no")?.to_string(),
+            endpoint: config
+                .get_or("endpoint", DEFAULT_ENDPOINT)
+                .trim_end_matches('/')
+                .to_string(),
+            secret_key_secret: config.get_or("secret_key_secret", "secret_key").to_string(),
+        })
     }
 
     fn deliver(&self, batch: Vec<Delivery>) -> Vec<Outcome> {
-        batch.iter().map(|_| Outcome::retry("not written yet", None)).collect()
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        // Message text → the batch indexes that send it, in batch order.
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, delivery) in batch.iter().enumerate() {
+            let sms: SmsContent = match content::parse(&delivery.content) {
+                Ok(sms) => sms,
+                Err(why) => {
+                    outcomes[i] = Some(Outcome::rejected("INVALID_CONTENT", why));
+                    continue;
+                }
+            };
+            if delivery.recipient.trim().is_empty() {
+                outcomes[i] = Some(Outcome::invalid_recipient("empty recipient number"));
+                continue;
+            }
+            match groups
+                .iter_mut()
+                .find(|(body, indexes)| *body == sms.body && indexes.len() < MAX_RECIPIENTS)
+            {
+                Some((_, indexes)) => indexes.push(i),
+                None => groups.push((sms.body, vec![i])),
+            }
+        }
+
+        let requests = groups
+            .iter()
+            .map(|(body, indexes)| {
+                let recipients: Vec<&str> = indexes
+                    .iter()
+                    .map(|&i| batch[i].recipient.as_str())
+                    .collect();
+                self.send_request(body, &recipients)
+            })
+            .collect();
+        for ((_, indexes), result) in groups.iter().zip(http::send_all(requests)) {
+            let group_outcomes = match result {
+                Ok(response) => classify(&response, indexes.len()),
+                // A request that never got an answer may be retried; a denied host is a grant
+                // the operator has to fix, and until then retrying keeps the delivery.
+                Err(error) => vec![Outcome::retry(format!("http {error}"), None); indexes.len()],
+            };
+            for (&i, outcome) in indexes.iter().zip(group_outcomes) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::retry("no outcome", None)))
+            .collect()
     }
 }
 
-switchboard_sdk::export_adapter!(Placeholder);
+impl NhnSms {
+    fn send_request(&self, text: &str, recipients: &[&str]) -> Request {
+        let recipient_list: Vec<Value> = recipients
+            .iter()
+            .map(|no| json!({ "recipientNo": no }))
+            .collect();
+        let body = json!({
+            "body": text,
+            "sendNo": self.send_no,
+            "recipientList": recipient_list,
+        });
+        let mut request = Request::post(format!(
+            "{}/sms/v3.0/appKeys/{}/sender/sms",
+            self.endpoint, self.appkey
+        ))
+        .header(
+            "X-Secret-Key",
+            secrets::placeholder(&self.secret_key_secret),
+        )
+        // The charset is spelled out as NHN's guide does; SMS bodies are often Korean.
+        .header("Content-Type", "application/json;charset=UTF-8");
+        request.body = body.to_string().into_bytes();
+        request
+    }
+}
+
+/// One outcome per recipient of a send request, in request order.
+fn classify(response: &Response, recipients: usize) -> Vec<Outcome> {
+    let retry_after = retry_after_ms(response.header("retry-after"));
+    if response.status == 429 || response.status >= 500 {
+        let reason = format!("NHN answered HTTP {}", response.status);
+        return vec![Outcome::retry(reason, retry_after); recipients];
+    }
+    let Some(reply) = response.json() else {
+        return vec![unreadable(response.status, retry_after); recipients];
+    };
+    let header = reply.get("header").cloned().unwrap_or(Value::Null);
+    let header_code = header.get("resultCode").and_then(Value::as_i64);
+    let successful = header.get("isSuccessful").and_then(Value::as_bool);
+    let data = reply
+        .get("body")
+        .and_then(|b| b.get("data"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let results = data.get("sendResultList").and_then(Value::as_array);
+    let request_id = data.get("requestId").and_then(Value::as_str).unwrap_or("");
+
+    let header_ok = successful == Some(true) && header_code.is_some_and(|c| c >= 0);
+    match (header_ok, results) {
+        // Per-recipient results are the more precise answer whenever the reply has them.
+        (_, Some(results)) if !results.is_empty() => {
+            per_recipient(results, recipients, request_id, retry_after)
+        }
+        (true, _) => vec![Outcome::retry("success reply without sendResultList", None); recipients],
+        (false, _) => match header_code {
+            Some(code) => {
+                let reason = result_message(&header);
+                vec![outcome_for_code(code, &reason, retry_after); recipients]
+            }
+            None => vec![unreadable(response.status, retry_after); recipients],
+        },
+    }
+}
+
+/// Matches `sendResultList` to the request's recipients by `recipientSeq` (1-based, in request
+/// order), falling back to the position in the list when a result has no usable sequence.
+fn per_recipient(
+    results: &[Value],
+    recipients: usize,
+    request_id: &str,
+    retry_after: Option<u64>,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; recipients];
+    for (position, result) in results.iter().enumerate() {
+        let seq = result.get("recipientSeq").and_then(Value::as_u64);
+        let index = match seq {
+            Some(seq) if seq >= 1 && (seq as usize) <= recipients => seq as usize - 1,
+            _ => position,
+        };
+        let Some(slot) = outcomes.get_mut(index) else {
+            continue;
+        };
+        // The guide marks a recipient's resultCode as nullable; a result without one was
+        // accepted with the request.
+        let code = result
+            .get("resultCode")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        *slot = Some(match code {
+            0 => Outcome::delivered(format!("{request_id}/{}", seq.unwrap_or(index as u64 + 1))),
+            code => outcome_for_code(code, &result_message(result), retry_after),
+        });
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::retry("no send result for this recipient", None)))
+        .collect()
+}
+
+/// The NHN SMS result codes this adapter distinguishes; every other failure code is a rejection
+/// that carries the code, since NHN uses negative codes for request errors that a retry cannot
+/// fix (validation, unregistered sender number, credentials, opted-out recipients).
+fn outcome_for_code(code: i64, reason: &str, retry_after: Option<u64>) -> Outcome {
+    match code {
+        // -9999 system error, -2021 the message could not be queued: both on NHN's side.
+        -9999 | -2021 => Outcome::retry(format!("{code}: {reason}"), retry_after),
+        // -2018 empty, -2019 invalid recipient number.
+        -2018 | -2019 => Outcome::invalid_recipient(format!("{code}: {reason}")),
+        code => Outcome::rejected(code.to_string(), reason),
+    }
+}
+
+fn result_message(value: &Value) -> String {
+    value
+        .get("resultMessage")
+        .and_then(Value::as_str)
+        .unwrap_or("no resultMessage")
+        .to_string()
+}
+
+/// A reply without NHN's header: a 2xx of unknown meaning may have sent nothing, so it is
+/// retried; any other status is refused with the status as the code.
+fn unreadable(status: u16, retry_after: Option<u64>) -> Outcome {
+    if (200..300).contains(&status) {
+        Outcome::retry(format!("unreadable NHN reply (HTTP {status})"), retry_after)
+    } else {
+        Outcome::rejected(
+            format!("HTTP_{status}"),
+            "NHN reply without a result header",
+        )
+    }
+}
+
+switchboard_sdk::export_adapter!(NhnSms);

@@ -1,6 +1,9 @@
 //! The DLQ and the retry topic end to end: what lands in the DLQ, with which headers, and a
 //! replay that delivers once and never twice.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,6 +1,9 @@
 //! The Redis dedup backend against a real Redis (`make services` starts one on loopback and sets
 //! SWITCHBOARD_TEST_REDIS).
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use switchboard::dedup::{DedupStore, RedisDedup, fingerprint};

@@ -1,5 +1,8 @@
 //! End to end: the real host, the mock Kafka cluster, the FCM simulator and the FCM component.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use switchboard::demo::{demo_envelope, produce};

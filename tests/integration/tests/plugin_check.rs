@@ -1,5 +1,8 @@
 //! `switchboard plugin check` passes for every bundled plugin, and refuses what is not one.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 use switchboard_integration_tests::{guest_path, plugin_path};

@@ -1,6 +1,9 @@
 //! The plugin runtime against real components: deadlines, traps, denied hosts, memory caps,
 //! the cache, and the FCM plugin's token reuse and error mapping.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use switchboard::plugin::{CallError, Outcome};
