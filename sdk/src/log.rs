@@ -22,3 +22,8 @@ pub fn info(message: &str) {
 pub fn warn(message: &str) {
     log(Level::Warn, message)
 }
+
+/// Logs at error level.
+pub fn error(message: &str) {
+    log(Level::Error, message)
+}

@@ -6,6 +6,14 @@
 //! - [`fcm`]: Firebase Cloud Messaging HTTP v1 with its OAuth2 token endpoint; verifies the
 //!   service-account JWT (RS256) and the bearer token, checks the message shape, answers with
 //!   FCM's error bodies.
+//! - [`apns`]: APNs over TLS with HTTP/2 only; verifies ES256 provider tokens (and refuses too
+//!   frequent token updates), every `apns-*` header, the payload size; answers `{reason}`.
+//! - [`nhn`]: NHN Cloud KakaoTalk Bizmessage Alimtalk v2.3 and SMS v3.0; checks `X-Secret-Key`,
+//!   the appkey, sender profiles, templates and numbers; failures in the body with HTTP 200.
+//! - [`twilio`]: the Twilio Messages API; checks Basic credentials and the form, answers with
+//!   Twilio's error codes.
+//! - [`faults`]: latency, outage windows (503 or refused connections) and rate limits, shared by
+//!   all of them.
 //!
 //! Every simulator counts accepted deliveries and duplicates (the same message to the same
 //! recipient accepted twice); the demo, the lab and the tests read those counts.
