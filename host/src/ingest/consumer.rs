@@ -559,8 +559,7 @@ impl Ingest {
         }
         let wait = Duration::from_millis(due_at_ms.saturating_sub(now_ms()));
         let consumer = Arc::downgrade(&self.consumer);
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
+        crate::retry::after(wait, move || {
             if let Some(consumer) = consumer.upgrade()
                 && let Err(e) = consumer.resume(&tpl)
             {

@@ -146,6 +146,18 @@ impl RetryRecord {
     }
 }
 
+/// Runs `resume` once `wait` has passed, on the tokio timer: how a paused retry partition
+/// comes back at its record's due time.
+pub fn after(
+    wait: Duration,
+    resume: impl FnOnce() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        resume();
+    })
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -333,6 +345,37 @@ fn origin_headers(origin: &Origin) -> OwnedHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::backoff::Backoff;
+    use rand::SeedableRng;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_resumes_exactly_at_its_backoff_and_not_before_retry_after() {
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for (attempt, retry_after) in [(1, None), (4, None), (2, Some(Duration::from_secs(5)))] {
+            let wait = backoff.delay(attempt, retry_after, &mut rng);
+            if let Some(floor) = retry_after {
+                assert!(wait >= floor, "{wait:?} is before Retry-After {floor:?}");
+            }
+            let resumed = Arc::new(AtomicBool::new(false));
+            let flag = resumed.clone();
+            let task = after(wait, move || flag.store(true, Ordering::SeqCst));
+            tokio::time::advance(wait - Duration::from_millis(1)).await;
+            tokio::task::yield_now().await;
+            assert!(
+                !resumed.load(Ordering::SeqCst),
+                "attempt {attempt}: resumed early"
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+            let _ = task.await;
+            assert!(
+                resumed.load(Ordering::SeqCst),
+                "attempt {attempt}: not resumed at {wait:?}"
+            );
+        }
+    }
 
     #[test]
     fn retry_records_round_trip_and_keep_the_key() -> anyhow::Result<()> {
