@@ -354,3 +354,51 @@ async fn reqwest_post(url: &str) {
         .status();
     assert!(status.is_success(), "{status}");
 }
+
+#[tokio::test]
+async fn outage_windows_answer_503_or_refuse_connections_then_recover() {
+    let fixture = FcmFixture::start(|_| {}).await;
+    let rt = runtime();
+    let plugin = load(&rt, "fcm", &plugin_path("fcm"), fixture.load_options())
+        .await
+        .unwrap();
+    let content = r#"{"title":"t","body":"b"}"#;
+
+    fixture
+        .sim
+        .faults
+        .set_outage(Some(vendorsim::OutageMode::Unavailable));
+    let out = plugin
+        .deliver(&[delivery("o/0", "device-o0", content)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&out[0], Outcome::Retry(r) if r.reason.contains("UNAVAILABLE")),
+        "{out:?}"
+    );
+
+    fixture
+        .sim
+        .faults
+        .set_outage(Some(vendorsim::OutageMode::Refuse));
+    // The listener closes within a tick of the accept loop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = tokio::net::TcpStream::connect(fixture.sim.addr).await;
+    assert!(refused.is_err(), "the simulator still accepts connections");
+    let out = plugin
+        .deliver(&[delivery("o/1", "device-o1", content)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&out[0], Outcome::Retry(r) if r.reason.contains("http")),
+        "{out:?}"
+    );
+
+    fixture.sim.faults.set_outage(None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = plugin
+        .deliver(&[delivery("o/2", "device-o2", content)])
+        .await
+        .unwrap();
+    assert!(matches!(&out[0], Outcome::Delivered(_)), "{out:?}");
+}

@@ -12,7 +12,9 @@ use serde_json::json;
 use switchboard::plugin::Outcome;
 use switchboard_integration_tests::{LoadOptions, delivery, load, runtime};
 
+mod crash;
 mod dedup;
+mod rebalance;
 
 #[derive(Parser)]
 #[command(name = "switchboard-lab", about)]
@@ -53,6 +55,40 @@ enum Scenario {
         #[arg(long, default_value_t = 20_000)]
         calls: u64,
     },
+    /// Crash recovery: the host as a child process, SIGKILLed while deliveries are in flight and
+    /// restarted; counts what was lost and what was sent twice.
+    Crash {
+        #[arg(long, default_value_t = 5)]
+        kills: u32,
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        vendor_latency_ms: u64,
+        /// Seed of the kill moments (printed on stderr when not given).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Seconds to wait for the last request after the last restart.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Rebalance under load: host B joins one consumer group while host A delivers, then A
+    /// leaves while B delivers; both share the Redis dedup store.
+    Rebalance {
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        vendor_latency_ms: u64,
+        /// Redis URL shared by both hosts.
+        #[arg(long, env = "SWITCHBOARD_TEST_REDIS")]
+        redis: Option<String>,
+        /// Seconds to wait for the last request.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
 }
 
 #[tokio::main]
@@ -79,6 +115,40 @@ async fn main() -> anyhow::Result<()> {
             redis_keys,
             redis,
         } => dedup::measure(keys, redis_keys, redis.as_deref()).await?,
+        Scenario::Crash {
+            kills,
+            messages,
+            plugin_dir,
+            vendor_latency_ms,
+            seed,
+            timeout_s,
+        } => {
+            crash::run(crash::CrashOptions {
+                kills,
+                messages,
+                plugin_dir,
+                vendor_latency_ms,
+                seed,
+                timeout: Duration::from_secs(timeout_s),
+            })
+            .await?
+        }
+        Scenario::Rebalance {
+            messages,
+            plugin_dir,
+            vendor_latency_ms,
+            redis,
+            timeout_s,
+        } => {
+            rebalance::run(rebalance::RebalanceOptions {
+                messages,
+                plugin_dir,
+                vendor_latency_ms,
+                redis,
+                timeout: Duration::from_secs(timeout_s),
+            })
+            .await?
+        }
     };
     println!("{line}");
     Ok(())

@@ -119,11 +119,16 @@ pub(crate) async fn serve(
     let loop_faults = faults.clone();
     tokio::spawn(async move {
         let mut listener = Some(listener);
+        let mut connections: Vec<tokio::task::AbortHandle> = Vec::new();
         loop {
-            // A `Refuse` outage closes the socket, so connects are refused, and reopens it after.
+            // A `Refuse` outage closes the socket, so connects are refused, and cuts the open
+            // connections, as a vendor going down does; the socket reopens after it.
             let refusing = loop_faults.outage_now() == Some(OutageMode::Refuse);
             if refusing {
                 listener = None;
+                for connection in connections.drain(..) {
+                    connection.abort();
+                }
             } else if listener.is_none() {
                 match bind(addr) {
                     Ok(l) => listener = Some(l),
@@ -145,7 +150,8 @@ pub(crate) async fn serve(
             let _ = stream.set_nodelay(true);
             let service = hyper_util::service::TowerToHyperService::new(router.clone());
             let tls = tls.clone();
-            tokio::spawn(async move {
+            connections.retain(|c| !c.is_finished());
+            let connection = tokio::spawn(async move {
                 let builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 );
@@ -169,6 +175,7 @@ pub(crate) async fn serve(
                     tracing::debug!(error = %e, "vendorsim connection ended with an error");
                 }
             });
+            connections.push(connection.abort_handle());
         }
     });
     Ok(RunningSim {

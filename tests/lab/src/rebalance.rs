@@ -1,0 +1,242 @@
+//! `rebalance`: two hosts in one consumer group, in this process, sharing the Redis dedup
+//! store. Host B joins while host A is delivering, then A leaves gracefully while B is; the
+//! simulator counts what arrived. A rebalance drains the revoked partitions' in-flight records
+//! and commits before giving them up, so the promise is exact here: nothing lost, nothing sent
+//! twice.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::json;
+use switchboard::RunningHost;
+use switchboard::config::DedupBackend;
+use switchboard::demo::{demo_envelope, produce};
+use switchboard::ingest::EmbeddedKafka;
+use switchboard::telemetry::{Counters, CountersSnapshot};
+use switchboard_integration_tests::FcmFixture;
+
+const TOPIC: &str = "notifications";
+const PARTITIONS: i32 = 6;
+const GROUP: &str = "switchboard-lab-rebalance";
+
+/// What the scenario runs.
+pub struct RebalanceOptions {
+    /// Requests to produce, one recipient each.
+    pub messages: u64,
+    /// Where `fcm.wasm` is.
+    pub plugin_dir: PathBuf,
+    /// Mean simulated vendor latency; the jitter is half of it.
+    pub vendor_latency_ms: u64,
+    /// The Redis both hosts share (from `--redis` or SWITCHBOARD_TEST_REDIS).
+    pub redis: Option<String>,
+    /// Give up waiting for the last request after this long.
+    pub timeout: Duration,
+}
+
+/// Deliveries that ended in the DLQ, as the host counted them.
+fn dead_lettered(c: &CountersSnapshot) -> u64 {
+    c.deliveries_rejected
+        + c.deliveries_invalid_recipient
+        + c.deliveries_failed
+        + c.records_undecodable
+        + c.records_unknown_channel
+        + c.records_expired
+}
+
+/// Fails with a message naming SWITCHBOARD_TEST_REDIS when Redis does not answer PING.
+async fn check_redis(url: &str) -> anyhow::Result<()> {
+    let hint = || {
+        format!(
+            "Redis at {url} is not reachable: start it with `make services` (which sets SWITCHBOARD_TEST_REDIS=redis://127.0.0.1:6390) or point SWITCHBOARD_TEST_REDIS / --redis at one"
+        )
+    };
+    let ping = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+    };
+    tokio::time::timeout(Duration::from_secs(5), ping)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 5 s"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(hint)
+}
+
+/// Deletes the keys this run wrote under `prefix`.
+async fn remove_prefix(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        if !found.is_empty() {
+            let () = redis::cmd("UNLINK")
+                .arg(&found)
+                .query_async(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value> {
+    let RebalanceOptions {
+        messages,
+        plugin_dir,
+        vendor_latency_ms,
+        redis,
+        timeout,
+    } = options;
+    let redis_url = redis.context(
+        "no Redis given: set SWITCHBOARD_TEST_REDIS (`make services` starts one on redis://127.0.0.1:6390) or pass --redis",
+    )?;
+    check_redis(&redis_url).await?;
+    let fcm_wasm = plugin_dir.join("fcm.wasm");
+    let fcm_wasm = fcm_wasm.canonicalize().with_context(|| {
+        format!(
+            "{} is missing: build the plugins first (`make plugins`)",
+            fcm_wasm.display()
+        )
+    })?;
+
+    let topics = [TOPIC, "switchboard.retry", "switchboard.dlq"].map(String::from);
+    let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
+    let brokers = cluster.bootstrap_servers().to_string();
+    let latency = Duration::from_millis(vendor_latency_ms);
+    let fixture = FcmFixture::start(|c| {
+        c.faults.latency.mean = latency;
+        c.faults.latency.jitter = latency / 2;
+    })
+    .await;
+    let stats = fixture.sim.stats.clone();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let prefix = format!("switchboard-lab:rebalance:{}:{nanos}", std::process::id());
+    let mut config = fixture.host_config(&brokers, TOPIC, GROUP);
+    config.dedup.backend = DedupBackend::Redis;
+    config.dedup.redis_url = redis_url.clone();
+    config.dedup.redis_prefix = prefix.clone();
+    if let Some(fcm) = config.plugins.get_mut("fcm") {
+        fcm.path = fcm_wasm;
+    }
+    eprintln!(
+        "[rebalance] kafka at {brokers}, fcm simulator at {}, redis {redis_url} under {prefix}",
+        fixture.sim.url()
+    );
+
+    let started = Instant::now();
+    let host_a = switchboard::start(config.clone()).await?;
+    let a_counters = host_a.counters.clone();
+    let producing = tokio::spawn({
+        let brokers = brokers.clone();
+        async move {
+            produce(&brokers, TOPIC, messages, |i| {
+                (format!("device-{i}"), demo_envelope(i))
+            })
+            .await
+        }
+    });
+
+    let mut host_a = Some(host_a);
+    let mut host_b: Option<RunningHost> = None;
+    let mut b_counters = None;
+    let mut stopping_a: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+    let mut last_report = Instant::now();
+    loop {
+        let delivered = stats.snapshot().delivered;
+        let dlq = dead_lettered(&a_counters.snapshot())
+            + b_counters
+                .as_ref()
+                .map_or(0, |c: &Arc<Counters>| dead_lettered(&c.snapshot()));
+        if delivered + dlq >= messages {
+            break;
+        }
+        if host_b.is_none() && delivered >= messages / 3 {
+            eprintln!("[rebalance] delivered {delivered}: host B joins");
+            let b = switchboard::start(config.clone()).await?;
+            b_counters = Some(b.counters.clone());
+            host_b = Some(b);
+        }
+        if stopping_a.is_none()
+            && host_b.is_some()
+            && delivered >= messages * 2 / 3
+            && let Some(a) = host_a.take()
+        {
+            eprintln!("[rebalance] delivered {delivered}: host A leaves");
+            // Stopping drains A's in-flight records (seconds); B keeps delivering meanwhile.
+            stopping_a = Some(tokio::spawn(a.stop()));
+        }
+        if started.elapsed() > timeout {
+            eprintln!(
+                "[rebalance] timed out after {timeout:?}: {delivered}/{messages} delivered, dlq {dlq}"
+            );
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            let s = stats.snapshot();
+            eprintln!(
+                "[rebalance] delivered {}/{messages}, duplicates {}, consumed by A {}, by B {}",
+                s.delivered,
+                s.duplicates,
+                a_counters.snapshot().records_consumed,
+                b_counters
+                    .as_ref()
+                    .map_or(0, |c| c.snapshot().records_consumed)
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    producing.await.context("producer task panicked")??;
+    if let Some(stopping) = stopping_a {
+        stopping.await.context("stopping host A panicked")??;
+    }
+    if let Some(a) = host_a {
+        a.stop().await?;
+    }
+    if let Some(b) = host_b {
+        b.stop().await?;
+    }
+    let a_final = a_counters.snapshot();
+    let b_final = b_counters.map(|c| c.snapshot()).unwrap_or_default();
+    let dlq = dead_lettered(&a_final) + dead_lettered(&b_final);
+    let seen = stats.snapshot();
+    eprintln!(
+        "[rebalance] host A consumed {} records, host B {}; skipped as done: A {}, B {}",
+        a_final.records_consumed,
+        b_final.records_consumed,
+        a_final.deliveries_skipped_done,
+        b_final.deliveries_skipped_done
+    );
+    if let Err(e) = remove_prefix(&redis_url, &prefix).await {
+        eprintln!("[rebalance] could not remove the run's Redis keys under {prefix}: {e:#}");
+    }
+    drop(cluster);
+    Ok(json!({
+        "scenario": "rebalance",
+        "requested": messages,
+        "delivered_unique": seen.delivered,
+        "lost": messages.saturating_sub(seen.delivered + dlq),
+        "duplicate_sends": seen.duplicates,
+        "dlq": dlq,
+        "elapsed_ms": elapsed.as_millis() as u64,
+    }))
+}
