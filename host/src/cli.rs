@@ -79,6 +79,35 @@ pub enum PluginCommand {
         /// The component file.
         file: PathBuf,
     },
+    /// Create a plugin crate that builds, checks and tests as generated.
+    New {
+        /// The plugin's name, e.g. `acme-sms`.
+        name: String,
+        /// The channel it serves: sms, push-android, push-ios, alimtalk (or another name).
+        #[arg(long)]
+        channel: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The switchboard-sdk crate to depend on.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk"))]
+        sdk: PathBuf,
+    },
+    /// Run a component offline against recorded vendor exchanges and print a pass/fail table.
+    Test {
+        /// The component file.
+        file: PathBuf,
+        /// The cases file (YAML).
+        #[arg(long)]
+        cases: PathBuf,
+        /// Run the cases against the live endpoints in the cases file instead, and write the
+        /// exchanges and outcomes seen back into it (or into --out).
+        #[arg(long)]
+        record: bool,
+        /// Where --record writes; the cases file itself by default.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Runs the parsed command line.
@@ -143,6 +172,53 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::retry::replay::replay(&brokers, &config.kafka.dlq_topic, &outbox, &filter)
                     .await?;
             println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    channel,
+                    dir,
+                    sdk,
+                },
+        } => {
+            let root = crate::authoring::scaffold::create(&dir, &name, &channel, &sdk)?;
+            println!("created {}", root.display());
+            println!("next: cd {} && cargo build --release", root.display());
+            Ok(())
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    file,
+                    cases,
+                    record,
+                    out,
+                },
+        } => {
+            telemetry::init(cli.log_format, "warn");
+            let suite = crate::authoring::offline::read_cases(&cases)?;
+            if record {
+                let recorded = crate::authoring::offline::record(&file, &suite).await?;
+                let target = out.unwrap_or(cases);
+                crate::authoring::offline::write_cases(&target, &recorded)?;
+                println!(
+                    "recorded {} cases into {}",
+                    recorded.cases.len(),
+                    target.display()
+                );
+                return Ok(());
+            }
+            let report = crate::authoring::offline::run(&file, &suite).await?;
+            println!("{}", report.plugin);
+            print!("{}", report.table());
+            anyhow::ensure!(
+                report.failed() == 0,
+                "{} of {} cases failed",
+                report.failed(),
+                report.results.len()
+            );
             Ok(())
         }
         Command::Plugin {

@@ -15,8 +15,10 @@
 //! - [`telemetry`]: tracing setup, counters, one struct per observable event;
 //! - [`host`]: wires the parts into a running host, [`run`] and [`host::start`];
 //! - [`demo`]: the self-contained demo (embedded Kafka, simulated vendors, bundled plugins);
+//! - [`authoring`]: for vendor teams: the plugin scaffold and offline tests;
 //! - [`cli`]: the `switchboard` command line.
 
+pub mod authoring;
 pub mod cli;
 pub mod config;
 pub mod dedup;

@@ -107,6 +107,24 @@ pub struct Capabilities {
     pub client: reqwest::Client,
     pub counters: Arc<CapabilityCounters>,
     signer: Signer256,
+    /// Offline tests: answers requests from a script instead of the network.
+    script: Option<Arc<dyn ExchangeScript>>,
+    /// Recording tests: sees every live exchange.
+    recorder: Option<Arc<dyn ExchangeRecorder>>,
+}
+
+/// Answers a plugin's requests without a network, for offline tests. It sees each request as
+/// the plugin made it: header placeholders unfilled, so no secret value is ever in a script.
+pub trait ExchangeScript: Send + Sync {
+    /// The answer to `request`.
+    fn answer(&self, request: &http::Request) -> Result<http::Response, http::HttpError>;
+}
+
+/// Sees every live exchange, for recording offline tests. The request is as the plugin made
+/// it (placeholders unfilled).
+pub trait ExchangeRecorder: Send + Sync {
+    /// One exchange that got an answer.
+    fn record(&self, request: &http::Request, response: &http::Response);
 }
 
 impl Capabilities {
@@ -128,7 +146,21 @@ impl Capabilities {
             client,
             counters,
             signer: Signer256::default(),
+            script: None,
+            recorder: None,
         }
+    }
+
+    /// Answers every request from `script`; nothing goes to the network.
+    pub fn with_script(mut self, script: Arc<dyn ExchangeScript>) -> Self {
+        self.script = Some(script);
+        self
+    }
+
+    /// Shows every live exchange to `recorder`.
+    pub fn with_recorder(mut self, recorder: Arc<dyn ExchangeRecorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     fn permits(&self, url: &reqwest::Url) -> bool {
@@ -193,6 +225,17 @@ async fn send_one(
             url.scheme()
         )));
     }
+    if let Some(script) = &caps.script {
+        // Offline: placeholders must still name the plugin's own secrets.
+        for (_, value) in &request.headers {
+            if let Err(missing) = fill_placeholders(value, &caps.secrets) {
+                return Err(HttpError::Denied(format!(
+                    "secret `{missing}` is not granted to this plugin"
+                )));
+            }
+        }
+        return script.answer(&request);
+    }
     if !caps.permits(&url) {
         caps.counters.denied_hosts.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(plugin = %caps.plugin, host = url.host_str().unwrap_or(""), "plugin tried a host it was not granted");
@@ -201,6 +244,7 @@ async fn send_one(
             url.host_str().unwrap_or("")
         )));
     }
+    let recorded = caps.recorder.as_ref().map(|_| request.clone());
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| HttpError::Protocol(format!("bad method `{}`", request.method)))?;
     let mut builder = caps.client.request(method, url);
@@ -249,9 +293,13 @@ async fn send_one(
     };
     // The deadline covers the whole exchange, body included, so a vendor that trickles bytes
     // cannot hold the call past it.
-    tokio::time::timeout(remaining, exchange)
+    let result = tokio::time::timeout(remaining, exchange)
         .await
-        .unwrap_or(Err(HttpError::Timeout))
+        .unwrap_or(Err(HttpError::Timeout));
+    if let (Some(recorder), Some(request), Ok(response)) = (&caps.recorder, &recorded, &result) {
+        recorder.record(request, response);
+    }
+    result
 }
 
 fn transport_error(e: reqwest::Error) -> http::HttpError {

@@ -20,6 +20,7 @@ use wasmtime::{
 };
 
 use bindings::AdapterPre;
+pub use bindings::http as bindings_http;
 pub use bindings::{Delivery, Outcome, PluginInfo, Priority, Rejection, RetryInfo};
 use capabilities::{Capabilities, PluginState};
 
@@ -306,6 +307,22 @@ impl LoadedPlugin {
 
     fn new_store(&self) -> Store<PluginState> {
         new_store(&self.engine, self.caps.clone(), self.limits)
+    }
+
+    /// The same compiled plugin with other capabilities (offline tests give each case its own
+    /// script and a fresh cache). `init` is not run again here; it runs on every call anyway.
+    pub fn with_capabilities(&self, mut caps: Capabilities) -> LoadedPlugin {
+        caps.version = self.info.version.clone();
+        LoadedPlugin {
+            name: self.name.clone(),
+            info: self.info.clone(),
+            engine: self.engine.clone(),
+            pre: self.pre.clone(),
+            caps: Arc::new(caps),
+            limits: self.limits,
+            init_config: self.init_config.clone(),
+            counters: Arc::new(CallCounters::default()),
+        }
     }
 
     /// Runs `deliver` on a fresh instance. Returns one outcome per delivery; a plugin that

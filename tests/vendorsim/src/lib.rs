@@ -12,6 +12,8 @@
 //!   the appkey, sender profiles, templates and numbers; failures in the body with HTTP 200.
 //! - [`twilio`]: the Twilio Messages API; checks Basic credentials and the form, answers with
 //!   Twilio's error codes.
+//! - [`hello`]: "Hello", a made-up SMS vendor with a minimal API, the one `switchboard plugin
+//!   new` scaffolds an adapter for.
 //! - [`faults`]: latency, outage windows (503 or refused connections) and rate limits, shared by
 //!   all of them.
 //!
@@ -21,6 +23,7 @@
 pub mod apns;
 pub mod faults;
 pub mod fcm;
+pub mod hello;
 mod keys;
 pub mod nhn;
 mod stats;

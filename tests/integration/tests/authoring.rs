@@ -1,0 +1,198 @@
+//! A vendor team's whole path, from a clean temp directory: scaffold, build, check, offline test
+//! (and a recorded one), load into a running host on embedded defaults, deliver to vendorsim.
+
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use switchboard::config::{PluginConfig, SecretSource};
+use switchboard::demo::produce;
+use switchboard_integration_tests::wait_until;
+
+/// The target directory this test was built into (`target/<profile>/deps/this-test`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_path_buf()
+}
+
+fn switchboard(args: &[&str]) -> Output {
+    let bin = target_dir().join("release/switchboard");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the host first",
+        bin.display()
+    );
+    Command::new(bin).args(args).output().unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaffold_build_check_test_load_and_deliver() {
+    let work = tempfile::tempdir().unwrap();
+
+    // 1. Scaffold.
+    ok(&switchboard(&[
+        "plugin",
+        "new",
+        "acme-sms",
+        "--channel",
+        "sms",
+        "--dir",
+        path(work.path()),
+    ]));
+    let crate_dir = work.path().join("acme-sms");
+
+    // 2. Build, with one command. Sharing this workspace's target directory reuses the SDK
+    // and wit-bindgen builds of `make plugins`.
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--release"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target_dir().join("wasm32-wasip2/release/acme_sms.wasm");
+
+    // 3. Check.
+    let checked = ok(&switchboard(&["plugin", "check", path(&wasm)]));
+    assert!(checked.contains("channel:     sms"), "{checked}");
+
+    // 4. Offline test against the generated cases file.
+    let cases = crate_dir.join("tests/cases.yaml");
+    let tested = ok(&switchboard(&[
+        "plugin",
+        "test",
+        path(&wasm),
+        "--cases",
+        path(&cases),
+    ]));
+    assert!(tested.contains("3 passed, 0 failed"), "{tested}");
+
+    // A case that expects the wrong outcome fails, with a reason and a failing exit code.
+    let broken = std::fs::read_to_string(&cases)
+        .unwrap()
+        .replace("id: msg-1", "id: msg-2");
+    let broken_cases = work.path().join("broken.yaml");
+    std::fs::write(&broken_cases, broken).unwrap();
+    let failed = switchboard(&[
+        "plugin",
+        "test",
+        path(&wasm),
+        "--cases",
+        path(&broken_cases),
+    ]);
+    assert!(!failed.status.success());
+    let table = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        table.contains("FAIL: expected delivered(msg-2), got delivered(msg-1)"),
+        "{table}"
+    );
+    assert!(table.contains("2 passed, 1 failed"), "{table}");
+
+    // Recording against the Hello simulator, then replaying the recording offline.
+    let sim = vendorsim::hello::start(vendorsim::hello::HelloConfig::new("k3y"))
+        .await
+        .unwrap();
+    let live_cases = format!(
+        "plugin:\n  config: {{endpoint: \"{url}\"}}\n  secrets: {{api_key: k3y}}\n  allowed_hosts: [\"{addr}\"]\ncases:\n  - name: live delivered\n    delivery: {{recipient: \"+821055500000\", content: {{body: hi}}}}\n    expect: {{outcome: delivered}}\n  - name: live invalid\n    delivery: {{recipient: \"12\", content: {{body: hi}}}}\n    expect: {{outcome: delivered}}\n",
+        url = sim.url(),
+        addr = sim.addr
+    );
+    let live = work.path().join("live.yaml");
+    let recorded = work.path().join("recorded.yaml");
+    std::fs::write(&live, live_cases).unwrap();
+    ok(&switchboard(&[
+        "plugin",
+        "test",
+        path(&wasm),
+        "--cases",
+        path(&live),
+        "--record",
+        "--out",
+        path(&recorded),
+    ]));
+    let recorded_text = std::fs::read_to_string(&recorded).unwrap();
+    assert!(
+        recorded_text.contains("invalid-recipient"),
+        "{recorded_text}"
+    );
+    assert!(
+        recorded_text.contains("{{secret:api_key}}"),
+        "{recorded_text}"
+    );
+    // The test secret appears once, where the cases file gives it; never in an exchange.
+    assert_eq!(recorded_text.matches("k3y").count(), 1, "{recorded_text}");
+    let replayed = ok(&switchboard(&[
+        "plugin",
+        "test",
+        path(&wasm),
+        "--cases",
+        path(&recorded),
+    ]));
+    assert!(replayed.contains("2 passed, 0 failed"), "{replayed}");
+
+    // 5. Load into a running host on embedded defaults (in-process Kafka).
+    let mut config = switchboard::Config::default();
+    config.dedup.data_dir = work.path().join("dedup");
+    config.plugins.insert(
+        "acme-sms".into(),
+        PluginConfig {
+            path: wasm.clone(),
+            allowed_hosts: vec![sim.addr.to_string()],
+            timeout_ms: 5_000,
+            memory_mb: 32,
+            max_batch: 50,
+            concurrency: 8,
+            config: [("endpoint".to_string(), sim.url())].into(),
+            secrets: [("api_key".to_string(), SecretSource::Value("k3y".into()))].into(),
+        },
+    );
+    config
+        .channels
+        .insert("sms".into(), [("acme-sms".to_string(), 100)].into());
+    let host = switchboard::start(config).await.unwrap();
+
+    // 6. Deliver through it to the simulator.
+    let before = sim.stats.snapshot().delivered;
+    produce(&host.bootstrap_servers, "notifications", 200, |i| {
+        let envelope = serde_json::json!({
+            "id": format!("acme-{i}"), "channel": "sms", "priority": "realtime",
+            "recipients": [{"to": format!("+8210777{i:05}")}],
+            "content": {"body": format!("hello {i}")},
+        });
+        (format!("k{i}"), envelope.to_string())
+    })
+    .await
+    .unwrap();
+    let stats = sim.stats.clone();
+    assert!(
+        wait_until(Duration::from_secs(60), || stats.snapshot().delivered
+            >= before + 200)
+        .await,
+        "{:?}",
+        stats.snapshot()
+    );
+    host.stop().await.unwrap();
+    assert_eq!(sim.stats.snapshot().delivered, before + 200);
+    assert_eq!(sim.stats.snapshot().duplicates, 0);
+}
