@@ -125,6 +125,8 @@ fn content_to_text(channel: &str) -> &'static str {
 
 fn lib_rs(name: &str, channel: &str) -> String {
     let ty = type_name(name);
+    let endpoint = format!("https://api.{name}.example");
+    let host = format!("api.{name}.example");
     format!(
         r#"//! The `{name}` adapter for Switchboard's `{channel}` channel.
 //!
@@ -220,8 +222,6 @@ fn transport_outcome(error: HttpError) -> Outcome {{
 
 switchboard_sdk::export_adapter!({ty});
 "#,
-        endpoint = format!("https://api.{name}.example"),
-        host = format!("api.{name}.example"),
         content = content_to_text(channel),
     )
 }
