@@ -15,7 +15,7 @@ MESSAGES ?= 20000
 REDIS_PORT ?= 6390
 export SWITCHBOARD_TEST_REDIS ?= redis://127.0.0.1:$(REDIS_PORT)
 
-.PHONY: demo test plugins guests host lint fmt bench toolchain services clean-build
+.PHONY: demo test example plugins guests host lint fmt bench toolchain services clean-build
 
 ## demo: build everything and run the demo on embedded defaults (prints one JSON line last)
 demo: plugins host
@@ -25,6 +25,13 @@ demo: plugins host
 test: plugins guests services
 	cargo test --release --workspace --all-targets
 	cargo test --release --doc -p switchboard-sdk
+	$(MAKE) example
+
+## example: build examples/hello-vendor, check it, and run its offline tests
+example: toolchain
+	cd examples/hello-vendor && cargo build --release
+	$(BIN)/switchboard plugin check $(WASM_OUT)/hello_vendor.wasm
+	cd examples/hello-vendor && $(BIN)/switchboard plugin test $(WASM_OUT)/hello_vendor.wasm --cases tests/cases.yaml
 
 ## plugins: the bundled vendor adapters as wasm32-wasip2 components, into build/plugins/
 plugins: toolchain
@@ -49,6 +56,8 @@ lint: toolchain
 	cd plugins && cargo fmt --all -- --check
 	cd plugins && cargo clippy --release --target wasm32-wasip2 -- -D warnings
 	cd tests/guests && cargo fmt --all -- --check
+	cd examples/hello-vendor && cargo fmt --all -- --check && cargo clippy --release -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --release -p switchboard-sdk --no-deps
 
 fmt:
 	cargo fmt --all

@@ -1,8 +1,28 @@
 //! Typed views of a delivery's `content` JSON, one per kind of channel.
+//!
+//! The producer writes the content; the adapter parses it with [`parse`] and answers content that
+//! does not parse with `Outcome::rejected("INVALID_CONTENT", why)`, without calling the vendor.
+//!
+//! ```
+//! use switchboard_sdk::content::{self, SmsContent};
+//!
+//! let sms: Result<SmsContent, String> = content::parse(r#"{"title":"not sms"}"#);
+//! assert!(sms.unwrap_err().contains("missing field `body`"));
+//! ```
 
 use serde::Deserialize;
 
 /// Push content: `{title, body, data}`.
+///
+/// ```
+/// use switchboard_sdk::content::{self, PushContent};
+///
+/// let push: PushContent = content::parse(r#"{"title":"Hi","data":{"order":7}}"#)?;
+/// assert_eq!(push.title.as_deref(), Some("Hi"));
+/// assert_eq!(push.body, None);
+/// assert_eq!(push.data["order"], 7);
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PushContent {
     /// Notification title.
@@ -17,6 +37,15 @@ pub struct PushContent {
 }
 
 /// Template content: `{template, params}` (Alimtalk and other template channels).
+///
+/// ```
+/// use switchboard_sdk::content::{self, TemplateContent};
+///
+/// let t: TemplateContent = content::parse(r#"{"template":"WELCOME","params":{"name":"Kim"}}"#)?;
+/// assert_eq!(t.template, "WELCOME");
+/// assert_eq!(t.params["name"], "Kim");
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TemplateContent {
     /// The vendor's template code.
@@ -27,6 +56,14 @@ pub struct TemplateContent {
 }
 
 /// SMS content: `{body}`.
+///
+/// ```
+/// use switchboard_sdk::content::{self, SmsContent};
+///
+/// let sms: SmsContent = content::parse(r#"{"body":"Your code is 1234"}"#)?;
+/// assert_eq!(sms.body, "Your code is 1234");
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SmsContent {
     /// The text to send.
@@ -34,12 +71,33 @@ pub struct SmsContent {
 }
 
 /// Parses a delivery's content as `T`, with an error that says what is wrong.
+///
+/// ```
+/// use switchboard_sdk::content::{self, SmsContent};
+/// use switchboard_sdk::Outcome;
+///
+/// let outcome = match content::parse::<SmsContent>(r#"{"text":"wrong field"}"#) {
+///     Ok(_) => Outcome::delivered("sent"),
+///     Err(why) => Outcome::rejected("INVALID_CONTENT", why),
+/// };
+/// assert!(matches!(outcome, Outcome::Rejected(r) if r.code == "INVALID_CONTENT"));
+/// ```
 pub fn parse<'a, T: Deserialize<'a>>(content: &'a str) -> Result<T, String> {
     serde_json::from_str(content).map_err(|e| format!("content does not match the channel: {e}"))
 }
 
 /// Flattens a data map into string values, as push vendors require: strings stay as they are,
 /// everything else becomes its JSON text.
+///
+/// ```
+/// use serde_json::json;
+/// use switchboard_sdk::content::string_values;
+///
+/// let data = json!({ "order": 7, "name": "Kim", "tags": ["a"] });
+/// let flat = string_values(data.as_object().unwrap());
+/// assert_eq!(serde_json::Value::Object(flat),
+///            json!({ "order": "7", "name": "Kim", "tags": "[\"a\"]" }));
+/// ```
 pub fn string_values(
     data: &serde_json::Map<String, serde_json::Value>,
 ) -> serde_json::Map<String, serde_json::Value> {

@@ -174,7 +174,7 @@ impl Fcm {
             "{}/v1/projects/{}/messages:send",
             self.endpoint, self.project_id
         ))
-        .header("authorization", format!("Bearer {token}"))
+        .bearer_auth(token)
         .json(&json!({ "message": message })))
     }
 }

@@ -12,6 +12,7 @@
 //! Config keys: `appkey`, `send_no` (required); `endpoint`, `secret_key_secret` (optional).
 
 use serde_json::{Value, json};
+use switchboard_sdk::classify::{self, Classifier, Verdict};
 use switchboard_sdk::content::{self, SmsContent};
 use switchboard_sdk::http::{self, Request, Response};
 use switchboard_sdk::{
@@ -113,7 +114,7 @@ impl NhnSms {
             "sendNo": self.send_no,
             "recipientList": recipient_list,
         });
-        let mut request = Request::post(format!(
+        Request::post(format!(
             "{}/sms/v3.0/appKeys/{}/sender/sms",
             self.endpoint, self.appkey
         ))
@@ -122,47 +123,60 @@ impl NhnSms {
             secrets::placeholder(&self.secret_key_secret),
         )
         // The charset is spelled out as NHN's guide does; SMS bodies are often Korean.
-        .header("Content-Type", "application/json;charset=UTF-8");
-        request.body = body.to_string().into_bytes();
-        request
+        .header("Content-Type", "application/json;charset=UTF-8")
+        .body(body.to_string())
     }
+}
+
+/// NHN's reply header decides a request that has no per-recipient results. Failure codes are
+/// negative; those listed here are the ones this adapter distinguishes, and every other one is a
+/// rejection carrying the code, since NHN uses negative codes for request errors that a retry
+/// cannot fix (validation, unregistered sender number, credentials, opted-out recipients).
+const REPLY: Classifier = Classifier::new()
+    .success_when(header_ok)
+    .error_code("/header/resultCode")
+    .error_message("/header/resultMessage")
+    // -9999 system error, -2021 the message could not be queued: both on NHN's side.
+    .retry_codes(&["-9999", "-2021"])
+    // -2018 empty, -2019 invalid recipient number.
+    .invalid_recipient_codes(&["-2018", "-2019"]);
+
+/// NHN's success rule: `isSuccessful` true and a result code that is not negative.
+fn header_ok(body: &Value) -> bool {
+    body.pointer("/header/isSuccessful")
+        .and_then(Value::as_bool)
+        == Some(true)
+        && body
+            .pointer("/header/resultCode")
+            .and_then(Value::as_i64)
+            .is_some_and(|c| c >= 0)
 }
 
 /// One outcome per recipient of a send request, in request order.
 fn classify(response: &Response, recipients: usize) -> Vec<Outcome> {
-    let retry_after = retry_after_ms(response.header("retry-after"));
-    if response.status == 429 || response.status >= 500 {
-        let reason = format!("NHN answered HTTP {}", response.status);
-        return vec![Outcome::retry(reason, retry_after); recipients];
+    // 408, 429 and 5xx: NHN did not take the request, whatever the body says.
+    if let verdict @ Verdict::Retry { .. } = classify::by_status(response) {
+        return vec![verdict.into(); recipients];
     }
-    let Some(reply) = response.json() else {
-        return vec![unreadable(response.status, retry_after); recipients];
-    };
-    let header = reply.get("header").cloned().unwrap_or(Value::Null);
-    let header_code = header.get("resultCode").and_then(Value::as_i64);
-    let successful = header.get("isSuccessful").and_then(Value::as_bool);
-    let data = reply
-        .get("body")
-        .and_then(|b| b.get("data"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let results = data.get("sendResultList").and_then(Value::as_array);
-    let request_id = data.get("requestId").and_then(Value::as_str).unwrap_or("");
-
-    let header_ok = successful == Some(true) && header_code.is_some_and(|c| c >= 0);
-    match (header_ok, results) {
-        // Per-recipient results are the more precise answer whenever the reply has them.
-        (_, Some(results)) if !results.is_empty() => {
-            per_recipient(results, recipients, request_id, retry_after)
+    // Per-recipient results are the more precise answer whenever the reply has them.
+    if let Some(reply) = response.json()
+        && let Some(results) = reply
+            .pointer("/body/data/sendResultList")
+            .and_then(Value::as_array)
+        && !results.is_empty()
+    {
+        let request_id = reply
+            .pointer("/body/data/requestId")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let retry_after = retry_after_ms(response.header("retry-after"));
+        return per_recipient(results, recipients, request_id, retry_after);
+    }
+    match REPLY.classify(response) {
+        Verdict::Successful(_) => {
+            vec![Outcome::retry("success reply without sendResultList", None); recipients]
         }
-        (true, _) => vec![Outcome::retry("success reply without sendResultList", None); recipients],
-        (false, _) => match header_code {
-            Some(code) => {
-                let reason = result_message(&header);
-                vec![outcome_for_code(code, &reason, retry_after); recipients]
-            }
-            None => vec![unreadable(response.status, retry_after); recipients],
-        },
+        verdict => vec![verdict.into(); recipients],
     }
 }
 
@@ -192,7 +206,9 @@ fn per_recipient(
             .unwrap_or(0);
         *slot = Some(match code {
             0 => Outcome::delivered(format!("{request_id}/{}", seq.unwrap_or(index as u64 + 1))),
-            code => outcome_for_code(code, &result_message(result), retry_after),
+            code => REPLY
+                .verdict_for_code(&code.to_string(), &result_message(result), retry_after)
+                .into(),
         });
     }
     outcomes
@@ -201,38 +217,12 @@ fn per_recipient(
         .collect()
 }
 
-/// The NHN SMS result codes this adapter distinguishes; every other failure code is a rejection
-/// that carries the code, since NHN uses negative codes for request errors that a retry cannot
-/// fix (validation, unregistered sender number, credentials, opted-out recipients).
-fn outcome_for_code(code: i64, reason: &str, retry_after: Option<u64>) -> Outcome {
-    match code {
-        // -9999 system error, -2021 the message could not be queued: both on NHN's side.
-        -9999 | -2021 => Outcome::retry(format!("{code}: {reason}"), retry_after),
-        // -2018 empty, -2019 invalid recipient number.
-        -2018 | -2019 => Outcome::invalid_recipient(format!("{code}: {reason}")),
-        code => Outcome::rejected(code.to_string(), reason),
-    }
-}
-
 fn result_message(value: &Value) -> String {
     value
         .get("resultMessage")
         .and_then(Value::as_str)
         .unwrap_or("no resultMessage")
         .to_string()
-}
-
-/// A reply without NHN's header: a 2xx of unknown meaning may have sent nothing, so it is
-/// retried; any other status is refused with the status as the code.
-fn unreadable(status: u16, retry_after: Option<u64>) -> Outcome {
-    if (200..300).contains(&status) {
-        Outcome::retry(format!("unreadable NHN reply (HTTP {status})"), retry_after)
-    } else {
-        Outcome::rejected(
-            format!("HTTP_{status}"),
-            "NHN reply without a result header",
-        )
-    }
 }
 
 switchboard_sdk::export_adapter!(NhnSms);

@@ -136,10 +136,7 @@ impl Twilio {
             Sender::Service(service) => ("MessagingServiceSid", service.as_str()),
         };
         Ok(Request::post(self.messages_url.clone())
-            .header(
-                "authorization",
-                format!("Basic {{{{secret:{}}}}}", self.credentials_secret),
-            )
+            .basic_auth_secret(&self.credentials_secret)
             .header("accept", "application/json")
             .form(&[
                 ("To", delivery.recipient.as_str()),

@@ -322,6 +322,7 @@ async fn alimtalk_codes_map_to_outcomes() {
         ("HTTP 503", "0109992503".into(), ok.clone(), "retry:1000"),
         ("HTTP 429", "0109992429".into(), ok.clone(), "retry:1000"),
         ("HTTP 500", "0109992500".into(), ok.clone(), "retry:-"),
+        ("HTTP 408", "0109992408".into(), ok.clone(), "retry:-"),
         (
             "HTTP 400",
             "0109992400".into(),
@@ -750,6 +751,7 @@ async fn sms_codes_map_to_outcomes() {
         ("HTTP 503", "0109992503".into(), ok.clone(), "retry:1000"),
         ("HTTP 429", "0109992429".into(), ok.clone(), "retry:1000"),
         ("HTTP 500", "0109992500".into(), ok.clone(), "retry:-"),
+        ("HTTP 408", "0109992408".into(), ok.clone(), "retry:-"),
         (
             "HTTP 400",
             "0109992400".into(),
