@@ -402,3 +402,29 @@ async fn outage_windows_answer_503_or_refuse_connections_then_recover() {
         .unwrap();
     assert!(matches!(&out[0], Outcome::Delivered(_)), "{out:?}");
 }
+
+#[tokio::test]
+async fn ncp_signatures_made_through_the_host_match_an_independent_hmac() {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let rt = runtime();
+    let options = LoadOptions {
+        secrets: vec![("sens_secret".into(), "s3cret-key".into())],
+        ..Default::default()
+    };
+    let plugin = load(&rt, "misbehave", &guest_path("misbehave"), options)
+        .await
+        .unwrap();
+    let out = plugin
+        .deliver(&[delivery("n/0", "ncp:sens_secret", "{}")])
+        .await
+        .unwrap();
+    let Outcome::Delivered(signature) = &out[0] else {
+        panic!("{out:?}");
+    };
+    // NCP API Gateway: base64(HMAC-SHA256(secret, "{METHOD} {uri}\n{timestamp}\n{accessKey}")).
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret-key").unwrap();
+    mac.update(b"GET /api?q=1\n1700000000000\nACCESSKEY");
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(signature, &expected);
+}

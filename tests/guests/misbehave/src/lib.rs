@@ -7,7 +7,9 @@
 //! - `http:URL` → GETs URL through the host, with a header naming secret `token`
 //!   (`delivered(status)`, or `rejected("http", error)`);
 //! - `sign:KEY` → signs with secret KEY as HS256 (`delivered`, or `rejected("sign", error)`);
-//! - `count` → increments a counter in the host cache and returns it (`delivered(n)`).
+//! - `count` → increments a counter in the host cache and returns it (`delivered(n)`);
+//! - `ncp:KEY` → signs `GET https://sens.example/api?q=1` NCP-style with secret KEY at a fixed
+//!   time and returns the signature header (`delivered(signature)`).
 //!
 //! Config `init = "fail"` makes `init` refuse.
 
@@ -73,6 +75,18 @@ fn act(delivery: &Delivery) -> Outcome {
                 + 1;
             cache::set("count", n.to_string().as_bytes(), 60_000);
             Outcome::delivered(n.to_string())
+        }
+        "ncp" => {
+            let request = Request::new("GET", "https://sens.example/api?q=1");
+            match switchboard_sdk::auth::sign_ncp_at(request, "ACCESSKEY", arg, 1_700_000_000_000) {
+                Ok(signed) => signed
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name == switchboard_sdk::auth::NCP_SIGNATURE_HEADER)
+                    .map(|(_, value)| Outcome::delivered(value.clone()))
+                    .unwrap_or_else(|| Outcome::rejected("ncp", "no signature header")),
+                Err(error) => Outcome::rejected("ncp", error),
+            }
         }
         other => Outcome::rejected("unknown-verb", other.to_string()),
     }
