@@ -181,18 +181,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
     let plugins = lanes.iter().map(|l| l.plugin.clone()).collect();
 
     let counters = Arc::new(Counters::default());
-    if let Err(e) = crate::retry::ensure_topics(
-        &brokers,
-        &[&config.kafka.retry_topic, &config.kafka.dlq_topic],
-        config.kafka.new_topic_partitions,
-        &config.kafka.properties,
-    )
-    .await
     {
-        // Brokers that auto-create topics (and librdkafka's mock cluster, which has no admin
-        // API) still work: the retry consumer refreshes its metadata often enough to find the
-        // topic once the first retry creates it.
-        tracing::warn!(error = %format!("{e:#}"), "could not create the retry and DLQ topics");
+        // In the background: a broker without the admin API (the mock cluster) or one that
+        // denies it must not hold up the start. Until the topics exist, the first write creates
+        // them where auto-creation is on, and the retry consumer finds them at its next
+        // metadata refresh.
+        let (brokers, partitions) = (brokers.clone(), config.kafka.new_topic_partitions);
+        let topics = [
+            config.kafka.retry_topic.clone(),
+            config.kafka.dlq_topic.clone(),
+        ];
+        let properties = config.kafka.properties.clone();
+        tokio::spawn(async move {
+            let names = [topics[0].as_str(), topics[1].as_str()];
+            if let Err(e) =
+                crate::retry::ensure_topics(&brokers, &names, partitions, &properties).await
+            {
+                tracing::warn!(error = %format!("{e:#}"), "could not create the retry and DLQ topics");
+            }
+        });
     }
     let shared = IngestShared {
         dedup: open_dedup(&config).await?,

@@ -82,6 +82,9 @@ enum Scenario {
         plugin_dir: PathBuf,
         #[arg(long, default_value_t = 5)]
         vendor_latency_ms: u64,
+        /// Requests produced per second.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
         /// Redis URL shared by both hosts.
         #[arg(long, env = "SWITCHBOARD_TEST_REDIS")]
         redis: Option<String>,
@@ -137,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             messages,
             plugin_dir,
             vendor_latency_ms,
+            rate,
             redis,
             timeout_s,
         } => {
@@ -144,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
                 messages,
                 plugin_dir,
                 vendor_latency_ms,
+                rate,
                 redis,
                 timeout: Duration::from_secs(timeout_s),
             })

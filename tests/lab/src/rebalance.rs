@@ -16,6 +16,7 @@ use switchboard::demo::{demo_envelope, produce};
 use switchboard::ingest::EmbeddedKafka;
 use switchboard::telemetry::{Counters, CountersSnapshot};
 use switchboard_integration_tests::FcmFixture;
+use tokio::task::JoinHandle;
 
 const TOPIC: &str = "notifications";
 const PARTITIONS: i32 = 6;
@@ -29,6 +30,9 @@ pub struct RebalanceOptions {
     pub plugin_dir: PathBuf,
     /// Mean simulated vendor latency; the jitter is half of it.
     pub vendor_latency_ms: u64,
+    /// Requests produced per second. Paced rather than all at once, so the run lasts long enough
+    /// for both rebalances to happen while records are in flight.
+    pub rate: u64,
     /// The Redis both hosts share (from `--redis` or SWITCHBOARD_TEST_REDIS).
     pub redis: Option<String>,
     /// Give up waiting for the last request after this long.
@@ -43,6 +47,33 @@ fn dead_lettered(c: &CountersSnapshot) -> u64 {
         + c.records_undecodable
         + c.records_unknown_channel
         + c.records_expired
+}
+
+/// Produces `total` demo requests at `rate` a second, one slice a second. Each slice is its own
+/// task: `produce` sets up a producer per call, and overlapping the calls keeps that set-up time
+/// from slowing the rate.
+async fn produce_paced(brokers: String, total: u64, rate: u64) -> anyhow::Result<()> {
+    let slice = rate.max(1);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut slices = Vec::new();
+    let mut from = 0;
+    while from < total {
+        tick.tick().await;
+        let count = slice.min(total - from);
+        let brokers = brokers.clone();
+        slices.push(tokio::spawn(async move {
+            produce(&brokers, TOPIC, count, |i| {
+                let n = from + i;
+                (format!("device-{n}"), demo_envelope(n))
+            })
+            .await
+        }));
+        from += count;
+    }
+    for slice in slices {
+        slice.await.context("producer task panicked")??;
+    }
+    Ok(())
 }
 
 /// Fails with a message naming SWITCHBOARD_TEST_REDIS when Redis does not answer PING.
@@ -99,6 +130,7 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
         messages,
         plugin_dir,
         vendor_latency_ms,
+        rate,
         redis,
         timeout,
     } = options;
@@ -133,6 +165,10 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
     config.dedup.backend = DedupBackend::Redis;
     config.dedup.redis_url = redis_url.clone();
     config.dedup.redis_prefix = prefix.clone();
+    // librdkafka's mock cluster holds every rebalance of a non-empty group open for the session
+    // timeout less a second before it elects a leader; 6 s keeps each stall short.
+    config.kafka.session_timeout_ms = 6000;
+    config.kafka.rebalance_drain_ms = 3000;
     if let Some(fcm) = config.plugins.get_mut("fcm") {
         fcm.path = fcm_wasm;
     }
@@ -144,43 +180,44 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
     let started = Instant::now();
     let host_a = switchboard::start(config.clone()).await?;
     let a_counters = host_a.counters.clone();
-    let producing = tokio::spawn({
-        let brokers = brokers.clone();
-        async move {
-            produce(&brokers, TOPIC, messages, |i| {
-                (format!("device-{i}"), demo_envelope(i))
-            })
-            .await
-        }
-    });
+    let producing = tokio::spawn(produce_paced(brokers.clone(), messages, rate));
 
     let mut host_a = Some(host_a);
+    let mut joining_b: Option<JoinHandle<anyhow::Result<RunningHost>>> = None;
     let mut host_b: Option<RunningHost> = None;
-    let mut b_counters = None;
-    let mut stopping_a: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+    let mut b_counters: Option<Arc<Counters>> = None;
+    let mut stopping_a: Option<JoinHandle<anyhow::Result<()>>> = None;
     let mut last_report = Instant::now();
     loop {
         let delivered = stats.snapshot().delivered;
-        let dlq = dead_lettered(&a_counters.snapshot())
-            + b_counters
-                .as_ref()
-                .map_or(0, |c: &Arc<Counters>| dead_lettered(&c.snapshot()));
+        let b_now = b_counters
+            .as_ref()
+            .map(|c| c.snapshot())
+            .unwrap_or_default();
+        let dlq = dead_lettered(&a_counters.snapshot()) + dead_lettered(&b_now);
         if delivered + dlq >= messages {
             break;
         }
-        if host_b.is_none() && delivered >= messages / 3 {
+        // B starts on its own task (loading the plugin takes a while), so A keeps being
+        // watched meanwhile.
+        if joining_b.is_none() && host_b.is_none() && delivered >= messages / 3 {
             eprintln!("[rebalance] delivered {delivered}: host B joins");
-            let b = switchboard::start(config.clone()).await?;
+            joining_b = Some(tokio::spawn(switchboard::start(config.clone())));
+        }
+        if joining_b.as_ref().is_some_and(JoinHandle::is_finished)
+            && let Some(joining) = joining_b.take()
+        {
+            let b = joining.await.context("starting host B panicked")??;
             b_counters = Some(b.counters.clone());
             host_b = Some(b);
         }
-        if stopping_a.is_none()
-            && host_b.is_some()
-            && delivered >= messages * 2 / 3
+        // A leaves only once B consumes, so the two rebalances stay apart.
+        if delivered >= messages * 2 / 3
+            && b_now.records_consumed > 0
             && let Some(a) = host_a.take()
         {
             eprintln!("[rebalance] delivered {delivered}: host A leaves");
-            // Stopping drains A's in-flight records (seconds); B keeps delivering meanwhile.
+            // Stopping drains A's in-flight records; B keeps delivering meanwhile.
             stopping_a = Some(tokio::spawn(a.stop()));
         }
         if started.elapsed() > timeout {
@@ -196,9 +233,7 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
                 s.delivered,
                 s.duplicates,
                 a_counters.snapshot().records_consumed,
-                b_counters
-                    .as_ref()
-                    .map_or(0, |c| c.snapshot().records_consumed)
+                b_now.records_consumed
             );
             last_report = Instant::now();
         }
@@ -212,7 +247,11 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
     if let Some(a) = host_a {
         a.stop().await?;
     }
+    if let Some(joining) = joining_b {
+        host_b = Some(joining.await.context("starting host B panicked")??);
+    }
     if let Some(b) = host_b {
+        b_counters = Some(b.counters.clone());
         b.stop().await?;
     }
     let a_final = a_counters.snapshot();
@@ -237,6 +276,8 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
         "lost": messages.saturating_sub(seen.delivered + dlq),
         "duplicate_sends": seen.duplicates,
         "dlq": dlq,
+        "records_consumed_a": a_final.records_consumed,
+        "records_consumed_b": b_final.records_consumed,
         "elapsed_ms": elapsed.as_millis() as u64,
     }))
 }
