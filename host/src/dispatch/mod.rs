@@ -267,7 +267,6 @@ impl Settler {
         vendor_code: Option<&str>,
         plugin: Option<&LoadedPlugin>,
     ) -> Job {
-        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let record = job.retry_record(
             now_ms(),
             reason.to_string(),
@@ -285,6 +284,8 @@ impl Settler {
         self.outbox
             .dead_letter(&job.delivery.key, &value, &job.origin, &why)
             .await;
+        // Counted once the DLQ holds it, so the count never runs ahead of the topic.
+        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         job.dead_lettered = true;
         job
     }

@@ -372,7 +372,6 @@ impl Ingest {
                     first_seen_ms,
                     ticket,
                 } => {
-                    counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     let why = DeadLetterReason {
                         class,
                         reason: &reason,
@@ -382,6 +381,7 @@ impl Ingest {
                         first_seen_ms,
                     };
                     self.outbox.dead_letter(&key, &value, &origin, &why).await;
+                    counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     ticket.complete();
                 }
                 Accepted::NotDue {

@@ -40,9 +40,12 @@ fn read_dlq(brokers: &str, topic: &str) -> Vec<(HashMap<String, String>, Vec<u8>
     }
     consumer.assign(&tpl).unwrap();
     let mut records = Vec::new();
-    while remaining > 0 {
-        let Some(message) = consumer.poll(Duration::from_secs(5)) else {
-            break;
+    // A fresh reader may wait on fetches from several partitions: poll until everything the
+    // watermarks promise has arrived, within an overall bound.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while remaining > 0 && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
         };
         let message = message.unwrap();
         let headers = message
