@@ -24,6 +24,9 @@ const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// Cache bounds per plugin, so a plugin cannot grow host memory through the cache.
 const MAX_CACHE_ENTRIES: usize = 4096;
 const MAX_CACHE_VALUE_BYTES: usize = 64 * 1024;
+const MAX_CACHE_KEY_BYTES: usize = 256;
+/// All of one plugin's cache, keys and values together.
+const MAX_CACHE_TOTAL_BYTES: usize = 16 * 1024 * 1024;
 /// Longest log line a plugin may emit.
 const MAX_LOG_BYTES: usize = 4096;
 
@@ -69,6 +72,10 @@ pub struct PluginCache {
     entries: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
 }
 
+fn cache_bytes(entries: &HashMap<String, (Vec<u8>, Instant)>) -> usize {
+    entries.iter().map(|(k, (v, _))| k.len() + v.len()).sum()
+}
+
 impl PluginCache {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,16 +85,29 @@ impl PluginCache {
             .map(|(v, _)| v.clone())
     }
 
+    /// Stores a value, or drops the set when it is out of bounds: a plugin must not be able to
+    /// grow host memory through its cache (keys, values, entries and total are all capped).
     fn set(&self, key: String, value: Vec<u8>, ttl: Duration) {
+        if key.len() > MAX_CACHE_KEY_BYTES {
+            tracing::warn!(
+                key_bytes = key.len(),
+                "plugin cache key over {MAX_CACHE_KEY_BYTES} bytes ignored"
+            );
+            return;
+        }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if ttl.is_zero() || value.len() > MAX_CACHE_VALUE_BYTES {
             entries.remove(&key);
             return;
         }
-        if entries.len() >= MAX_CACHE_ENTRIES && !entries.contains_key(&key) {
+        let full = |entries: &HashMap<String, (Vec<u8>, Instant)>| {
+            (entries.len() >= MAX_CACHE_ENTRIES && !entries.contains_key(&key))
+                || cache_bytes(entries) + key.len() + value.len() > MAX_CACHE_TOTAL_BYTES
+        };
+        if full(&entries) {
             let now = Instant::now();
             entries.retain(|_, (_, expires)| *expires > now);
-            if entries.len() >= MAX_CACHE_ENTRIES {
+            if full(&entries) {
                 return;
             }
         }
@@ -399,6 +419,27 @@ mod tests {
         assert!(one_port.permits("FCM.googleapis.com", 443));
         assert!(!one_port.permits("fcm.googleapis.com", 8443));
         assert!(!one_port.permits("evil.example", 443));
+    }
+
+    #[test]
+    fn cache_refuses_long_keys_and_bounds_its_total() {
+        let cache = PluginCache::default();
+        cache.set(
+            "k".repeat(MAX_CACHE_KEY_BYTES + 1),
+            b"v".to_vec(),
+            Duration::from_secs(60),
+        );
+        assert!(cache.entries.lock().map(|e| e.is_empty()).unwrap_or(false));
+        let value = vec![0u8; MAX_CACHE_VALUE_BYTES];
+        for i in 0..1000 {
+            cache.set(format!("k{i}"), value.clone(), Duration::from_secs(60));
+        }
+        let total = cache
+            .entries
+            .lock()
+            .map(|e| cache_bytes(&e))
+            .unwrap_or(usize::MAX);
+        assert!(total <= MAX_CACHE_TOTAL_BYTES, "{total}");
     }
 
     #[test]

@@ -362,6 +362,8 @@ fn fit_outcomes(mut outcomes: Vec<Outcome>, expected: usize) -> Vec<Outcome> {
         );
     }
     outcomes.truncate(expected);
+    // A plugin that returned millions of outcomes must not leave their capacity behind.
+    outcomes.shrink_to_fit();
     while outcomes.len() < expected {
         outcomes.push(Outcome::Retry(RetryInfo {
             reason: "plugin returned no outcome for this delivery".into(),

@@ -15,6 +15,7 @@ use switchboard_integration_tests::{LoadOptions, delivery, load, runtime};
 mod crash;
 mod dedup;
 mod rebalance;
+mod sandbox;
 
 #[derive(Parser)]
 #[command(name = "switchboard-lab", about)]
@@ -92,6 +93,26 @@ enum Scenario {
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
     },
+    /// Hostile plugins (loops, bombs, traps, floods, denied hosts and secrets, WASI probes,
+    /// slow vendors, wrong worlds) against the runtime while the FCM plugin carries steady
+    /// traffic; the neighbour's latency alone and under attack.
+    Sandbox {
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value = "build/guests")]
+        guest_dir: PathBuf,
+        /// Neighbour calls per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Seconds of neighbour traffic alone, for the baseline.
+        #[arg(long, default_value_t = 10)]
+        baseline_s: u64,
+        /// Times the list of hostile cases runs (about 5 s each).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 0)]
+        vendor_latency_ms: u64,
+    },
 }
 
 #[tokio::main]
@@ -151,6 +172,24 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 redis,
                 timeout: Duration::from_secs(timeout_s),
+            })
+            .await?
+        }
+        Scenario::Sandbox {
+            plugin_dir,
+            guest_dir,
+            rate,
+            baseline_s,
+            rounds,
+            vendor_latency_ms,
+        } => {
+            sandbox::run(sandbox::SandboxOptions {
+                plugin_dir,
+                guest_dir,
+                rate,
+                baseline_s,
+                rounds,
+                vendor_latency_ms,
             })
             .await?
         }

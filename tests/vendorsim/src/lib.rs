@@ -26,6 +26,7 @@ pub mod fcm;
 pub mod hello;
 mod keys;
 pub mod nhn;
+pub mod slowloris;
 mod stats;
 pub mod twilio;
 
