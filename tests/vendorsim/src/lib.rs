@@ -23,6 +23,7 @@
 pub mod apns;
 pub mod faults;
 pub mod fcm;
+mod form;
 pub mod hello;
 mod keys;
 pub mod nhn;

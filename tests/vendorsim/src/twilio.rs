@@ -45,6 +45,7 @@ use base64::engine::general_purpose::STANDARD;
 use rand::Rng;
 use serde_json::{Value, json};
 
+use crate::form::parse_form;
 use crate::{Faults, Injected, RunningSim, SimStats, Transport};
 
 /// Twilio's magic sender number that is always valid.
@@ -410,41 +411,6 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
-/// Form fields in order; a name may repeat (`MediaUrl`).
-fn parse_form(body: &str) -> Vec<(String, String)> {
-    body.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) => (url_decode(k), url_decode(v)),
-            None => (url_decode(pair), String::new()),
-        })
-        .collect()
-}
-
-fn url_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// E.164 as Twilio reads it: `+`, then 8 to 15 digits, not starting with 0.
 fn is_e164(number: &str) -> bool {
     number.strip_prefix('+').is_some_and(|digits| {
@@ -775,8 +741,8 @@ mod tests {
                 ("Flag".to_string(), String::new()),
             ]
         );
-        assert_eq!(url_decode("%E2%9C%93%"), "✓%");
-        assert_eq!(url_decode("%zz"), "%zz");
+        assert_eq!(crate::form::url_decode("%E2%9C%93%"), "✓%");
+        assert_eq!(crate::form::url_decode("%zz"), "%zz");
     }
 
     #[test]
