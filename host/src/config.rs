@@ -19,12 +19,58 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path}: {field}: {message}")]
+    #[error("config file {path}{}: {field}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
+        /// The line the field is on, when the file is at hand.
+        line: Option<usize>,
         field: String,
         message: String,
     },
+}
+
+/// The 1-based line of the dotted `field` (`channels.sms.sms-acme`, `plugins.fcm.path`) in TOML
+/// `text`: the key's line inside its table, or the table's header when the key is not there.
+/// A plain text search, not a parser: the file has already parsed, and a wrong guess only costs
+/// the line number in an error message.
+pub fn line_of(text: &str, field: &str) -> Option<usize> {
+    let parts: Vec<&str> = field.split('.').collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let is_header = |line: &str, table: &str| {
+        let t = line.trim();
+        t.starts_with('[') && t.trim_matches(|c| c == '[' || c == ']').trim() == table
+    };
+    let key_at = |line: &str, key: &str| {
+        let t = line.trim_start();
+        let t = t
+            .strip_prefix('"')
+            .and_then(|r| r.strip_prefix(key))
+            .and_then(|r| r.strip_prefix('"'))
+            .or_else(|| t.strip_prefix(key));
+        t.is_some_and(|rest| {
+            rest.trim_start().starts_with('=') || rest.trim_start().starts_with('.')
+        })
+    };
+    // Longest table prefix first: `[plugins.fcm.secrets]` before `[plugins.fcm]`.
+    for split in (1..=parts.len()).rev() {
+        let table = parts[..split].join(".");
+        let Some(header) = lines.iter().position(|l| is_header(l, &table)) else {
+            continue;
+        };
+        let Some(key) = parts.get(split) else {
+            return Some(header + 1);
+        };
+        let section_end = lines[header + 1..]
+            .iter()
+            .position(|l| l.trim_start().starts_with('['))
+            .map_or(lines.len(), |i| header + 1 + i);
+        return Some(
+            (header + 1..section_end)
+                .find(|i| key_at(lines[*i], key))
+                .map_or(header + 1, |i| i + 1),
+        );
+    }
+    None
 }
 
 /// The whole host configuration.
@@ -290,8 +336,57 @@ impl Config {
         })?;
         let mut config = Config::parse(&text, path)?;
         config.source = Some(path.to_path_buf());
-        config.validate()?;
+        let with_line = |error: ConfigError| match error {
+            ConfigError::Invalid {
+                path,
+                field,
+                message,
+                ..
+            } => ConfigError::Invalid {
+                path,
+                line: line_of(&text, &field),
+                field,
+                message,
+            },
+            other => other,
+        };
+        config.validate().map_err(with_line)?;
+        config.check_files_and_env().map_err(with_line)?;
         Ok(config)
+    }
+
+    /// Checks what lives outside the file: plugin components exist, and secrets from the
+    /// environment are set. Done at load so `run` fails at once, naming the field.
+    fn check_files_and_env(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: self
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<inline>")),
+            line: None,
+            field,
+            message,
+        };
+        for (name, plugin) in &self.plugins {
+            let path = self.resolve(&plugin.path);
+            if !path.is_file() {
+                return Err(invalid(
+                    format!("plugins.{name}.path"),
+                    format!("plugin file {} does not exist", path.display()),
+                ));
+            }
+            for (secret, source) in &plugin.secrets {
+                if let SecretSource::Env(var) = source
+                    && std::env::var_os(var).is_none()
+                {
+                    return Err(invalid(
+                        format!("plugins.{name}.secrets.{secret}"),
+                        format!("environment variable `{var}` is not set"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Parses TOML text; `path` only names the file in errors.
@@ -313,6 +408,7 @@ impl Config {
     /// Checks what parsing cannot: references between sections and values out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: String, message: String| ConfigError::Invalid {
+            line: None,
             path: self
                 .source
                 .clone()
@@ -438,6 +534,49 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("channels.sms.sms-acme"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_line() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let wasm = dir.path().join("fcm.wasm");
+        std::fs::write(&wasm, b"\0asm")?;
+        let write = |text: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.path().join("switchboard.toml");
+            std::fs::write(&path, text)?;
+            Ok(path)
+        };
+        let base =
+            "[plugins.fcm]\npath = \"fcm.wasm\"\n\n[channels.sms]\nfcm = 50\nsms-acme = 50\n";
+        let err = Config::load(&write(base)?)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("line 6") && err.contains("channels.sms.sms-acme"),
+            "{err}"
+        );
+
+        let missing = "[plugins.fcm]\npath = \"nope.wasm\"\n";
+        let err = Config::load(&write(missing)?)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("line 2") && err.contains("does not exist"),
+            "{err}"
+        );
+
+        let env = "[plugins.fcm]\npath = \"fcm.wasm\"\n[plugins.fcm.secrets]\nkey = { env = \"SWITCHBOARD_TEST_SURELY_UNSET\" }\n";
+        let err = Config::load(&write(env)?)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("line 4") && err.contains("SWITCHBOARD_TEST_SURELY_UNSET"),
+            "{err}"
+        );
         Ok(())
     }
 
