@@ -185,39 +185,25 @@ fn classify(response: &Response, recipients: usize) -> Vec<Outcome> {
     }
 }
 
-/// Matches `sendResults` to the request's recipients by `recipientSeq` (1-based, in request
-/// order), falling back to the position in the list when a result has no usable sequence.
+/// One outcome per recipient from the reply's `sendResults`, matched by `recipientSeq`.
 fn per_recipient(
     results: &[Value],
     recipients: usize,
     request_id: &str,
     retry_after: Option<u64>,
 ) -> Vec<Outcome> {
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; recipients];
-    for (position, result) in results.iter().enumerate() {
-        let seq = result.get("recipientSeq").and_then(Value::as_u64);
-        let index = match seq {
-            Some(seq) if seq >= 1 && (seq as usize) <= recipients => seq as usize - 1,
-            _ => position,
-        };
-        let Some(slot) = outcomes.get_mut(index) else {
-            continue;
-        };
-        let code = result.get("resultCode").and_then(Value::as_i64);
-        *slot = Some(match code {
-            Some(0) => {
-                Outcome::delivered(format!("{request_id}/{}", seq.unwrap_or(index as u64 + 1)))
-            }
+    classify::by_sequence(
+        results,
+        recipients,
+        "recipientSeq",
+        |result, seq| match result.get("resultCode").and_then(Value::as_i64) {
+            Some(0) => Outcome::delivered(format!("{request_id}/{seq}")),
             Some(code) => REPLY
                 .verdict_for_code(&code.to_string(), &result_message(result), retry_after)
                 .into(),
             None => Outcome::retry("send result without resultCode", None),
-        });
-    }
-    outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::retry("no send result for this recipient", None)))
-        .collect()
+        },
+    )
 }
 
 fn result_message(value: &Value) -> String {
