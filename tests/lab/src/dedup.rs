@@ -109,26 +109,6 @@ async fn measure_redis(url: &str, keys: u64) -> anyhow::Result<f64> {
     }
     let after = used_memory(&mut conn).await?;
     // Clean up what the measurement wrote.
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut conn)
-            .await?;
-        if !found.is_empty() {
-            let () = redis::cmd("UNLINK")
-                .arg(&found)
-                .query_async(&mut conn)
-                .await?;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    crate::rebalance::remove_prefix(url, &prefix).await?;
     Ok(((after.saturating_sub(before)) as f64 / keys as f64 * 10.0).round() / 10.0)
 }

@@ -99,7 +99,7 @@ async fn check_redis(url: &str) -> anyhow::Result<()> {
 }
 
 /// Deletes the keys this run wrote under `prefix`.
-async fn remove_prefix(url: &str, prefix: &str) -> anyhow::Result<()> {
+pub(crate) async fn remove_prefix(url: &str, prefix: &str) -> anyhow::Result<()> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let mut cursor: u64 = 0;
