@@ -483,6 +483,49 @@ fn describe(status: u16, code: Option<&str>, message: Option<&str>) -> String {
     reason
 }
 
+/// Spreads per-recipient results over a request's recipients, for vendors that answer a batch
+/// with a list of results carrying a 1-based sequence number (NHN's `recipientSeq`).
+///
+/// Each result goes to the recipient its `seq_field` names, or to its position in the list when
+/// the sequence is missing or out of range. `outcome` turns one result into an outcome; it is
+/// given the result and the recipient's 1-based sequence. A recipient with no result gets
+/// `retry`, since the vendor never said what became of it.
+///
+/// ```
+/// use serde_json::json;
+/// use switchboard_sdk::Outcome;
+/// use switchboard_sdk::classify::by_sequence;
+///
+/// let results = [json!({"recipientSeq": 2, "resultCode": 0})];
+/// let outcomes = by_sequence(&results, 2, "recipientSeq", |_, seq| {
+///     Outcome::delivered(format!("req/{seq}"))
+/// });
+/// assert_eq!(outcomes[1], Outcome::delivered("req/2"));
+/// assert!(matches!(outcomes[0], Outcome::Retry(_)));
+/// ```
+pub fn by_sequence(
+    results: &[Value],
+    recipients: usize,
+    seq_field: &str,
+    outcome: impl Fn(&Value, u64) -> Outcome,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; recipients];
+    for (position, result) in results.iter().enumerate() {
+        let seq = result.get(seq_field).and_then(Value::as_u64);
+        let index = match seq {
+            Some(seq) if seq >= 1 && (seq as usize) <= recipients => seq as usize - 1,
+            _ => position,
+        };
+        if let Some(slot) = outcomes.get_mut(index) {
+            *slot = Some(outcome(result, index as u64 + 1));
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::retry("no result for this recipient", None)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,47 +614,4 @@ mod tests {
             Verdict::Retry { .. }
         ));
     }
-}
-
-/// Spreads per-recipient results over a request's recipients, for vendors that answer a batch
-/// with a list of results carrying a 1-based sequence number (NHN's `recipientSeq`).
-///
-/// Each result goes to the recipient its `seq_field` names, or to its position in the list when
-/// the sequence is missing or out of range. `outcome` turns one result into an outcome; it is
-/// given the result and the recipient's 1-based sequence. A recipient with no result gets
-/// `retry`, since the vendor never said what became of it.
-///
-/// ```
-/// use serde_json::json;
-/// use switchboard_sdk::Outcome;
-/// use switchboard_sdk::classify::by_sequence;
-///
-/// let results = [json!({"recipientSeq": 2, "resultCode": 0})];
-/// let outcomes = by_sequence(&results, 2, "recipientSeq", |_, seq| {
-///     Outcome::delivered(format!("req/{seq}"))
-/// });
-/// assert_eq!(outcomes[1], Outcome::delivered("req/2"));
-/// assert!(matches!(outcomes[0], Outcome::Retry(_)));
-/// ```
-pub fn by_sequence(
-    results: &[Value],
-    recipients: usize,
-    seq_field: &str,
-    outcome: impl Fn(&Value, u64) -> Outcome,
-) -> Vec<Outcome> {
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; recipients];
-    for (position, result) in results.iter().enumerate() {
-        let seq = result.get(seq_field).and_then(Value::as_u64);
-        let index = match seq {
-            Some(seq) if seq >= 1 && (seq as usize) <= recipients => seq as usize - 1,
-            _ => position,
-        };
-        if let Some(slot) = outcomes.get_mut(index) {
-            *slot = Some(outcome(result, index as u64 + 1));
-        }
-    }
-    outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::retry("no result for this recipient", None)))
-        .collect()
 }
