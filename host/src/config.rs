@@ -83,6 +83,12 @@ pub struct Config {
     /// Batching, concurrency and in-process retries.
     #[serde(default)]
     pub dispatch: DispatchConfig,
+    /// One lane per traffic class (realtime, batch, ads): topics, concurrency, budget, ordering.
+    #[serde(default)]
+    pub lanes: LanesConfig,
+    /// The one memory budget over fetched, queued, in-flight and retry work.
+    #[serde(default)]
+    pub budget: BudgetConfig,
     /// The WebAssembly runtime shared by all plugins.
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -113,7 +119,9 @@ pub struct KafkaConfig {
     pub brokers: Option<String>,
     /// Consumer group. Hosts in one group share the topics' partitions.
     pub group_id: String,
-    /// Topics holding notification requests.
+    /// Topics holding notification requests of any class: each record goes to the lane its
+    /// `priority` field names. A lane's own topics (`lanes.<class>.topics`) isolate better; see
+    /// docs/ARCHITECTURE.md. May be empty when every lane has topics of its own.
     pub topics: Vec<String>,
     /// How often stored offsets (the completed watermark) are committed, in milliseconds.
     /// Commits are per interval, never per message.
@@ -156,9 +164,8 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatchConfig {
-    /// Records consumed but not yet finished; the consumer waits when this many are open.
-    pub max_in_flight_records: usize,
     /// How long a partial batch waits for more deliveries before it is sent, in milliseconds.
+    /// The default for the batch and ads lanes; realtime does not linger unless told to.
     pub batch_linger_ms: u64,
     /// Tries per delivery before it is given up as failed.
     pub retry_max_attempts: u32,
@@ -176,7 +183,6 @@ pub struct DispatchConfig {
 impl Default for DispatchConfig {
     fn default() -> Self {
         Self {
-            max_in_flight_records: 4096,
             batch_linger_ms: 5,
             retry_max_attempts: 5,
             retry_base_ms: 200,
@@ -185,6 +191,155 @@ impl Default for DispatchConfig {
             // A notification an hour late is rarely still wanted; operators of batch traffic
             // raise it.
             give_up_after_s: 3600,
+        }
+    }
+}
+
+/// A traffic class. Each has its own lane: consumers, topics, concurrency and budget.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficClass {
+    /// User-facing pushes that must not wait (an order is on its way).
+    Realtime,
+    /// Scheduled and transactional bulk (receipts, digests).
+    Batch,
+    /// Campaigns: the largest volume and the least urgent.
+    Ads,
+}
+
+impl TrafficClass {
+    /// Every class, realtime first.
+    pub const ALL: [TrafficClass; 3] = [
+        TrafficClass::Realtime,
+        TrafficClass::Batch,
+        TrafficClass::Ads,
+    ];
+
+    /// The class's name in config, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficClass::Realtime => "realtime",
+            TrafficClass::Batch => "batch",
+            TrafficClass::Ads => "ads",
+        }
+    }
+
+    /// A dense index, for per-class arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<crate::plugin::Priority> for TrafficClass {
+    fn from(priority: crate::plugin::Priority) -> Self {
+        match priority {
+            crate::plugin::Priority::Realtime => TrafficClass::Realtime,
+            crate::plugin::Priority::Batch => TrafficClass::Batch,
+            crate::plugin::Priority::Ads => TrafficClass::Ads,
+        }
+    }
+}
+
+/// The three lanes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LanesConfig {
+    pub realtime: LaneConfig,
+    pub batch: LaneConfig,
+    pub ads: LaneConfig,
+}
+
+impl LanesConfig {
+    /// The lane of `class`.
+    pub fn get(&self, class: TrafficClass) -> &LaneConfig {
+        match class {
+            TrafficClass::Realtime => &self.realtime,
+            TrafficClass::Batch => &self.batch,
+            TrafficClass::Ads => &self.ads,
+        }
+    }
+}
+
+/// One lane. Unset fields take the class's default (see the methods).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LaneConfig {
+    /// Topics only this lane reads, with a consumer (and consumer group) of its own. Every record
+    /// in them belongs to this lane, whatever its `priority` field says.
+    pub topics: Vec<String>,
+    /// Plugin calls this lane may have running at once, over all vendors.
+    pub concurrency: Option<usize>,
+    /// Bytes of work this lane may hold, in MiB. Past it, the lane's partitions are paused.
+    pub budget_mb: Option<u64>,
+    /// `key`: records with the same Kafka key run one after another, different keys at once.
+    /// `none`: every record at once. Offsets are correct either way.
+    pub ordering: Ordering,
+    /// How long a partial batch waits for more, in milliseconds.
+    pub linger_ms: Option<u64>,
+}
+
+impl LaneConfig {
+    /// Calls at once: realtime and batch 64, ads 32 (ads gets fewer so it never crowds a vendor).
+    pub fn concurrency(&self, class: TrafficClass) -> usize {
+        self.concurrency.unwrap_or(match class {
+            TrafficClass::Realtime | TrafficClass::Batch => 64,
+            TrafficClass::Ads => 32,
+        })
+    }
+
+    /// The lane's budget in bytes: realtime 32 MiB (it is never deep), batch and ads 96 MiB.
+    pub fn budget_bytes(&self, class: TrafficClass) -> usize {
+        let mb = self.budget_mb.unwrap_or(match class {
+            TrafficClass::Realtime => 32,
+            TrafficClass::Batch | TrafficClass::Ads => 96,
+        });
+        (mb as usize) << 20
+    }
+
+    /// Linger: none for realtime, `dispatch.batch_linger_ms` for the others.
+    pub fn linger_ms(&self, class: TrafficClass, dispatch: &DispatchConfig) -> u64 {
+        self.linger_ms.unwrap_or(match class {
+            TrafficClass::Realtime => 0,
+            _ => dispatch.batch_linger_ms,
+        })
+    }
+}
+
+/// Order of records within a partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Per Kafka key: the same key in order, different keys concurrently.
+    #[default]
+    Key,
+    /// No order: every record at once.
+    None,
+}
+
+/// The memory budget. Everything the host holds for records is counted against it: librdkafka's
+/// prefetch queues are sized from it, and the host's own work (decoded records, queued and
+/// in-flight deliveries, retries waiting for the retry topic) is charged to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// The whole budget, in MiB.
+    pub total_mb: u64,
+    /// A paused lane resumes when its use falls below this share of its budget, in percent.
+    pub low_water_percent: u64,
+    /// The share of the total given to librdkafka's prefetch queues, in percent, split evenly
+    /// over the consumers.
+    pub fetch_percent: u64,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            // Under half of a 512 MiB container, leaving room for the runtime and the plugins.
+            total_mb: 256,
+            low_water_percent: 75,
+            fetch_percent: 20,
         }
     }
 }
@@ -279,9 +434,17 @@ pub struct PluginConfig {
     /// Upper bound on deliveries per call; the plugin's own `max-batch` may lower it.
     #[serde(default = "PluginConfig::default_max_batch")]
     pub max_batch: u32,
-    /// Calls to this plugin that may run at once.
+    /// Calls to this vendor that may run at once, over all lanes. A quarter of them (at least
+    /// one) is kept for the realtime lane, so bulk traffic never takes every slot.
     #[serde(default = "PluginConfig::default_concurrency")]
     pub concurrency: usize,
+    /// Deliveries per second this vendor accepts (a token bucket over all lanes); unset means
+    /// no limit. A quarter of the bucket is kept for realtime.
+    #[serde(default)]
+    pub rate_per_s: Option<f64>,
+    /// Deliveries the bucket may send at once after a quiet spell; defaults to one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
     /// Passed to the plugin's `init`, as string pairs.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -416,8 +579,64 @@ impl Config {
             field,
             message,
         };
-        if self.kafka.topics.is_empty() {
-            return Err(invalid("kafka.topics".into(), "names no topic".into()));
+        if self.kafka.topics.is_empty()
+            && TrafficClass::ALL
+                .iter()
+                .all(|c| self.lanes.get(*c).topics.is_empty())
+        {
+            return Err(invalid(
+                "kafka.topics".into(),
+                "names no topic, and no lane has topics of its own".into(),
+            ));
+        }
+        let mut seen = std::collections::HashMap::new();
+        let owned = self
+            .kafka
+            .topics
+            .iter()
+            .map(|t| ("kafka.topics".to_string(), t));
+        let laned = TrafficClass::ALL.iter().flat_map(|c| {
+            self.lanes
+                .get(*c)
+                .topics
+                .iter()
+                .map(move |t| (format!("lanes.{}.topics", c.as_str()), t))
+        });
+        for (field, topic) in owned.chain(laned) {
+            if let Some(first) = seen.insert(topic.clone(), field.clone()) {
+                return Err(invalid(
+                    field,
+                    format!("topic `{topic}` is already read by {first}; a topic feeds one lane"),
+                ));
+            }
+        }
+        for class in TrafficClass::ALL {
+            let lane = self.lanes.get(class);
+            let field = |f: &str| format!("lanes.{}.{f}", class.as_str());
+            if lane.concurrency == Some(0) {
+                return Err(invalid(field("concurrency"), "must be at least 1".into()));
+            }
+            if lane.budget_mb == Some(0) {
+                return Err(invalid(field("budget_mb"), "must be at least 1".into()));
+            }
+        }
+        if self.budget.total_mb < 16 {
+            return Err(invalid(
+                "budget.total_mb".into(),
+                "must be at least 16 (MiB)".into(),
+            ));
+        }
+        if !(10..=95).contains(&self.budget.low_water_percent) {
+            return Err(invalid(
+                "budget.low_water_percent".into(),
+                "must be 10..=95".into(),
+            ));
+        }
+        if !(5..=50).contains(&self.budget.fetch_percent) {
+            return Err(invalid(
+                "budget.fetch_percent".into(),
+                "must be 5..=50".into(),
+            ));
         }
         if self.kafka.rebalance_drain_ms >= self.kafka.session_timeout_ms {
             return Err(invalid(
@@ -429,7 +648,11 @@ impl Config {
             ));
         }
         for special in [&self.kafka.retry_topic, &self.kafka.dlq_topic] {
-            if self.kafka.topics.contains(special) {
+            if self.kafka.topics.contains(special)
+                || TrafficClass::ALL
+                    .iter()
+                    .any(|c| self.lanes.get(*c).topics.contains(special))
+            {
                 return Err(invalid(
                     "kafka.topics".into(),
                     format!(
@@ -437,12 +660,6 @@ impl Config {
                     ),
                 ));
             }
-        }
-        if self.dispatch.max_in_flight_records == 0 {
-            return Err(invalid(
-                "dispatch.max_in_flight_records".into(),
-                "must be at least 1".into(),
-            ));
         }
         if self.dispatch.retry_max_attempts == 0 {
             return Err(invalid(
@@ -457,6 +674,17 @@ impl Config {
             }
             if plugin.memory_mb == 0 || plugin.memory_mb > 4096 {
                 return Err(invalid(field("memory_mb"), "must be 1..=4096".into()));
+            }
+            if let Some(rate) = plugin.rate_per_s
+                && !(rate.is_finite() && rate > 0.0)
+            {
+                return Err(invalid(
+                    field("rate_per_s"),
+                    "must be a positive number of deliveries per second".into(),
+                ));
+            }
+            if plugin.burst == Some(0) {
+                return Err(invalid(field("burst"), "must be at least 1".into()));
             }
             if plugin.max_batch == 0 || plugin.concurrency == 0 {
                 return Err(invalid(

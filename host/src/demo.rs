@@ -83,6 +83,8 @@ pub fn demo_config(
             memory_mb: 32,
             max_batch: 100,
             concurrency: 32,
+            rate_per_s: None,
+            burst: None,
             config: [
                 ("project_id", PROJECT.to_string()),
                 ("client_email", CLIENT_EMAIL.to_string()),
@@ -259,6 +261,8 @@ impl DemoVendors {
                 memory_mb: 32,
                 max_batch: 100,
                 concurrency: 32,
+                rate_per_s: None,
+                burst: None,
                 config: keys
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.clone()))

@@ -13,6 +13,7 @@ use crate::config::{Config, DedupBackend};
 use crate::dedup::{DedupStore, EmbeddedDedup, RedisDedup};
 use crate::dispatch::{Dispatcher, PluginLane};
 use crate::ingest::EmbeddedKafka;
+use crate::ingest::budget::Budget;
 use crate::ingest::consumer::{Ingest, IngestShared, Source};
 use crate::plugin::capabilities::{AllowedHost, Capabilities, PluginCache};
 use crate::plugin::{LoadedPlugin, PluginLimits, PluginRuntime};
@@ -32,6 +33,8 @@ pub struct RunningHost {
     pub bootstrap_servers: String,
     /// The loaded plugins by name.
     pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// The memory budget, per lane and in total.
+    pub budget: Arc<Budget>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// Kept alive for as long as the host runs, and stopped after it.
@@ -90,6 +93,8 @@ async fn load_plugins(
         lanes.push(PluginLane {
             max_batch: loaded.max_batch(plugin.max_batch),
             concurrency: plugin.concurrency,
+            rate_per_s: plugin.rate_per_s,
+            burst: plugin.burst,
             plugin: Arc::new(loaded),
         });
     }
@@ -160,6 +165,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
         Some(brokers) => (None, brokers.clone()),
         None => {
             let mut topics = config.kafka.topics.clone();
+            for class in crate::config::TrafficClass::ALL {
+                topics.extend(config.lanes.get(class).topics.iter().cloned());
+            }
             topics.push(config.kafka.retry_topic.clone());
             topics.push(config.kafka.dlq_topic.clone());
             let cluster = EmbeddedKafka::start(3, &topics, config.kafka.new_topic_partitions)?;
@@ -201,45 +209,57 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
             }
         });
     }
-    let shared = IngestShared {
-        dedup: open_dedup(&config).await?,
-        outbox: Arc::new(Outbox::connect(
-            &brokers,
-            &config.kafka.retry_topic,
-            &config.kafka.dlq_topic,
-            &config.kafka.properties,
-        )?),
-    };
+    let dedup = open_dedup(&config).await?;
+    let outbox = Arc::new(Outbox::connect(
+        &brokers,
+        &config.kafka.retry_topic,
+        &config.kafka.dlq_topic,
+        &config.kafka.properties,
+    )?);
     let dispatcher = Arc::new(Dispatcher::start(
         lanes,
         &config.dispatch,
+        &config.lanes,
         counters.clone(),
-        shared.dedup.clone(),
-        shared.outbox.clone(),
+        dedup.clone(),
+        outbox.clone(),
     ));
-    let router = Arc::new(ChannelRouter::new(&config.channels));
+    // The budget: librdkafka's prefetch queues take `fetch_percent` of the total, split over the
+    // consumers; the host's own work gets the rest.
+    let sources = Source::all(&config.kafka, &config.lanes);
+    let total = (config.budget.total_mb as usize) << 20;
+    let prefetch_total = total / 100 * config.budget.fetch_percent as usize;
+    let budget = Arc::new(Budget::new(
+        &config.budget,
+        &config.lanes,
+        total - prefetch_total,
+    ));
+    let shared = IngestShared {
+        dedup,
+        outbox,
+        budget: budget.clone(),
+        router: Arc::new(ChannelRouter::new(&config.channels)),
+        dispatcher: dispatcher.clone(),
+        counters: counters.clone(),
+        prefetch_bytes: prefetch_total / sources.len(),
+        max_record_bytes: config.dispatch.max_record_bytes,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut consumers = Vec::new();
-    for source in [Source::Requests, Source::Retries] {
-        let ingest = Ingest::connect(&config.kafka, &config.dispatch, &brokers, &shared, source)?;
-        let (router, dispatcher, counters) = (router.clone(), dispatcher.clone(), counters.clone());
+    for source in sources {
+        let ingest = Ingest::connect(&config.kafka, &config.lanes, &brokers, &shared, source)?;
         let shutdown_rx = shutdown_rx.clone();
-        let max_record_bytes = config.dispatch.max_record_bytes;
         consumers.push(tokio::spawn(async move {
-            ingest
-                .run(
-                    &router,
-                    &dispatcher,
-                    &counters,
-                    max_record_bytes,
-                    shutdown_rx,
-                    DRAIN_TIMEOUT,
-                )
-                .await
+            ingest.run(shutdown_rx, DRAIN_TIMEOUT).await
         }));
     }
+    drop(shared);
     tracing::info!(
         topics = ?config.kafka.topics,
+        realtime_topics = ?config.lanes.realtime.topics,
+        batch_topics = ?config.lanes.batch.topics,
+        ads_topics = ?config.lanes.ads.topics,
+        budget_mb = config.budget.total_mb,
         retry_topic = %config.kafka.retry_topic,
         dlq_topic = %config.kafka.dlq_topic,
         group = %config.kafka.group_id,
@@ -265,6 +285,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
         counters,
         bootstrap_servers: brokers,
         plugins,
+        budget,
         shutdown,
         task,
         _embedded: embedded,

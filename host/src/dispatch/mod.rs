@@ -1,5 +1,10 @@
-//! Dispatch: batches deliveries per plugin, runs plugin calls under each plugin's concurrency
-//! limit, and settles every outcome.
+//! Dispatch: batches deliveries per plugin and lane, runs plugin calls under the lane's and the
+//! vendor's limits, and settles every outcome.
+//!
+//! Each (plugin, lane) pair has its own batching queue, so a realtime delivery never waits
+//! behind a queue of ads for the same vendor. A call holds a slot of its lane (the lane's
+//! `concurrency`) and is admitted by the vendor's [`vendor::VendorGate`] (the vendor's
+//! concurrency, rate limit and Retry-After hold, with a reserve for realtime).
 //!
 //! - `delivered`, `invalid-recipient`: final.
 //! - `rejected`: written to the DLQ, then final.
@@ -15,6 +20,7 @@
 //! committed while the recipient was never served.
 
 pub mod backoff;
+pub mod vendor;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,17 +29,20 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::config::DispatchConfig;
+use crate::config::{DispatchConfig, LanesConfig, TrafficClass};
 use crate::dedup::DedupStore;
 use crate::ingest::consumer::RecordTicket;
 use crate::plugin::{Delivery, LoadedPlugin, Outcome};
 use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
 use crate::telemetry::{Counters, events};
 use backoff::Backoff;
+use vendor::VendorGate;
 
 /// One delivery on its way, with the record it belongs to.
 pub struct Job {
     delivery: Delivery,
+    /// The lane it runs in.
+    class: TrafficClass,
     ticket: Arc<RecordTicket>,
     /// The request's channel, for the retry topic.
     channel: Arc<str>,
@@ -49,6 +58,7 @@ impl Job {
     /// A delivery of a request on `channel` first read at `origin`.
     pub fn new(
         delivery: Delivery,
+        class: TrafficClass,
         ticket: Arc<RecordTicket>,
         channel: Arc<str>,
         origin: Arc<Origin>,
@@ -56,6 +66,7 @@ impl Job {
     ) -> Self {
         Self {
             delivery,
+            class,
             ticket,
             channel,
             origin,
@@ -82,9 +93,9 @@ impl Job {
     }
 }
 
-/// Sends jobs to the lane of their plugin.
+/// Sends jobs to the queue of their plugin and lane.
 pub struct Dispatcher {
-    lanes: HashMap<String, mpsc::UnboundedSender<Job>>,
+    queues: HashMap<(String, TrafficClass), mpsc::UnboundedSender<Job>>,
     settler: Arc<Settler>,
 }
 
@@ -93,15 +104,20 @@ pub struct PluginLane {
     pub plugin: Arc<LoadedPlugin>,
     /// Deliveries per call.
     pub max_batch: usize,
-    /// Calls at once.
+    /// Calls at once, over all lanes.
     pub concurrency: usize,
+    /// Deliveries per second, over all lanes; `None` for no limit.
+    pub rate_per_s: Option<f64>,
+    /// The rate limit's burst.
+    pub burst: Option<u32>,
 }
 
 impl Dispatcher {
-    /// Starts one batching lane per plugin.
+    /// Starts one batching queue per plugin and lane.
     pub fn start(
         plugins: Vec<PluginLane>,
         config: &DispatchConfig,
+        lanes: &LanesConfig,
         counters: Arc<Counters>,
         dedup: Option<Arc<DedupStore>>,
         outbox: Arc<Outbox>,
@@ -117,26 +133,37 @@ impl Dispatcher {
                 Duration::from_millis(config.retry_max_ms),
             ),
         });
-        let mut lanes = HashMap::new();
-        for lane in plugins {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let runner = LaneRunner {
-                plugin: lane.plugin.clone(),
-                max_batch: lane.max_batch,
-                linger: Duration::from_millis(config.batch_linger_ms),
-                calls: Arc::new(Semaphore::new(lane.concurrency)),
-                settler: settler.clone(),
-            };
-            tokio::spawn(runner.run(rx));
-            lanes.insert(lane.plugin.name.clone(), tx);
+        let lane_calls = TrafficClass::ALL
+            .map(|class| Arc::new(Semaphore::new(lanes.get(class).concurrency(class))));
+        let mut queues = HashMap::new();
+        for plugin in plugins {
+            let gate = Arc::new(VendorGate::new(
+                plugin.concurrency,
+                plugin.rate_per_s,
+                plugin.burst,
+            ));
+            for class in TrafficClass::ALL {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let runner = LaneRunner {
+                    plugin: plugin.plugin.clone(),
+                    class,
+                    max_batch: plugin.max_batch,
+                    linger: Duration::from_millis(lanes.get(class).linger_ms(class, config)),
+                    lane_calls: lane_calls[class.index()].clone(),
+                    gate: gate.clone(),
+                    settler: settler.clone(),
+                };
+                tokio::spawn(runner.run(rx));
+                queues.insert((plugin.plugin.name.clone(), class), tx);
+            }
         }
-        Self { lanes, settler }
+        Self { queues, settler }
     }
 
     /// Queues a job on its plugin's lane. A plugin without a lane (not loaded) dead-letters the
     /// delivery rather than holding its record forever.
     pub async fn submit(&self, plugin: &str, job: Job) {
-        let job = match self.lanes.get(plugin) {
+        let job = match self.queues.get(&(plugin.to_string(), job.class)) {
             Some(lane) => match lane.send(job) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(job)) => job,
@@ -173,6 +200,7 @@ impl Settler {
         job: Job,
         outcome: Outcome,
         plugin: &LoadedPlugin,
+        gate: &VendorGate,
         plugin_fault: bool,
     ) -> Option<Job> {
         let counters = &self.counters;
@@ -216,6 +244,12 @@ impl Settler {
                 )
             }
             Outcome::Retry(info) => {
+                if let Some(after_ms) = info.after_ms
+                    && !plugin_fault
+                {
+                    // The vendor asked everyone to wait, not just this delivery.
+                    gate.hold_for(Duration::from_millis(after_ms));
+                }
                 let wait = self.backoff.delay(
                     job.delivery.attempt,
                     info.after_ms.map(Duration::from_millis),
@@ -318,11 +352,16 @@ impl Settler {
     }
 }
 
+/// The batching queue of one plugin in one lane.
 struct LaneRunner {
     plugin: Arc<LoadedPlugin>,
+    class: TrafficClass,
     max_batch: usize,
     linger: Duration,
-    calls: Arc<Semaphore>,
+    /// The lane's call slots, shared with the lane's queues for other plugins.
+    lane_calls: Arc<Semaphore>,
+    /// The vendor's limits, shared with the vendor's queues in other lanes.
+    gate: Arc<VendorGate>,
     settler: Arc<Settler>,
 }
 
@@ -346,13 +385,14 @@ impl LaneRunner {
                     }
                 }
             }
-            let Ok(permit) = runner.calls.clone().acquire_owned().await else {
+            let Ok(lane_slot) = runner.lane_calls.clone().acquire_owned().await else {
                 break;
             };
+            let vendor_slot = runner.gate.admit(runner.class, batch.len()).await;
             let runner = runner.clone();
             tokio::spawn(async move {
                 runner.call(batch).await;
-                drop(permit);
+                drop((lane_slot, vendor_slot));
             });
         }
     }
@@ -387,7 +427,7 @@ impl LaneRunner {
         };
         let settling = batch.into_iter().zip(outcomes).map(|(job, outcome)| {
             self.settler
-                .settle(job, outcome, &self.plugin, plugin_fault)
+                .settle(job, outcome, &self.plugin, &self.gate, plugin_fault)
         });
         let finished = futures::future::join_all(settling)
             .await

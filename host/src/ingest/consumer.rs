@@ -1,6 +1,16 @@
-//! The Kafka consumers: one for the request topics, one for the retry topic. Each reads records,
-//! turns them into deliveries, hands those to the dispatcher, and stores the completed watermark
-//! of each partition as the offset to commit.
+//! The Kafka consumers: one per lane with topics of its own, one for the mixed request topics
+//! (each record goes to the lane its `priority` names), and one for the retry topic. Each reads
+//! records, turns them into deliveries, hands those to the dispatcher, and stores the completed
+//! watermark of each partition as the offset to commit.
+//!
+//! Memory: a record is charged to its lane's [`Budget`] when admitted. A record whose lane (or
+//! the host) is over budget is held, its partition paused, until the lane falls below its
+//! low-water mark; then the held records are admitted in order and the partition resumes. The
+//! consumer keeps polling meanwhile, so the group never sees it as stuck, and librdkafka's
+//! prefetch queue is sized from the same budget.
+//!
+//! Order: with `ordering = "key"`, a record waits in [`KeyOrder`] until the previous record with
+//! the same Kafka key in its partition is finished; different keys run at once.
 //!
 //! At least once: `enable.auto.offset.store=false`, and an offset is stored only when every
 //! record below it is finished. librdkafka commits the stored offsets once per
@@ -11,9 +21,11 @@
 //! The retry consumer pauses a partition whose next record is not yet due, and resumes it at the
 //! due time. The records stay in Kafka, not in memory, while they wait.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -22,11 +34,12 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{mpsc, watch};
 
+use super::budget::{Budget, Charge, PER_DELIVERY_OVERHEAD};
 use super::envelope::Envelope;
 use super::watermark::OffsetWatermark;
-use crate::config::{DispatchConfig, KafkaConfig};
+use crate::config::{KafkaConfig, LanesConfig, Ordering as RecordOrdering, TrafficClass};
 use crate::dedup::DedupStore;
 use crate::dispatch::{Dispatcher, Job};
 use crate::plugin::Delivery;
@@ -37,10 +50,45 @@ use crate::telemetry::{Counters, events};
 /// Which records a consumer reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// Notification requests (envelopes) from the configured topics.
-    Requests,
+    /// Notification requests from `kafka.topics`, each in the lane its `priority` names.
+    Mixed,
+    /// Notification requests from a lane's own topics: all in that lane.
+    Lane(TrafficClass),
     /// Deliveries waiting for another try, from the retry topic.
     Retries,
+}
+
+impl Source {
+    /// The consumer group and topics of this source.
+    fn group_and_topics(self, kafka: &KafkaConfig, lanes: &LanesConfig) -> (String, Vec<String>) {
+        match self {
+            Source::Mixed => (kafka.group_id.clone(), kafka.topics.clone()),
+            // Groups of their own, so a rebalance of one consumer never stalls another.
+            Source::Lane(class) => (
+                format!("{}.{}", kafka.group_id, class.as_str()),
+                lanes.get(class).topics.clone(),
+            ),
+            Source::Retries => (
+                format!("{}.retry", kafka.group_id),
+                vec![kafka.retry_topic.clone()],
+            ),
+        }
+    }
+
+    /// The sources a host with this config runs.
+    pub fn all(kafka: &KafkaConfig, lanes: &LanesConfig) -> Vec<Source> {
+        let mut sources = Vec::new();
+        if !kafka.topics.is_empty() {
+            sources.push(Source::Mixed);
+        }
+        for class in TrafficClass::ALL {
+            if !lanes.get(class).topics.is_empty() {
+                sources.push(Source::Lane(class));
+            }
+        }
+        sources.push(Source::Retries);
+        sources
+    }
 }
 
 /// Drains revoked partitions before they go, and forgets their watermarks after.
@@ -195,15 +243,26 @@ pub struct RecordTicket {
     offset: i64,
     remaining: AtomicUsize,
     book: Arc<OffsetBook>,
-    /// Holds a place in `max_in_flight_records` until the last delivery lets go of the ticket.
-    _permit: OwnedSemaphorePermit,
+    /// The record's bytes against the budget, from admission until the last delivery lets go.
+    charge: OnceLock<Charge>,
+    /// The record's place in its key's order, released when it finishes.
+    order: OnceLock<(Weak<KeyOrder>, u64)>,
 }
 
 impl RecordTicket {
     /// One delivery of this record reached a final outcome, or was handed to the retry topic.
     pub fn complete(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self
+            .remaining
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
             self.book.finish(&self.topic, self.partition, self.offset);
+            if let Some((order, key)) = self.order.get()
+                && let Some(order) = order.upgrade()
+            {
+                order.release(*key);
+            }
         }
     }
 
@@ -219,9 +278,22 @@ struct Arrival {
     /// A DLQ replay: skip only what was delivered, not what was dead-lettered.
     replayed: bool,
     channel: Arc<str>,
+    class: TrafficClass,
+    /// The record's Kafka key (hashed with its partition), when its lane keeps key order.
+    order_key: Option<u64>,
     origin: Arc<Origin>,
     first_seen_ms: u64,
     ticket: Arc<RecordTicket>,
+}
+
+impl Arrival {
+    /// What the record costs in memory while the host holds it.
+    fn cost(&self) -> usize {
+        self.deliveries
+            .iter()
+            .map(|d| d.key.len() + d.recipient.len() + d.content.len() + PER_DELIVERY_OVERHEAD)
+            .sum()
+    }
 }
 
 /// What a consumed record turns into.
@@ -247,41 +319,200 @@ enum Accepted {
     },
 }
 
+/// Records waiting for the record before them with the same key to finish. A key is present
+/// while a record of it is in flight; its queue holds the ones behind it, in offset order.
+pub struct KeyOrder {
+    waiting: Mutex<HashMap<u64, VecDeque<Arrival>>>,
+    /// The next record of a key whose previous one finished, for the consumer to dispatch.
+    next: mpsc::UnboundedSender<Arrival>,
+}
+
+impl KeyOrder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, VecDeque<Arrival>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets `arrival` go now, or queues it behind its key's record in flight.
+    fn enter(self: &Arc<Self>, key: u64, arrival: Arrival) -> Option<Arrival> {
+        let _ = arrival.ticket.order.set((Arc::downgrade(self), key));
+        let mut waiting = self.lock();
+        match waiting.get_mut(&key) {
+            Some(queue) => {
+                queue.push_back(arrival);
+                None
+            }
+            None => {
+                waiting.insert(key, VecDeque::new());
+                Some(arrival)
+            }
+        }
+    }
+
+    /// The record in flight for `key` finished: the next one goes.
+    fn release(&self, key: u64) {
+        let next = {
+            let mut waiting = self.lock();
+            match waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+                Some(next) => Some(next),
+                None => {
+                    waiting.remove(&key);
+                    None
+                }
+            }
+        };
+        if let Some(next) = next {
+            // The receiver lives as long as the consumer; after it, nothing is dispatched.
+            let _ = self.next.send(next);
+        }
+    }
+
+    /// Records waiting behind another of their key.
+    pub fn waiting(&self) -> usize {
+        self.lock().values().map(VecDeque::len).sum()
+    }
+}
+
+/// Admits records: charges the budget, keeps key order, skips what is done, and hands the rest
+/// to the dispatcher.
+struct Feed {
+    budget: Arc<Budget>,
+    order: Arc<KeyOrder>,
+    dedup: Option<Arc<DedupStore>>,
+    router: Arc<ChannelRouter>,
+    dispatcher: Arc<Dispatcher>,
+    counters: Arc<Counters>,
+}
+
+impl Feed {
+    async fn admit(&self, arrival: Arrival) {
+        let _ = arrival
+            .ticket
+            .charge
+            .set(self.budget.charge(arrival.class, arrival.cost()));
+        let arrival = match arrival.order_key {
+            Some(key) => match self.order.enter(key, arrival) {
+                Some(arrival) => arrival,
+                None => return,
+            },
+            None => arrival,
+        };
+        self.dispatch(arrival).await;
+    }
+
+    /// Skips the recipients the dedup store knows as done (a redelivered or replayed request),
+    /// and hands the rest to the dispatcher.
+    async fn dispatch(&self, arrival: Arrival) {
+        let Arrival {
+            deliveries,
+            replayed,
+            channel,
+            class,
+            origin,
+            first_seen_ms,
+            ticket,
+            ..
+        } = arrival;
+        let counters = &self.counters;
+        let done = match &self.dedup {
+            None => vec![false; deliveries.len()],
+            Some(dedup) => {
+                // Each delivery is looked up as delivered and, unless replayed, as dead.
+                let per_delivery = if replayed { 1 } else { 2 };
+                let mut keys = Vec::with_capacity(deliveries.len() * per_delivery);
+                for d in &deliveries {
+                    keys.push(d.key.clone());
+                    if !replayed {
+                        keys.push(crate::dedup::dead_key(&d.key));
+                    }
+                }
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                match dedup.seen(&refs).await {
+                    Ok(seen) => seen
+                        .chunks(per_delivery)
+                        .map(|c| c.iter().any(|s| *s))
+                        .collect(),
+                    Err(error) => {
+                        // Unanswered means "not known as done": sending again is at least once.
+                        counters.dedup_errors.fetch_add(1, Relaxed);
+                        events::DedupFailed { error: &error }.emit();
+                        vec![false; deliveries.len()]
+                    }
+                }
+            }
+        };
+        for (delivery, done) in deliveries.into_iter().zip(done) {
+            if done {
+                counters.deliveries_skipped_done.fetch_add(1, Relaxed);
+                ticket.complete();
+                continue;
+            }
+            let plugin = self.router.pick(&channel).unwrap_or_default();
+            let job = Job::new(
+                delivery,
+                class,
+                ticket.clone(),
+                channel.clone(),
+                origin.clone(),
+                first_seen_ms,
+            );
+            self.dispatcher.submit(&plugin, job).await;
+        }
+    }
+}
+
 /// A running consumer.
 pub struct Ingest {
     consumer: Arc<IngestConsumer>,
     book: Arc<OffsetBook>,
-    in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
-    dedup: Option<Arc<DedupStore>>,
-    outbox: Arc<Outbox>,
     source: Source,
+    feed: Arc<Feed>,
+    /// Where the next record of a key comes out once the one before it finished.
+    released: Mutex<Option<mpsc::UnboundedReceiver<Arrival>>>,
+    /// Lane ordering, by class.
+    ordering: [RecordOrdering; 3],
+    /// Records of partitions paused for the budget, in offset order, by partition.
+    held: Arc<Mutex<HashMap<(String, i32), VecDeque<Arrival>>>>,
+    outbox: Arc<Outbox>,
+    max_record_bytes: usize,
 }
 
 /// What every consumer of one host shares.
 pub struct IngestShared {
     pub dedup: Option<Arc<DedupStore>>,
     pub outbox: Arc<Outbox>,
+    pub budget: Arc<Budget>,
+    pub router: Arc<ChannelRouter>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub counters: Arc<Counters>,
+    /// librdkafka's prefetch queue of each consumer, in bytes.
+    pub prefetch_bytes: usize,
+    pub max_record_bytes: usize,
+}
+
+/// librdkafka's fetch sizes for a prefetch queue of `prefetch_bytes`: the queue cap, one fetch
+/// (at most half the queue, and never below `message.max.bytes`' default so any record fits),
+/// and the per-partition minimum count (lowered from 100,000 so the byte cap is what binds).
+fn fetch_properties(prefetch_bytes: usize) -> [(&'static str, String); 3] {
+    let queue_kb = (prefetch_bytes / 1024).max(1024);
+    let fetch = (prefetch_bytes / 2).clamp(1_048_576, 52_428_800);
+    [
+        ("queued.max.messages.kbytes", queue_kb.to_string()),
+        ("fetch.max.bytes", fetch.to_string()),
+        ("queued.min.messages", "10000".to_string()),
+    ]
 }
 
 impl Ingest {
     /// Creates a consumer of `source` and subscribes it.
     pub fn connect(
         kafka: &KafkaConfig,
-        dispatch: &DispatchConfig,
+        lanes: &LanesConfig,
         brokers: &str,
         shared: &IngestShared,
         source: Source,
     ) -> anyhow::Result<Self> {
         let book = Arc::new(OffsetBook::new());
-        let (group, topics) = match source {
-            Source::Requests => (kafka.group_id.clone(), kafka.topics.clone()),
-            // A group of its own, so a rebalance of one consumer never stalls the other.
-            Source::Retries => (
-                format!("{}.retry", kafka.group_id),
-                vec![kafka.retry_topic.clone()],
-            ),
-        };
+        let (group, topics) = source.group_and_topics(kafka, lanes);
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", brokers)
@@ -293,9 +524,11 @@ impl Ingest {
             )
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
-            // Bounds what librdkafka prefetches, so a backlog cannot grow host memory.
-            .set("queued.max.messages.kbytes", "16384");
+            .set("session.timeout.ms", kafka.session_timeout_ms.to_string());
+        // Bounds what librdkafka prefetches, so a backlog cannot grow host memory.
+        for (key, value) in fetch_properties(shared.prefetch_bytes) {
+            client.set(key, value);
+        }
         if source == Source::Retries {
             // The retry topic may come into being with the first retry; look for it every few
             // seconds rather than at librdkafka's default of five minutes.
@@ -317,14 +550,32 @@ impl Ingest {
             .with_context(|| format!("subscribing to {names:?}"))?;
         let consumer = Arc::new(consumer);
         let _ = book.consumer.set(Arc::downgrade(&consumer));
+        let (next, released) = mpsc::unbounded_channel();
+        let ordering = match source {
+            // Retries come back in due order, not offset order: there is no order to keep.
+            Source::Retries => [RecordOrdering::None; 3],
+            _ => TrafficClass::ALL.map(|c| lanes.get(c).ordering),
+        };
         Ok(Self {
             consumer,
             book,
-            in_flight: Arc::new(Semaphore::new(dispatch.max_in_flight_records)),
-            max_in_flight: dispatch.max_in_flight_records,
-            dedup: shared.dedup.clone(),
-            outbox: shared.outbox.clone(),
             source,
+            feed: Arc::new(Feed {
+                budget: shared.budget.clone(),
+                order: Arc::new(KeyOrder {
+                    waiting: Mutex::new(HashMap::new()),
+                    next,
+                }),
+                dedup: shared.dedup.clone(),
+                router: shared.router.clone(),
+                dispatcher: shared.dispatcher.clone(),
+                counters: shared.counters.clone(),
+            }),
+            released: Mutex::new(Some(released)),
+            ordering,
+            held: Arc::new(Mutex::new(HashMap::new())),
+            outbox: shared.outbox.clone(),
+            max_record_bytes: shared.max_record_bytes,
         })
     }
 
@@ -332,18 +583,25 @@ impl Ingest {
     /// commits the watermark synchronously.
     pub async fn run(
         &self,
-        router: &ChannelRouter,
-        dispatcher: &Dispatcher,
-        counters: &Counters,
-        max_record_bytes: usize,
         mut shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(mut released) = self
+            .released
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let feed = self.feed.clone();
+            tasks.spawn(async move {
+                while let Some(next) = released.recv().await {
+                    feed.dispatch(next).await;
+                }
+            });
+        }
+        let counters = self.feed.counters.clone();
         loop {
-            let permit = tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                permit = self.in_flight.clone().acquire_owned() => permit.context("in-flight limit closed")?,
-            };
             let message = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 message = self.consumer.recv() => message,
@@ -357,12 +615,10 @@ impl Ingest {
                 }
             };
             // The borrowed message cannot live across an await; take what is needed.
-            let accepted = self.accept(&message, permit, router, counters, max_record_bytes);
+            let accepted = self.accept(&message, &counters);
             drop(message);
             match accepted {
-                Accepted::Deliver(arrival) => {
-                    self.dispatch(arrival, router, dispatcher, counters).await;
-                }
+                Accepted::Deliver(arrival) => self.admit_or_hold(arrival, &mut tasks).await,
                 Accepted::DeadLetter {
                     key,
                     value,
@@ -381,7 +637,7 @@ impl Ingest {
                         first_seen_ms,
                     };
                     self.outbox.dead_letter(&key, &value, &origin, &why).await;
-                    counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    counters.dead_lettered.fetch_add(1, Relaxed);
                     ticket.complete();
                 }
                 Accepted::NotDue {
@@ -393,7 +649,70 @@ impl Ingest {
             }
         }
         self.drain_and_commit(drain).await;
+        tasks.abort_all();
         Ok(())
+    }
+
+    /// Admits `arrival`, unless its lane is over budget or its partition already holds records:
+    /// then the partition is paused and the record held until the lane is below low water.
+    async fn admit_or_hold(&self, arrival: Arrival, tasks: &mut tokio::task::JoinSet<()>) {
+        let partition = (arrival.ticket.topic.clone(), arrival.ticket.partition);
+        let class = arrival.class;
+        let admit_now = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(queue) = held.get_mut(&partition) {
+                // Behind records already held: keeps the partition's order.
+                queue.push_back(arrival);
+                return;
+            }
+            if self.feed.budget.is_over(class) {
+                held.insert(partition.clone(), VecDeque::from([arrival]));
+                None
+            } else {
+                Some(arrival)
+            }
+        };
+        if let Some(arrival) = admit_now {
+            self.feed.admit(arrival).await;
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&partition.0, partition.1);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(error = %e, topic = %partition.0, partition = partition.1, "pausing a partition over budget failed");
+        }
+        let paused = self.feed.budget.paused(class);
+        events::LanePaused {
+            lane: class.as_str(),
+            topic: &partition.0,
+            partition: partition.1,
+            used_bytes: self.feed.budget.used(class),
+        }
+        .emit();
+        let (feed, held, consumer) = (self.feed.clone(), self.held.clone(), self.consumer.clone());
+        tasks.spawn(async move {
+            feed.budget.wait_below_low_water(class).await;
+            loop {
+                let batch: Vec<Arrival> = {
+                    let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+                    match held.get_mut(&partition) {
+                        Some(queue) if !queue.is_empty() => queue.drain(..).collect(),
+                        _ => {
+                            held.remove(&partition);
+                            break;
+                        }
+                    }
+                };
+                for arrival in batch {
+                    feed.admit(arrival).await;
+                }
+            }
+            if let Err(e) = consumer.resume(&tpl) {
+                // Revoked meanwhile: the new owner reads on from the last commit.
+                tracing::debug!(error = %e, "resuming a partition failed");
+            }
+            drop(paused);
+        });
     }
 
     fn ticket(
@@ -402,7 +721,6 @@ impl Ingest {
         partition: i32,
         offset: i64,
         deliveries: usize,
-        permit: OwnedSemaphorePermit,
     ) -> Arc<RecordTicket> {
         self.book.open(topic, partition, offset);
         Arc::new(RecordTicket {
@@ -411,19 +729,33 @@ impl Ingest {
             offset,
             remaining: AtomicUsize::new(deliveries),
             book: self.book.clone(),
-            _permit: permit,
+            charge: OnceLock::new(),
+            order: OnceLock::new(),
         })
     }
 
+    /// The lane of a request: its consumer's, or the one its `priority` names.
+    fn class_of(&self, priority: crate::plugin::Priority) -> TrafficClass {
+        match self.source {
+            Source::Lane(class) => class,
+            Source::Mixed | Source::Retries => priority.into(),
+        }
+    }
+
+    /// The key-order slot of a record in `class`, or `None` when the lane does not keep order or
+    /// the record has no key.
+    fn order_key(&self, class: TrafficClass, message: &BorrowedMessage<'_>) -> Option<u64> {
+        if self.ordering[class.index()] != RecordOrdering::Key {
+            return None;
+        }
+        let key = message.key()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (message.topic(), message.partition(), key).hash(&mut hasher);
+        Some(hasher.finish())
+    }
+
     /// Decodes a record into what to do with it.
-    fn accept(
-        &self,
-        message: &BorrowedMessage<'_>,
-        permit: OwnedSemaphorePermit,
-        router: &ChannelRouter,
-        counters: &Counters,
-        max_record_bytes: usize,
-    ) -> Accepted {
+    fn accept(&self, message: &BorrowedMessage<'_>, counters: &Counters) -> Accepted {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let origin = Origin {
             topic: topic.to_string(),
@@ -435,8 +767,8 @@ impl Ingest {
             .to_millis()
             .map_or_else(now_ms, |ms| ms.max(0) as u64);
         let refuse =
-            |class: ReasonClass, reason: String, counter: &std::sync::atomic::AtomicU64, permit| {
-                counter.fetch_add(1, Ordering::Relaxed);
+            |class: ReasonClass, reason: String, counter: &std::sync::atomic::AtomicU64| {
+                counter.fetch_add(1, Relaxed);
                 events::RecordRefused {
                     topic,
                     partition,
@@ -454,7 +786,7 @@ impl Ingest {
                     class,
                     reason,
                     first_seen_ms: seen_at,
-                    ticket: self.ticket(topic, partition, offset, 1, permit),
+                    ticket: self.ticket(topic, partition, offset, 1),
                 }
             };
         if self.source == Source::Retries {
@@ -465,7 +797,6 @@ impl Ingest {
                         ReasonClass::Undecodable,
                         format!("not a retry record: {e}"),
                         &counters.records_undecodable,
-                        permit,
                     );
                 }
                 None => {
@@ -473,7 +804,6 @@ impl Ingest {
                         ReasonClass::Undecodable,
                         "retry record has no value".into(),
                         &counters.records_undecodable,
-                        permit,
                     );
                 }
             };
@@ -485,26 +815,28 @@ impl Ingest {
                     due_at_ms: record.due_at_ms,
                 };
             }
-            counters.records_consumed.fetch_add(1, Ordering::Relaxed);
+            counters.records_consumed.fetch_add(1, Relaxed);
+            let delivery = record.delivery();
             return Accepted::Deliver(Arrival {
-                deliveries: vec![record.delivery()],
+                class: self.class_of(delivery.priority),
+                deliveries: vec![delivery],
                 replayed: record.replayed,
                 channel: record.channel.as_str().into(),
+                order_key: None,
                 first_seen_ms: record.first_seen_ms,
                 origin: Arc::new(record.origin),
-                ticket: self.ticket(topic, partition, offset, 1, permit),
+                ticket: self.ticket(topic, partition, offset, 1),
             });
         }
 
-        counters.records_consumed.fetch_add(1, Ordering::Relaxed);
-        let envelope = match Envelope::decode(message.payload(), max_record_bytes) {
+        counters.records_consumed.fetch_add(1, Relaxed);
+        let envelope = match Envelope::decode(message.payload(), self.max_record_bytes) {
             Ok(envelope) => envelope,
             Err(error) => {
                 return refuse(
                     ReasonClass::Undecodable,
                     error.to_string(),
                     &counters.records_undecodable,
-                    permit,
                 );
             }
         };
@@ -513,24 +845,25 @@ impl Ingest {
                 ReasonClass::Expired,
                 "expired".into(),
                 &counters.records_expired,
-                permit,
             );
         }
-        if !router.knows(&envelope.channel) {
+        if !self.feed.router.knows(&envelope.channel) {
             let reason = format!("unknown channel `{}`", envelope.channel);
             return refuse(
                 ReasonClass::UnknownChannel,
                 reason,
                 &counters.records_unknown_channel,
-                permit,
             );
         }
+        let class = self.class_of(envelope.priority);
         let deliveries: Vec<Delivery> = envelope.deliveries().collect();
         Accepted::Deliver(Arrival {
-            ticket: self.ticket(topic, partition, offset, deliveries.len(), permit),
+            ticket: self.ticket(topic, partition, offset, deliveries.len()),
             deliveries,
             replayed: false,
             channel: envelope.channel.as_str().into(),
+            class,
+            order_key: self.order_key(class, message),
             origin: Arc::new(origin),
             first_seen_ms: seen_at,
         })
@@ -569,74 +902,12 @@ impl Ingest {
         });
     }
 
-    /// Skips the recipients the dedup store knows as done (a redelivered or replayed request),
-    /// and hands the rest to the dispatcher.
-    async fn dispatch(
-        &self,
-        arrival: Arrival,
-        router: &ChannelRouter,
-        dispatcher: &Dispatcher,
-        counters: &Counters,
-    ) {
-        let Arrival {
-            deliveries,
-            replayed,
-            channel,
-            origin,
-            first_seen_ms,
-            ticket,
-        } = arrival;
-        let done = match &self.dedup {
-            None => vec![false; deliveries.len()],
-            Some(dedup) => {
-                // Each delivery is looked up as delivered and, unless replayed, as dead.
-                let per_delivery = if replayed { 1 } else { 2 };
-                let mut keys = Vec::with_capacity(deliveries.len() * per_delivery);
-                for d in &deliveries {
-                    keys.push(d.key.clone());
-                    if !replayed {
-                        keys.push(crate::dedup::dead_key(&d.key));
-                    }
-                }
-                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                match dedup.seen(&refs).await {
-                    Ok(seen) => seen
-                        .chunks(per_delivery)
-                        .map(|c| c.iter().any(|s| *s))
-                        .collect(),
-                    Err(error) => {
-                        // Unanswered means "not known as done": sending again is at least once.
-                        counters.dedup_errors.fetch_add(1, Ordering::Relaxed);
-                        events::DedupFailed { error: &error }.emit();
-                        vec![false; deliveries.len()]
-                    }
-                }
-            }
-        };
-        for (delivery, done) in deliveries.into_iter().zip(done) {
-            if done {
-                counters
-                    .deliveries_skipped_done
-                    .fetch_add(1, Ordering::Relaxed);
-                ticket.complete();
-                continue;
-            }
-            let plugin = router.pick(&channel).unwrap_or_default();
-            let job = Job::new(
-                delivery,
-                ticket.clone(),
-                channel.clone(),
-                origin.clone(),
-                first_seen_ms,
-            );
-            dispatcher.submit(&plugin, job).await;
-        }
-    }
-
     async fn drain_and_commit(&self, drain: Duration) {
-        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(drain, self.in_flight.acquire_many(all)).await;
-        if drained.is_err() {
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.book.open_records() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.book.open_records() > 0 {
             tracing::warn!(
                 open_records = self.book.open_records(),
                 "drain timed out; unfinished records will be consumed again after restart"

@@ -1,6 +1,7 @@
 //! Kafka ingest: the consumer, the envelope decoder, the offset watermark, and the embedded
 //! mock cluster used when no brokers are configured.
 
+pub mod budget;
 pub mod consumer;
 pub mod embedded;
 pub mod envelope;

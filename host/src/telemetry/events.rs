@@ -153,3 +153,25 @@ impl DedupFailed<'_> {
         tracing::error!(event = "dedup_failed", error = %self.error, "dedup store failed");
     }
 }
+
+/// A lane went over its budget: one of its partitions is paused until the lane drains to its
+/// low-water mark.
+pub struct LanePaused<'a> {
+    pub lane: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub used_bytes: usize,
+}
+
+impl LanePaused<'_> {
+    pub fn emit(self) {
+        tracing::debug!(
+            event = "lane_paused",
+            lane = self.lane,
+            topic = self.topic,
+            partition = self.partition,
+            used_bytes = self.used_bytes,
+            "lane over budget: partition paused"
+        );
+    }
+}

@@ -163,6 +163,8 @@ async fn scaffold_build_check_test_load_and_deliver() {
             memory_mb: 32,
             max_batch: 50,
             concurrency: 8,
+            rate_per_s: None,
+            burst: None,
             config: [("endpoint".to_string(), sim.url())].into(),
             secrets: [("api_key".to_string(), SecretSource::Value("k3y".into()))].into(),
         },
