@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -17,6 +18,9 @@ pub struct SimStats {
     auth_failures: AtomicU64,
     seen: Mutex<HashSet<u64>>,
     refused: Mutex<BTreeMap<String, u64>>,
+    /// Recipients whose first acceptance is logged with its time (latency and order checks).
+    arrivals_prefix: OnceLock<String>,
+    arrivals: Mutex<Vec<(String, Instant)>>,
 }
 
 /// A copy of the counts at one moment.
@@ -47,10 +51,32 @@ impl SimStats {
             .insert(hasher.finish());
         if fresh {
             self.accepted.fetch_add(1, Ordering::Relaxed);
+            if let Some(prefix) = self.arrivals_prefix.get()
+                && recipient.starts_with(prefix.as_str())
+            {
+                self.arrivals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((recipient.to_string(), Instant::now()));
+            }
         } else {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
         }
         fresh
+    }
+
+    /// From now on, logs the first acceptance of every recipient starting with `prefix`, in the
+    /// order accepted. Only one prefix per simulator; a second call is ignored.
+    pub fn log_arrivals(&self, prefix: &str) {
+        let _ = self.arrivals_prefix.set(prefix.to_string());
+    }
+
+    /// The logged acceptances, in order: recipient and when.
+    pub fn arrivals(&self) -> Vec<(String, Instant)> {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counts a refused delivery under the vendor's error code.
