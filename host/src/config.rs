@@ -278,6 +278,10 @@ pub struct LaneConfig {
     pub ordering: Ordering,
     /// How long a partial batch waits for more, in milliseconds.
     pub linger_ms: Option<u64>,
+    /// The longest a fetch waits at the broker for records (librdkafka `fetch.wait.max.ms`):
+    /// realtime 10, the others librdkafka's 500. A broker answers as soon as records arrive, but
+    /// not every broker does, and realtime cannot afford to find out.
+    pub fetch_wait_max_ms: Option<u64>,
 }
 
 impl LaneConfig {
@@ -296,6 +300,14 @@ impl LaneConfig {
             TrafficClass::Batch | TrafficClass::Ads => 96,
         });
         (mb as usize) << 20
+    }
+
+    /// The fetch wait: 10 ms for realtime, librdkafka's 500 ms for the others.
+    pub fn fetch_wait_max_ms(&self, class: TrafficClass) -> u64 {
+        self.fetch_wait_max_ms.unwrap_or(match class {
+            TrafficClass::Realtime => 10,
+            _ => 500,
+        })
     }
 
     /// Linger: none for realtime, `dispatch.batch_linger_ms` for the others.

@@ -529,6 +529,14 @@ impl Ingest {
         for (key, value) in fetch_properties(shared.prefetch_bytes) {
             client.set(key, value);
         }
+        let fetch_wait = match source {
+            Source::Lane(class) => lanes.get(class).fetch_wait_max_ms(class),
+            // Mixed topics carry realtime too; retries are due at a given time.
+            Source::Mixed | Source::Retries => {
+                lanes.realtime.fetch_wait_max_ms(TrafficClass::Realtime)
+            }
+        };
+        client.set("fetch.wait.max.ms", fetch_wait.to_string());
         if source == Source::Retries {
             // The retry topic may come into being with the first retry; look for it every few
             // seconds rather than at librdkafka's default of five minutes.

@@ -86,7 +86,7 @@ fn kill_points(kills: u32, messages: u64, dice: &mut KillDice) -> Vec<u64> {
 }
 
 /// A TOML basic string: JSON's string escapes are valid TOML.
-fn toml_string(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
@@ -152,8 +152,22 @@ fcm = 100
     Ok(path)
 }
 
+/// The `switchboard` binary next to the lab's (both in the release target directory).
+pub(crate) fn host_binary() -> anyhow::Result<PathBuf> {
+    let binary = std::env::current_exe()?
+        .parent()
+        .context("the lab binary has no directory")?
+        .join("switchboard");
+    anyhow::ensure!(
+        binary.exists(),
+        "{} is missing: `cargo build --release -p switchboard` builds it next to the lab",
+        binary.display()
+    );
+    Ok(binary)
+}
+
 /// The host process and where its log goes.
-struct HostProcess {
+pub(crate) struct HostProcess {
     binary: PathBuf,
     config: PathBuf,
     log: PathBuf,
@@ -161,7 +175,7 @@ struct HostProcess {
 }
 
 impl HostProcess {
-    fn spawn(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(binary: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
         let child = Self::spawn_child(binary, config, log)?;
         Ok(Self {
             binary: binary.to_path_buf(),
@@ -199,7 +213,7 @@ impl HostProcess {
     }
 
     /// Fails when the host ended on its own.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             anyhow::bail!(
                 "the host exited on its own ({status}); see {}",
@@ -210,7 +224,21 @@ impl HostProcess {
     }
 
     /// SIGTERM, then waits for the graceful stop (drain and commit); SIGKILL after `grace`.
-    async fn terminate(mut self, grace: Duration) -> anyhow::Result<()> {
+    /// The host's peak resident memory so far, in MiB, from /proc; 0 where /proc is missing.
+    pub(crate) fn peak_rss_mib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb / 1024)
+    }
+
+    pub(crate) async fn terminate(mut self, grace: Duration) -> anyhow::Result<()> {
         if self.child.try_wait()?.is_some() {
             return Ok(());
         }
@@ -268,15 +296,7 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
             fcm_wasm.display()
         )
     })?;
-    let binary = std::env::current_exe()?
-        .parent()
-        .context("the lab binary has no directory")?
-        .join("switchboard");
-    anyhow::ensure!(
-        binary.exists(),
-        "{} is missing: `cargo build --release -p switchboard` builds it next to the lab",
-        binary.display()
-    );
+    let binary = host_binary()?;
 
     let topics = [TOPIC, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
     let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;

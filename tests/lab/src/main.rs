@@ -14,6 +14,7 @@ use switchboard_integration_tests::{LoadOptions, delivery, load, runtime};
 
 mod crash;
 mod dedup;
+mod lanes;
 mod rebalance;
 mod sandbox;
 
@@ -91,6 +92,33 @@ enum Scenario {
         redis: Option<String>,
         /// Seconds to wait for the last request.
         #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Realtime against an ads backlog: the backlog drains through the ads lane while realtime
+    /// requests arrive on their own lane; produce-to-vendor latency of realtime, host memory.
+    Isolation {
+        #[arg(long, default_value_t = 2_000_000)]
+        backlog: u64,
+        /// Realtime requests per second.
+        #[arg(long, default_value_t = 50)]
+        realtime_rate: u64,
+        #[arg(long, default_value_t = 60)]
+        duration_s: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        vendor_latency_ms: u64,
+    },
+    /// A deep backlog drained from the start: drain rate and the host's peak memory.
+    Backlog {
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        vendor_latency_ms: u64,
+        /// Stop measuring after this long, drained or not.
+        #[arg(long, default_value_t = 1200)]
         timeout_s: u64,
     },
     /// Hostile plugins (loops, bombs, traps, floods, denied hosts and secrets, WASI probes,
@@ -190,6 +218,36 @@ async fn main() -> anyhow::Result<()> {
                 baseline_s,
                 rounds,
                 vendor_latency_ms,
+            })
+            .await?
+        }
+        Scenario::Isolation {
+            backlog,
+            realtime_rate,
+            duration_s,
+            plugin_dir,
+            vendor_latency_ms,
+        } => {
+            lanes::isolation(lanes::IsolationOptions {
+                backlog,
+                realtime_rate,
+                duration: Duration::from_secs(duration_s),
+                plugin_dir,
+                vendor_latency_ms,
+            })
+            .await?
+        }
+        Scenario::Backlog {
+            records,
+            plugin_dir,
+            vendor_latency_ms,
+            timeout_s,
+        } => {
+            lanes::backlog(lanes::BacklogOptions {
+                records,
+                plugin_dir,
+                vendor_latency_ms,
+                timeout: Duration::from_secs(timeout_s),
             })
             .await?
         }

@@ -1,0 +1,399 @@
+//! `isolation` and `backlog`: the host as a child process (so its resident memory is its own)
+//! against the lab's mock Kafka cluster and FCM simulator.
+//!
+//! - `isolation`: a deep ads backlog drains through the ads lane while realtime requests arrive
+//!   at a steady rate on the realtime lane's topic; measures each realtime request from the
+//!   moment it is produced to the moment the vendor accepts it.
+//! - `backlog`: a deep backlog on one topic, drained from the start; measures the drain rate and
+//!   the host's peak memory, which must not grow with the backlog.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use switchboard::demo::produce;
+use switchboard::ingest::EmbeddedKafka;
+use switchboard_integration_tests::{FCM_EMAIL, FCM_PROJECT, FcmFixture};
+
+use crate::crash::{HostProcess, host_binary, toml_string};
+
+const RETRY_TOPIC: &str = "switchboard.retry";
+const DLQ_TOPIC: &str = "switchboard.dlq";
+const PARTITIONS: i32 = 12;
+
+/// A request of about 250 bytes, like the demo's.
+fn envelope(id: &str, priority: &str) -> String {
+    json!({
+        "id": id,
+        "channel": "push-android",
+        "priority": priority,
+        "recipients": [{"to": id}],
+        "content": {"title": "Your order", "body": format!("Order {id} is on its way"), "data": {"order": id}},
+    })
+    .to_string()
+}
+
+/// Produces `count` requests in slices, printing progress.
+async fn produce_backlog(
+    brokers: &str,
+    topic: &str,
+    count: u64,
+    prefix: &str,
+    priority: &str,
+) -> anyhow::Result<()> {
+    const SLICE: u64 = 100_000;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < count {
+        let n = SLICE.min(count - done);
+        produce(brokers, topic, n, |i| {
+            let id = format!("{prefix}{}", done + i);
+            (id.clone(), envelope(&id, priority))
+        })
+        .await?;
+        done += n;
+        eprintln!(
+            "[backlog] produced {done}/{count} ({:.0}/s)",
+            done as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// What goes into the host's config besides the plugin.
+struct HostSetup<'a> {
+    brokers: &'a str,
+    group: &'a str,
+    /// `[kafka] topics`: the mixed topics.
+    mixed_topics: &'a [&'a str],
+    /// `[lanes.*]` tables, as TOML.
+    lanes_toml: String,
+    concurrency: u64,
+}
+
+/// Writes the host's config (and the service-account key) into `dir`; returns its path.
+fn write_config(
+    dir: &Path,
+    setup: &HostSetup<'_>,
+    fixture: &FcmFixture,
+    fcm_wasm: &Path,
+) -> anyhow::Result<PathBuf> {
+    let key_path = dir.join("service-account.pem");
+    std::fs::write(&key_path, &fixture.account.private_key_pem)
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    let url = fixture.sim.url();
+    let topics: Vec<String> = setup.mixed_topics.iter().map(|t| toml_string(t)).collect();
+    let text = format!(
+        r#"# Written by `switchboard-lab`.
+[kafka]
+brokers = {brokers}
+group_id = {group}
+topics = [{topics}]
+retry_topic = {retry}
+dlq_topic = {dlq}
+
+[dedup]
+backend = "embedded"
+data_dir = "dedup"
+
+{lanes}
+
+[plugins.fcm]
+path = {wasm}
+allowed_hosts = [{addr}]
+max_batch = 100
+concurrency = {concurrency}
+secrets = {{ service_account_key = {{ file = "service-account.pem" }} }}
+
+[plugins.fcm.config]
+project_id = {project}
+client_email = {email}
+token_uri = {token_uri}
+endpoint = {endpoint}
+
+[channels.push-android]
+fcm = 100
+"#,
+        brokers = toml_string(setup.brokers),
+        group = toml_string(setup.group),
+        topics = topics.join(", "),
+        retry = toml_string(RETRY_TOPIC),
+        dlq = toml_string(DLQ_TOPIC),
+        lanes = setup.lanes_toml,
+        concurrency = setup.concurrency,
+        wasm = toml_string(&fcm_wasm.display().to_string()),
+        addr = toml_string(&fixture.sim.addr.to_string()),
+        project = toml_string(FCM_PROJECT),
+        email = toml_string(FCM_EMAIL),
+        token_uri = toml_string(&format!("{url}/token")),
+        endpoint = toml_string(&url),
+    );
+    let path = dir.join("switchboard.toml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn work_dir(scenario: &str) -> anyhow::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(1);
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-lab-{scenario}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn fcm_wasm(plugin_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = plugin_dir.join("fcm.wasm");
+    path.canonicalize().with_context(|| {
+        format!(
+            "{} is missing: build the plugins first (`make plugins`)",
+            path.display()
+        )
+    })
+}
+
+/// Waits until `condition` holds, checking the host is alive; false after `timeout`.
+async fn wait_for(
+    host: &mut HostProcess,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return Ok(true);
+        }
+        host.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(condition())
+}
+
+/// What `isolation` runs.
+pub struct IsolationOptions {
+    pub backlog: u64,
+    pub realtime_rate: u64,
+    pub duration: Duration,
+    pub plugin_dir: PathBuf,
+    pub vendor_latency_ms: u64,
+}
+
+pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::Value> {
+    let (ads, realtime) = ("lab.ads", "lab.realtime");
+    let fcm_wasm = fcm_wasm(&options.plugin_dir)?;
+    let binary = host_binary()?;
+    let topics = [ads, realtime, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
+    let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
+    let brokers = cluster.bootstrap_servers().to_string();
+    let latency = Duration::from_millis(options.vendor_latency_ms);
+    let fixture = FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(latency)).await;
+    let stats = fixture.sim.stats.clone();
+    stats.log_arrivals("rt-");
+
+    produce_backlog(&brokers, ads, options.backlog, "ad-", "ads").await?;
+    let work = work_dir("isolation")?;
+    let setup = HostSetup {
+        brokers: &brokers,
+        group: "switchboard-lab-isolation",
+        mixed_topics: &[],
+        lanes_toml: format!(
+            "[lanes.ads]\ntopics = [{}]\n\n[lanes.realtime]\ntopics = [{}]\n",
+            toml_string(ads),
+            toml_string(realtime)
+        ),
+        concurrency: 64,
+    };
+    let config = write_config(&work, &setup, &fixture, &fcm_wasm)?;
+    let log = work.join("host.log");
+    eprintln!(
+        "[isolation] host log: {}; config: {}",
+        log.display(),
+        config.display()
+    );
+    let mut host = HostProcess::spawn(&binary, &config, &log)?;
+    anyhow::ensure!(
+        wait_for(&mut host, Duration::from_secs(120), || stats
+            .snapshot()
+            .delivered
+            > 0)
+        .await?,
+        "the host delivered nothing in 120 s; see {}",
+        log.display()
+    );
+    let ads_at_start = stats.snapshot().delivered;
+    let ads_started = Instant::now();
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        // Each realtime request goes out at once: its latency starts when it is produced.
+        .set("linger.ms", "0")
+        .create()
+        .context("creating the realtime producer")?;
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / options.realtime_rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    let until = Instant::now() + options.duration;
+    let mut pending = Vec::new();
+    let mut i = 0u64;
+    let mut next_report = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        ticker.tick().await;
+        let id = format!("rt-{i}");
+        i += 1;
+        sent_at.insert(id.clone(), Instant::now());
+        let producer = producer.clone();
+        let value = envelope(&id, "realtime");
+        pending.push(tokio::spawn(async move {
+            producer
+                .send(
+                    FutureRecord::to(realtime).key(&id).payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| anyhow::anyhow!("producing {id}: {e}"))
+        }));
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(10);
+            host.check_alive()?;
+            eprintln!(
+                "[isolation] realtime sent {i}, accepted {}; ads delivered {}",
+                stats.arrivals().len(),
+                stats.snapshot().delivered - stats.arrivals().len() as u64
+            );
+        }
+    }
+    for send in pending {
+        send.await??;
+    }
+    let realtime_sent = sent_at.len() as u64;
+    wait_for(&mut host, Duration::from_secs(30), || {
+        stats.arrivals().len() as u64 >= realtime_sent
+    })
+    .await?;
+    let ads_elapsed = ads_started.elapsed();
+    let arrivals = stats.arrivals();
+    let snapshot = stats.snapshot();
+    let rss_peak_mb = host.peak_rss_mib();
+    host.terminate(Duration::from_secs(30)).await?;
+
+    let mut latencies = Histogram::<u64>::new(3)?;
+    for (recipient, at) in &arrivals {
+        if let Some(sent) = sent_at.get(recipient) {
+            latencies.record(at.duration_since(*sent).as_micros() as u64)?;
+        }
+    }
+    let realtime_delivered = arrivals.len() as u64;
+    let ads_delivered = snapshot.delivered - realtime_delivered - ads_at_start;
+    let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
+    Ok(json!({
+        "scenario": "isolation",
+        "backlog": options.backlog,
+        "realtime_sent": realtime_sent,
+        "realtime_delivered": realtime_delivered,
+        "realtime_p50_ms": ms(latencies.value_at_quantile(0.5)),
+        "realtime_p99_ms": ms(latencies.value_at_quantile(0.99)),
+        "realtime_max_ms": ms(latencies.max()),
+        "ads_delivered_meanwhile": ads_delivered,
+        "ads_rate_per_s": (ads_delivered as f64 / ads_elapsed.as_secs_f64()).round(),
+        "duplicates": snapshot.duplicates,
+        "rss_peak_mb": rss_peak_mb,
+        "vendor_latency_ms": options.vendor_latency_ms,
+        "lost": realtime_sent - realtime_delivered,
+    }))
+}
+
+/// What `backlog` runs.
+pub struct BacklogOptions {
+    pub records: u64,
+    pub plugin_dir: PathBuf,
+    pub vendor_latency_ms: u64,
+    pub timeout: Duration,
+}
+
+pub async fn backlog(options: BacklogOptions) -> anyhow::Result<serde_json::Value> {
+    let topic = "lab.backlog";
+    let fcm_wasm = fcm_wasm(&options.plugin_dir)?;
+    let binary = host_binary()?;
+    let topics = [topic, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
+    let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
+    let brokers = cluster.bootstrap_servers().to_string();
+    let latency = Duration::from_millis(options.vendor_latency_ms);
+    let fixture = FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(latency)).await;
+    let stats = fixture.sim.stats.clone();
+    produce_backlog(&brokers, topic, options.records, "b-", "batch").await?;
+
+    let work = work_dir("backlog")?;
+    let setup = HostSetup {
+        brokers: &brokers,
+        group: "switchboard-lab-backlog",
+        mixed_topics: &[topic],
+        lanes_toml: String::new(),
+        concurrency: 64,
+    };
+    let config = write_config(&work, &setup, &fixture, &fcm_wasm)?;
+    let log = work.join("host.log");
+    eprintln!("[backlog] host log: {}", log.display());
+    let mut host = HostProcess::spawn(&binary, &config, &log)?;
+    anyhow::ensure!(
+        wait_for(&mut host, Duration::from_secs(120), || stats
+            .snapshot()
+            .delivered
+            > 0)
+        .await?,
+        "the host delivered nothing in 120 s; see {}",
+        log.display()
+    );
+    let started = Instant::now();
+    let first = stats.snapshot().delivered;
+    let deadline = started + options.timeout;
+    let mut rss_samples = Vec::new();
+    loop {
+        let delivered = stats.snapshot().delivered;
+        rss_samples.push((delivered, host.peak_rss_mib()));
+        if delivered >= options.records || Instant::now() >= deadline {
+            break;
+        }
+        host.check_alive()?;
+        if rss_samples.len().is_multiple_of(10) {
+            eprintln!(
+                "[backlog] delivered {delivered}/{} ({:.0}/s), host peak rss {} MiB",
+                options.records,
+                (delivered - first) as f64 / started.elapsed().as_secs_f64(),
+                host.peak_rss_mib()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let elapsed = started.elapsed();
+    let snapshot = stats.snapshot();
+    let rss_peak_mb = host.peak_rss_mib();
+    // The peak at a quarter of the drain against the peak at the end: flat memory means the
+    // backlog's depth does not show in it.
+    let quarter = rss_samples
+        .iter()
+        .find(|(d, _)| *d >= options.records / 4)
+        .map_or(0, |(_, rss)| *rss);
+    host.terminate(Duration::from_secs(30)).await?;
+    Ok(json!({
+        "scenario": "backlog",
+        "records": options.records,
+        "delivered": snapshot.delivered,
+        "duplicates": snapshot.duplicates,
+        "lost": options.records.saturating_sub(snapshot.delivered),
+        "drain_rate_per_s": ((snapshot.delivered - first) as f64 / elapsed.as_secs_f64()).round(),
+        "rss_peak_mb": rss_peak_mb,
+        "rss_peak_mb_at_quarter": quarter,
+        "vendor_latency_ms": options.vendor_latency_ms,
+    }))
+}
