@@ -16,7 +16,7 @@ use crate::ingest::EmbeddedKafka;
 use crate::ingest::budget::Budget;
 use crate::ingest::consumer::{Ingest, IngestShared, Source};
 use crate::plugin::capabilities::{AllowedHost, Capabilities, PluginCache};
-use crate::plugin::{LoadedPlugin, PluginLimits, PluginRuntime};
+use crate::plugin::{LoadedPlugin, NativePlugins, PluginLimits, PluginRuntime};
 use crate::retry::Outbox;
 use crate::route::ChannelRouter;
 use crate::secrets::PluginSecrets;
@@ -49,12 +49,24 @@ impl RunningHost {
     }
 }
 
+/// What an embedding program adds to a config when it starts a host with [`start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Configured plugins served by an adapter linked into the program instead of their
+    /// component file, e.g. to measure what the sandbox costs. Each name must be configured.
+    pub native_plugins: NativePlugins,
+}
+
 /// Loads the configured plugins into `runtime`.
 async fn load_plugins(
     config: &Config,
     runtime: &PluginRuntime,
     client: &reqwest::Client,
+    native: &NativePlugins,
 ) -> anyhow::Result<Vec<PluginLane>> {
+    if let Some(unknown) = native.names().find(|n| !config.plugins.contains_key(*n)) {
+        anyhow::bail!("native plugin `{unknown}` is not configured under [plugins]");
+    }
     let mut lanes = Vec::new();
     for (name, plugin) in &config.plugins {
         let secrets = PluginSecrets::load(config, name)?;
@@ -80,14 +92,24 @@ async fn load_plugins(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let path: PathBuf = config.resolve(&plugin.path);
-        let loaded = runtime
-            .load_file(name, &path, caps, limits, init_config)
-            .await?;
+        let loaded = match native.get(name) {
+            Some(adapter) => {
+                runtime
+                    .load_native_adapter(name, adapter, caps, limits, init_config)
+                    .await?
+            }
+            None => {
+                runtime
+                    .load_file(name, &path, caps, limits, init_config)
+                    .await?
+            }
+        };
         tracing::info!(
             plugin = %name,
             version = %loaded.info.version,
             channel = %loaded.info.channel,
             max_batch = loaded.info.max_batch,
+            native = loaded.is_native(),
             "plugin loaded"
         );
         lanes.push(PluginLane {
@@ -160,6 +182,11 @@ async fn open_dedup(config: &Config) -> anyhow::Result<Option<Arc<DedupStore>>> 
 /// Starts the host: Kafka (embedded when no brokers are configured), plugins, dispatch, and the
 /// consumer. Returns once everything is running.
 pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// As [`start`], with what an embedding program adds to the config (see [`StartOptions`]).
+pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result<RunningHost> {
     config.validate()?;
     let (embedded, brokers) = match &config.kafka.brokers {
         Some(brokers) => (None, brokers.clone()),
@@ -185,7 +212,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
         .unwrap_or(64 << 20);
     let runtime = Arc::new(PluginRuntime::new(&config.runtime, max_memory)?);
     let client = http_client(&extra_root_pems(&config)?)?;
-    let lanes = load_plugins(&config, &runtime, &client).await?;
+    let lanes = load_plugins(&config, &runtime, &client, &options.native_plugins).await?;
     let plugins = lanes.iter().map(|l| l.plugin.clone()).collect();
 
     let counters = Arc::new(Counters::default());

@@ -33,4 +33,4 @@ pub mod secrets;
 pub mod telemetry;
 
 pub use config::Config;
-pub use host::{RunningHost, run, start};
+pub use host::{RunningHost, StartOptions, run, start, start_with};

@@ -15,8 +15,6 @@
 //! }
 //! ```
 
-use crate::bindings::switchboard::adapter::cache as wit;
-
 /// The cached bytes under `key`, unless absent or expired.
 ///
 /// ```no_run
@@ -27,7 +25,7 @@ use crate::bindings::switchboard::adapter::cache as wit;
 /// }
 /// ```
 pub fn get(key: &str) -> Option<Vec<u8>> {
-    wit::get(key)
+    crate::imports::cache_get(key)
 }
 
 /// Stores `value` under `key` for `ttl_ms` milliseconds. A `ttl_ms` of 0 drops the entry, and
@@ -39,7 +37,7 @@ pub fn get(key: &str) -> Option<Vec<u8>> {
 /// cache::set("sender-id", b"SNDR-42", 10 * 60 * 1000);
 /// ```
 pub fn set(key: &str, value: &[u8], ttl_ms: u64) {
-    wit::set(key, value, ttl_ms)
+    crate::imports::cache_set(key, value, ttl_ms)
 }
 
 /// A token kept in the cache and refreshed shortly before it expires.

@@ -21,7 +21,6 @@
 //! }
 //! ```
 
-use crate::bindings::switchboard::adapter::http as wit;
 /// Why a request got no response: `Denied` (the host is not granted, or a placeholder names a
 /// secret the plugin does not own), `Timeout` (the call's deadline passed), `Connect` or
 /// `Protocol`. It implements `Display`.
@@ -82,7 +81,7 @@ pub use crate::bindings::switchboard::adapter::http::Response;
 /// # let _ = outcome;
 /// ```
 pub fn send(request: Request) -> Result<Response, HttpError> {
-    wit::send(&request)
+    crate::imports::send(request)
 }
 
 /// Sends all requests concurrently; results come back in request order.
@@ -105,7 +104,7 @@ pub fn send(request: Request) -> Result<Response, HttpError> {
 /// }
 /// ```
 pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
-    wit::send_all(&requests)
+    crate::imports::send_all(requests)
 }
 
 impl Request {

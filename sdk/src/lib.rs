@@ -34,12 +34,14 @@
 //! - [`cache`]: a plugin-scoped cache that outlives the instance, and [`cache::CachedToken`];
 //! - [`jwt`]: JSON Web Tokens signed through the host, and the wall clock;
 //! - [`content`]: typed views of the channel content;
-//! - [`log`]: logging through the host.
+//! - [`log`]: logging through the host;
+//! - `native` (not on the wasm target): running an adapter inside a native host's process.
 //!
 //! Functions that reach the host (HTTP, signing, the cache, logging) work only inside a
-//! component the host runs; in a native unit test they panic. Everything else (request
-//! builders, [`classify`], [`content`], [`auth::ncp_string_to_sign`]) is plain Rust and can be
-//! unit-tested natively. The author guide is `docs/PLUGINS.md` in the Switchboard repository.
+//! component the host runs, or natively under a host installed with `native::with_host`; in a
+//! plain native unit test they panic. Everything else (request builders, [`classify`],
+//! [`content`], [`auth::ncp_string_to_sign`]) is plain Rust and can be unit-tested natively. The
+//! author guide is `docs/PLUGINS.md` in the Switchboard repository.
 #![deny(missing_docs)]
 
 pub mod auth;
@@ -49,8 +51,11 @@ pub mod content;
 pub mod http;
 pub mod jwt;
 pub mod log;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 pub mod secrets;
 
+mod imports;
 mod outcome;
 
 pub use outcome::{PluginInfoExt, retry_after_ms};
@@ -369,6 +374,9 @@ impl Outcome {
 /// Exports a type implementing [`Adapter`] as the component's `adapter` world. Call it once, at
 /// the crate root of a `cdylib` crate.
 ///
+/// It exports only when building for the wasm target. Built natively, as a library a host links,
+/// the crate exports nothing and the host calls the adapter through `native::NativeAdapter`.
+///
 /// ```
 /// use switchboard_sdk::{Adapter, Config, Delivery, Outcome, PluginInfo, PluginInfoExt};
 ///
@@ -392,6 +400,7 @@ impl Outcome {
 #[macro_export]
 macro_rules! export_adapter {
     ($adapter:ty) => {
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             ::std::thread_local! {
                 static __SWITCHBOARD_ADAPTER: ::std::cell::RefCell<::std::option::Option<$adapter>> =

@@ -7,7 +7,6 @@
 //! log::warn(&format!("could not fetch an access token at init: {}", "HTTP 503"));
 //! ```
 
-use crate::bindings::switchboard::adapter::log as wit;
 /// A log level: `Trace`, `Debug`, `Info`, `Warn` or `Error`. The operator's log filter decides
 /// which of them are written.
 ///
@@ -28,7 +27,7 @@ pub use crate::bindings::switchboard::adapter::log::Level;
 /// log::log(Level::Trace, "built 3 requests");
 /// ```
 pub fn log(level: Level, message: &str) {
-    wit::log(level, message)
+    crate::imports::log(level, message)
 }
 
 /// Logs at debug level.

@@ -15,8 +15,6 @@
 //! assert_eq!(request.headers[0].1, "{{secret:secret_key}}");
 //! ```
 
-use crate::bindings::switchboard::adapter::secrets as wit;
-
 /// A signature algorithm the host offers.
 ///
 /// ```
@@ -65,7 +63,7 @@ impl Algorithm {
 /// # Ok::<(), String>(())
 /// ```
 pub fn sign(key: &str, alg: Algorithm, data: &[u8]) -> Result<Vec<u8>, String> {
-    wit::sign(key, alg.as_str(), data)
+    crate::imports::sign(key, alg.as_str(), data)
 }
 
 /// The placeholder for secret `name` in a header value: `{{secret:name}}`.

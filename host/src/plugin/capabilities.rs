@@ -1,6 +1,8 @@
 //! The host side of the plugin's imports: `http`, `secrets`, `cache` and `log`, plus a WASI
 //! context that grants nothing. One [`PluginState`] lives in each call's fresh `Store`; what must
 //! outlive a call (the HTTP pool, the cache, parsed keys) lives in the shared [`Capabilities`].
+//! [`CallCapabilities`] does the work of every import, for a component's `Store` and for an
+//! adapter linked natively (`native.rs`) alike, so both go through the same checks.
 //!
 //! Must never: let a plugin reach a host it was not granted, hand it a secret value, or let one
 //! plugin's cache or secrets be seen by another.
@@ -191,15 +193,85 @@ impl Capabilities {
     }
 }
 
+/// What one call may use: the plugin's capabilities, with the call's deadline. Every import of
+/// the world is a method here; the component's host traits and the native backend both call
+/// these, so the allow-list, the secret placeholders, signing and the cache bounds exist once.
+#[derive(Clone)]
+pub(crate) struct CallCapabilities {
+    caps: Arc<Capabilities>,
+    /// When the whole call must be over; HTTP requests get only what is left.
+    deadline: Instant,
+}
+
+impl CallCapabilities {
+    pub(crate) fn new(caps: Arc<Capabilities>, deadline: Instant) -> Self {
+        Self { caps, deadline }
+    }
+
+    pub(crate) async fn send(
+        &self,
+        request: http::Request,
+    ) -> Result<http::Response, http::HttpError> {
+        send_one(self.caps.clone(), self.deadline, request).await
+    }
+
+    pub(crate) async fn send_all(
+        &self,
+        requests: Vec<http::Request>,
+    ) -> Vec<Result<http::Response, http::HttpError>> {
+        let sends = requests
+            .into_iter()
+            .map(|r| send_one(self.caps.clone(), self.deadline, r));
+        futures::future::join_all(sends).await
+    }
+
+    pub(crate) fn sign(&self, key: &str, alg: &str, data: &[u8]) -> Result<Vec<u8>, String> {
+        let result = self.caps.signer.sign(&self.caps.secrets, key, alg, data);
+        if result.is_err() && self.caps.secrets.get(key).is_none() {
+            self.caps
+                .counters
+                .denied_secrets
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    pub(crate) fn cache_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.caps.cache.get(key)
+    }
+
+    pub(crate) fn cache_set(&self, key: String, value: Vec<u8>, ttl_ms: u64) {
+        self.caps
+            .cache
+            .set(key, value, Duration::from_millis(ttl_ms))
+    }
+
+    pub(crate) fn log(&self, level: log::Level, mut message: String) {
+        if message.len() > MAX_LOG_BYTES {
+            let mut cut = MAX_LOG_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let (plugin, version) = (&self.caps.plugin, &self.caps.version);
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, version, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, version, "{message}"),
+            log::Level::Info => tracing::info!(plugin, version, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, version, "{message}"),
+            log::Level::Error => tracing::error!(plugin, version, "{message}"),
+        }
+    }
+}
+
 /// The state of one call's `Store`.
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     /// Memory cap for this call.
     pub limits: StoreLimits,
-    caps: Arc<Capabilities>,
-    /// When the whole call must be over; HTTP requests get only what is left.
-    deadline: Instant,
+    call: CallCapabilities,
 }
 
 impl PluginState {
@@ -216,8 +288,7 @@ impl PluginState {
             wasi,
             table: ResourceTable::new(),
             limits,
-            caps,
-            deadline,
+            call: CallCapabilities::new(caps, deadline),
         }
     }
 }
@@ -346,62 +417,36 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl http::Host for PluginState {
     async fn send(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
-        send_one(self.caps.clone(), self.deadline, request).await
+        self.call.send(request).await
     }
 
     async fn send_all(
         &mut self,
         requests: Vec<http::Request>,
     ) -> Vec<Result<http::Response, http::HttpError>> {
-        let sends = requests
-            .into_iter()
-            .map(|r| send_one(self.caps.clone(), self.deadline, r));
-        futures::future::join_all(sends).await
+        self.call.send_all(requests).await
     }
 }
 
 impl secrets::Host for PluginState {
     async fn sign(&mut self, key: String, alg: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
-        let result = self.caps.signer.sign(&self.caps.secrets, &key, &alg, &data);
-        if result.is_err() && self.caps.secrets.get(&key).is_none() {
-            self.caps
-                .counters
-                .denied_secrets
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        self.call.sign(&key, &alg, &data)
     }
 }
 
 impl cache::Host for PluginState {
     async fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.caps.cache.get(&key)
+        self.call.cache_get(&key)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) {
-        self.caps
-            .cache
-            .set(key, value, Duration::from_millis(ttl_ms))
+        self.call.cache_set(key, value, ttl_ms)
     }
 }
 
 impl log::Host for PluginState {
-    async fn log(&mut self, level: log::Level, mut message: String) {
-        if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        let (plugin, version) = (&self.caps.plugin, &self.caps.version);
-        match level {
-            log::Level::Trace => tracing::trace!(plugin, version, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin, version, "{message}"),
-            log::Level::Info => tracing::info!(plugin, version, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, version, "{message}"),
-            log::Level::Error => tracing::error!(plugin, version, "{message}"),
-        }
+    async fn log(&mut self, level: log::Level, message: String) {
+        self.call.log(level, message)
     }
 }
 

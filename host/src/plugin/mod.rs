@@ -4,9 +4,13 @@
 //! A trap poisons an instance, so no instance is reused after a fault and no state leaks between
 //! calls. Each call is bounded by the plugin's wall deadline (guest CPU and host I/O together) and
 //! memory cap. A trapping, hanging or greedy plugin costs its own call, never the host.
+//!
+//! A [`LoadedPlugin`] can also be an adapter crate linked natively (`native.rs`): no sandbox, the
+//! same capabilities, deadline and counters. It exists to measure what the sandbox costs.
 
 mod bindings;
 pub mod capabilities;
+mod native;
 mod signing;
 
 use std::path::Path;
@@ -22,7 +26,9 @@ use wasmtime::{
 use bindings::AdapterPre;
 pub use bindings::http as bindings_http;
 pub use bindings::{Delivery, Outcome, PluginInfo, Priority, Rejection, RetryInfo};
-use capabilities::{Capabilities, PluginState};
+use capabilities::{CallCapabilities, Capabilities, PluginState};
+pub use native::NativePlugins;
+pub use switchboard_sdk::native::NativeAdapter;
 
 use crate::config::RuntimeConfig;
 
@@ -169,20 +175,23 @@ impl PluginRuntime {
             .describe(&plugin, &pre, caps.client.clone(), limits)
             .await?;
         caps.version = info.version.clone();
+        let engine = self.engine.clone();
         let loaded = LoadedPlugin {
             name: plugin.clone(),
             info,
-            engine: self.engine.clone(),
-            pre,
+            backend: Backend::Component {
+                engine: engine.clone(),
+                pre: pre.clone(),
+            },
             caps: Arc::new(caps),
             limits,
             init_config,
             counters: Arc::new(CallCounters::default()),
         };
         // Running init once here refuses a bad config at load time, not on the first delivery.
-        let mut store = loaded.new_store();
+        let mut store = new_store(&engine, loaded.caps.clone(), limits);
         let init = async {
-            let adapter = loaded.pre.instantiate_async(&mut store).await?;
+            let adapter = pre.instantiate_async(&mut store).await?;
             adapter.call_init(&mut store, &loaded.init_config).await
         };
         match tokio::time::timeout(limits.timeout, init).await {
@@ -283,15 +292,26 @@ fn new_store(engine: &Engine, caps: Arc<Capabilities>, limits: PluginLimits) -> 
 pub struct LoadedPlugin {
     /// The name it is configured under.
     pub name: String,
-    /// What the component said of itself.
+    /// What the plugin said of itself in `describe`.
     pub info: PluginInfo,
-    engine: Engine,
-    pre: AdapterPre<PluginState>,
+    backend: Backend,
     caps: Arc<Capabilities>,
     limits: PluginLimits,
     init_config: Vec<(String, String)>,
     /// Calls, traps and timeouts.
     pub counters: Arc<CallCounters>,
+}
+
+/// What runs a plugin's calls.
+#[derive(Clone)]
+enum Backend {
+    /// A WebAssembly component: a fresh instance for every call.
+    Component {
+        engine: Engine,
+        pre: AdapterPre<PluginState>,
+    },
+    /// An adapter crate linked into the host, for measuring the sandbox (see `native.rs`).
+    Native(NativeAdapter),
 }
 
 impl LoadedPlugin {
@@ -305,8 +325,9 @@ impl LoadedPlugin {
         &self.caps.counters
     }
 
-    fn new_store(&self) -> Store<PluginState> {
-        new_store(&self.engine, self.caps.clone(), self.limits)
+    /// True when the plugin is an adapter linked natively rather than a component.
+    pub fn is_native(&self) -> bool {
+        matches!(self.backend, Backend::Native(_))
     }
 
     /// The same compiled plugin with other capabilities (offline tests give each case its own
@@ -316,8 +337,7 @@ impl LoadedPlugin {
         LoadedPlugin {
             name: self.name.clone(),
             info: self.info.clone(),
-            engine: self.engine.clone(),
-            pre: self.pre.clone(),
+            backend: self.backend.clone(),
             caps: Arc::new(caps),
             limits: self.limits,
             init_config: self.init_config.clone(),
@@ -325,24 +345,28 @@ impl LoadedPlugin {
         }
     }
 
-    /// Runs `deliver` on a fresh instance. Returns one outcome per delivery; a plugin that
-    /// returns too few gets `retry` for the rest, and extra outcomes are dropped.
+    /// Runs `deliver` on a fresh instance (`init` first, as on every fresh instance). Returns
+    /// one outcome per delivery; a plugin that returns too few gets `retry` for the rest, and
+    /// extra outcomes are dropped.
     pub async fn deliver(&self, batch: &[Delivery]) -> Result<Vec<Outcome>, CallError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let mut store = self.new_store();
         let call = async {
-            let adapter = self.pre.instantiate_async(&mut store).await?;
-            if let Err(reason) = adapter.call_init(&mut store, &self.init_config).await? {
-                return Ok(Err(CallError::Init(reason)));
+            match &self.backend {
+                Backend::Component { engine, pre } => self.call_component(engine, pre, batch).await,
+                Backend::Native(adapter) => {
+                    let deadline = Instant::now() + self.limits.timeout;
+                    let call = CallCapabilities::new(self.caps.clone(), deadline);
+                    native::call_deliver(*adapter, call, &self.init_config, batch).await
+                }
             }
-            adapter.call_deliver(&mut store, batch).await.map(Ok)
         };
         let outcomes = match tokio::time::timeout(self.limits.timeout, call).await {
-            Ok(Ok(Ok(outcomes))) => outcomes,
-            Ok(Ok(Err(init_error))) => return Err(init_error),
-            Ok(Err(trap)) => {
-                self.counters.traps.fetch_add(1, Ordering::Relaxed);
-                return Err(CallError::Trap(format!("{trap:#}")));
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(error)) => {
+                if let CallError::Trap(_) = error {
+                    self.counters.traps.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(error);
             }
             Err(_) => {
                 self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -350,6 +374,27 @@ impl LoadedPlugin {
             }
         };
         Ok(fit_outcomes(outcomes, batch.len()))
+    }
+
+    /// One call on a fresh component instance: instantiate, `init`, `deliver`.
+    async fn call_component(
+        &self,
+        engine: &Engine,
+        pre: &AdapterPre<PluginState>,
+        batch: &[Delivery],
+    ) -> Result<Vec<Outcome>, CallError> {
+        let mut store = new_store(engine, self.caps.clone(), self.limits);
+        let call = async {
+            let adapter = pre.instantiate_async(&mut store).await?;
+            if let Err(reason) = adapter.call_init(&mut store, &self.init_config).await? {
+                return Ok(Err(CallError::Init(reason)));
+            }
+            adapter.call_deliver(&mut store, batch).await.map(Ok)
+        };
+        match call.await {
+            Ok(outcomes) => outcomes,
+            Err(trap) => Err(CallError::Trap(format!("{trap:#}"))),
+        }
     }
 }
 

@@ -23,7 +23,9 @@ const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
 /// clear of the expiry even with clock skew.
 const ACCESS_TOKEN: CachedToken = CachedToken::new("fcm-access-token", 5 * 60 * 1000);
 
-struct Fcm {
+/// The FCM adapter. Public so that a host can also link it natively, through
+/// `switchboard_sdk::native::NativeAdapter::of::<Fcm>()`.
+pub struct Fcm {
     project_id: String,
     client_email: String,
     token_uri: String,

@@ -77,6 +77,16 @@ pub async fn load(
     path: &std::path::Path,
     options: LoadOptions,
 ) -> Result<LoadedPlugin, switchboard::plugin::LoadError> {
+    let (caps, limits, config) = load_settings(name, options);
+    runtime.load_file(name, path, caps, limits, config).await
+}
+
+/// What [`load`] gives the runtime for plugin `name`: its capabilities, limits and config. The
+/// native-backend tests load an adapter linked into the test with the same settings.
+pub fn load_settings(
+    name: &str,
+    options: LoadOptions,
+) -> (Capabilities, PluginLimits, Vec<(String, String)>) {
     let caps = Capabilities::new(
         name.to_string(),
         options
@@ -93,9 +103,7 @@ pub async fn load(
         timeout: options.timeout,
         memory_bytes: options.memory_mb << 20,
     };
-    runtime
-        .load_file(name, path, caps, limits, options.config)
-        .await
+    (caps, limits, options.config)
 }
 
 /// A first-attempt delivery.
