@@ -185,6 +185,8 @@ pub struct IsolationOptions {
     pub duration: Duration,
     pub plugin_dir: PathBuf,
     pub vendor_latency_ms: u64,
+    /// Extra TOML for `[lanes.ads]`, e.g. `concurrency = 8`.
+    pub ads_lane: String,
 }
 
 pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::Value> {
@@ -206,8 +208,9 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         group: "switchboard-lab-isolation",
         mixed_topics: &[],
         lanes_toml: format!(
-            "[lanes.ads]\ntopics = [{}]\n\n[lanes.realtime]\ntopics = [{}]\n",
+            "[lanes.ads]\ntopics = [{}]\n{}\n\n[lanes.realtime]\ntopics = [{}]\n",
             toml_string(ads),
+            options.ads_lane,
             toml_string(realtime)
         ),
         concurrency: 64,
@@ -229,9 +232,6 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         "the host delivered nothing in 120 s; see {}",
         log.display()
     );
-    let ads_at_start = stats.snapshot().delivered;
-    let ads_started = Instant::now();
-
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("enable.idempotence", "true")
@@ -239,6 +239,26 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         .set("linger.ms", "0")
         .create()
         .context("creating the realtime producer")?;
+    // The realtime lane joins its own consumer group; measure only once it is reading, or the
+    // first requests would time the group join instead of the lane.
+    let warm_up = "rt-warm-up";
+    producer
+        .send(
+            FutureRecord::to(realtime)
+                .key(warm_up)
+                .payload(&envelope(warm_up, "realtime")),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("producing the warm-up request: {e}"))?;
+    anyhow::ensure!(
+        wait_for(&mut host, Duration::from_secs(120), || !stats.arrivals().is_empty()).await?,
+        "the realtime lane delivered nothing in 120 s; see {}",
+        log.display()
+    );
+    let warm_ups = stats.arrivals().len() as u64;
+    let ads_at_start = stats.snapshot().delivered - warm_ups;
+    let ads_started = Instant::now();
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
     let interval = Duration::from_secs_f64(1.0 / options.realtime_rate.max(1) as f64);
     let mut ticker = tokio::time::interval(interval);
@@ -268,7 +288,7 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
             host.check_alive()?;
             eprintln!(
                 "[isolation] realtime sent {i}, accepted {}; ads delivered {}",
-                stats.arrivals().len(),
+                stats.arrivals().len() as u64 - warm_ups,
                 stats.snapshot().delivered - stats.arrivals().len() as u64
             );
         }
@@ -278,7 +298,7 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
     }
     let realtime_sent = sent_at.len() as u64;
     wait_for(&mut host, Duration::from_secs(30), || {
-        stats.arrivals().len() as u64 >= realtime_sent
+        stats.arrivals().len() as u64 >= realtime_sent + warm_ups
     })
     .await?;
     let ads_elapsed = ads_started.elapsed();
@@ -288,13 +308,22 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
     host.terminate(Duration::from_secs(30)).await?;
 
     let mut latencies = Histogram::<u64>::new(3)?;
+    let trace = std::env::var_os("SWITCHBOARD_LAB_TRACE").is_some();
     for (recipient, at) in &arrivals {
         if let Some(sent) = sent_at.get(recipient) {
-            latencies.record(at.duration_since(*sent).as_micros() as u64)?;
+            let latency = at.duration_since(*sent);
+            latencies.record(latency.as_micros() as u64)?;
+            if trace && latency > Duration::from_millis(100) {
+                eprintln!(
+                    "[isolation] slow: {recipient} sent at +{} ms took {} ms",
+                    sent.duration_since(ads_started).as_millis(),
+                    latency.as_millis()
+                );
+            }
         }
     }
-    let realtime_delivered = arrivals.len() as u64;
-    let ads_delivered = snapshot.delivered - realtime_delivered - ads_at_start;
+    let realtime_delivered = arrivals.len() as u64 - warm_ups;
+    let ads_delivered = snapshot.delivered - realtime_delivered - warm_ups - ads_at_start;
     let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
     Ok(json!({
         "scenario": "isolation",

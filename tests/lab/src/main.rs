@@ -108,6 +108,9 @@ enum Scenario {
         plugin_dir: PathBuf,
         #[arg(long, default_value_t = 20)]
         vendor_latency_ms: u64,
+        /// Extra settings for the ads lane, as TOML lines (e.g. "concurrency = 8").
+        #[arg(long, default_value = "")]
+        ads_lane: String,
     },
     /// A deep backlog drained from the start: drain rate and the host's peak memory.
     Backlog {
@@ -227,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
             duration_s,
             plugin_dir,
             vendor_latency_ms,
+            ads_lane,
         } => {
             lanes::isolation(lanes::IsolationOptions {
                 backlog,
@@ -234,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration_s),
                 plugin_dir,
                 vendor_latency_ms,
+                ads_lane: ads_lane.replace("\\n", "\n"),
             })
             .await?
         }
