@@ -14,6 +14,15 @@ MESSAGES ?= 20000
 # A Redis of the project's own, on loopback, for the Redis dedup tests.
 REDIS_PORT ?= 6390
 export SWITCHBOARD_TEST_REDIS ?= redis://127.0.0.1:$(REDIS_PORT)
+# A PostgreSQL cluster of the project's own, on loopback and off the default port, for the
+# send-history tests. Its directory is under /tmp: the postgres user must own it, and cannot
+# reach into root's home.
+POSTGRES_PORT ?= 5440
+POSTGRES_DIR ?= /tmp/switchboard-postgres
+POSTGRES_TEST_DB ?= switchboard_test
+POSTGRES_TEST_USER ?= switchboard
+POSTGRES_TEST_PASSWORD ?= switchboard
+export SWITCHBOARD_TEST_POSTGRES ?= postgres://$(POSTGRES_TEST_USER):$(POSTGRES_TEST_PASSWORD)@127.0.0.1:$(POSTGRES_PORT)/$(POSTGRES_TEST_DB)
 
 .PHONY: demo test example plugins guests host lint fmt bench toolchain services clean-build
 
@@ -73,6 +82,27 @@ services:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 || redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --daemonize yes --save '' --appendonly no --dir /tmp
 	@redis-cli -p $(REDIS_PORT) ping
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@# Each step runs only when needed (no cluster, not running, no role, no database), so a second
+	@# run changes nothing. The server binaries are not on PATH on Debian: take the newest version's
+	@# (a client-only install has psql there but no initdb).
+	@set -e; cd /tmp; \
+	pg_bin=$$(dirname $$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)); \
+	as_postgres="runuser -u postgres --"; \
+	if [ ! -f $(POSTGRES_DIR)/PG_VERSION ]; then \
+	  install -d -o postgres -g postgres -m 700 $(POSTGRES_DIR); \
+	  $$as_postgres $$pg_bin/initdb -D $(POSTGRES_DIR) -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null; \
+	fi; \
+	if ! $$as_postgres $$pg_bin/pg_ctl -D $(POSTGRES_DIR) status >/dev/null 2>&1; then \
+	  $$as_postgres $$pg_bin/pg_ctl -D $(POSTGRES_DIR) -l $(POSTGRES_DIR)/server.log -w \
+	    -o "-p $(POSTGRES_PORT) -c listen_addresses=127.0.0.1 -k $(POSTGRES_DIR)" start >/dev/null; \
+	fi; \
+	psql="$$as_postgres $$pg_bin/psql -h $(POSTGRES_DIR) -p $(POSTGRES_PORT) -U postgres -d postgres -v ON_ERROR_STOP=1 -qtAc"; \
+	$$psql "SELECT 1 FROM pg_roles WHERE rolname = '$(POSTGRES_TEST_USER)'" | grep -q 1 || \
+	  $$psql "CREATE ROLE $(POSTGRES_TEST_USER) LOGIN PASSWORD '$(POSTGRES_TEST_PASSWORD)'"; \
+	$$psql "SELECT 1 FROM pg_database WHERE datname = '$(POSTGRES_TEST_DB)'" | grep -q 1 || \
+	  $$psql "CREATE DATABASE $(POSTGRES_TEST_DB) OWNER $(POSTGRES_TEST_USER)"; \
+	$$pg_bin/pg_isready -h 127.0.0.1 -p $(POSTGRES_PORT)
 
 toolchain:
 	@rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$$' || rustup target add wasm32-wasip2
