@@ -62,12 +62,36 @@ pub enum CallError {
     Init(String),
 }
 
-/// Counters of call faults, per plugin.
+/// Counters of call faults, and call durations, per plugin.
 #[derive(Debug, Default)]
 pub struct CallCounters {
     pub calls: AtomicU64,
     pub traps: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Durations of calls that returned outcomes, in microseconds.
+    durations: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl CallCounters {
+    fn record_duration(&self, elapsed: Duration) {
+        let mut durations = self.durations.lock().unwrap_or_else(|p| p.into_inner());
+        // Three significant figures up to an hour: a few tens of KiB per plugin.
+        if durations.is_none() {
+            *durations = hdrhistogram::Histogram::new_with_max(3_600_000_000, 3).ok();
+        }
+        if let Some(histogram) = durations.as_mut() {
+            histogram.saturating_record(elapsed.as_micros() as u64);
+        }
+    }
+
+    /// The duration of a call at quantile `q` (0.5, 0.99), over every call so far.
+    pub fn duration_at(&self, q: f64) -> Option<Duration> {
+        let durations = self.durations.lock().unwrap_or_else(|p| p.into_inner());
+        durations
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map(|h| Duration::from_micros(h.value_at_quantile(q)))
+    }
 }
 
 /// Limits of one plugin's calls.
@@ -350,6 +374,7 @@ impl LoadedPlugin {
     /// extra outcomes are dropped.
     pub async fn deliver(&self, batch: &[Delivery]) -> Result<Vec<Outcome>, CallError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let call = async {
             match &self.backend {
                 Backend::Component { engine, pre } => self.call_component(engine, pre, batch).await,
@@ -373,6 +398,7 @@ impl LoadedPlugin {
                 return Err(CallError::Timeout(self.limits.timeout));
             }
         };
+        self.counters.record_duration(started.elapsed());
         Ok(fit_outcomes(outcomes, batch.len()))
     }
 

@@ -17,6 +17,7 @@ mod dedup;
 mod lanes;
 mod rebalance;
 mod sandbox;
+mod throughput;
 
 #[derive(Parser)]
 #[command(name = "switchboard-lab", about)]
@@ -123,6 +124,25 @@ enum Scenario {
         /// Stop measuring after this long, drained or not.
         #[arg(long, default_value_t = 1200)]
         timeout_s: u64,
+    },
+    /// The pipeline's rate on a backlog with the FCM adapter as a component, the same adapter
+    /// compiled natively (what the sandbox costs), and a bare consumer (the ceiling).
+    Throughput {
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        vendor_latency_ms: u64,
+    },
+    /// The pipeline's rate on 1 partition against 12, with key ordering and a key per record.
+    Partitions {
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        vendor_latency_ms: u64,
     },
     /// Hostile plugins (loops, bombs, traps, floods, denied hosts and secrets, WASI probes,
     /// slow vendors, wrong worlds) against the runtime while the FCM plugin carries steady
@@ -253,6 +273,30 @@ async fn main() -> anyhow::Result<()> {
                 plugin_dir,
                 vendor_latency_ms,
                 timeout: Duration::from_secs(timeout_s),
+            })
+            .await?
+        }
+        Scenario::Throughput {
+            messages,
+            plugin_dir,
+            vendor_latency_ms,
+        } => {
+            throughput::throughput(throughput::ThroughputOptions {
+                messages,
+                plugin_dir,
+                vendor_latency_ms,
+            })
+            .await?
+        }
+        Scenario::Partitions {
+            messages,
+            plugin_dir,
+            vendor_latency_ms,
+        } => {
+            throughput::partitions(throughput::ThroughputOptions {
+                messages,
+                plugin_dir,
+                vendor_latency_ms,
             })
             .await?
         }

@@ -1,0 +1,227 @@
+//! `throughput` and `partitions`: the whole pipeline (Kafka → lanes → FCM adapter → simulator →
+//! dedup mark → offset) run in this process against a backlog, timed from the first delivery the
+//! vendor accepts to the last.
+//!
+//! - `throughput` runs it three ways on the same records: a bare rdkafka consumer that reads and
+//!   drops them (the ceiling), the pipeline with the FCM adapter as a WebAssembly component, and
+//!   the same pipeline with the same adapter crate compiled natively into this program. The
+//!   ratio of the last two is what the sandbox costs.
+//! - `partitions` runs the component pipeline on 1 partition and on 12, with key ordering and a
+//!   key per record: concurrency comes from keys, not from partitions.
+//!
+//! Everything shares this process's two cores (the cluster, the simulator, the host), so the
+//! figures are comparable with each other rather than absolute.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use serde_json::json;
+use switchboard::demo::produce;
+use switchboard::ingest::EmbeddedKafka;
+use switchboard::plugin::NativePlugins;
+use switchboard::{StartOptions, start_with};
+use switchboard_integration_tests::FcmFixture;
+
+/// What a pipeline run is made of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Adapter {
+    Component,
+    Native,
+}
+
+struct PipelineRun {
+    rate_per_s: f64,
+    call_p99_ms: f64,
+}
+
+fn envelope(i: u64) -> String {
+    json!({
+        "id": format!("tp-{i}"),
+        "channel": "push-android",
+        "priority": "batch",
+        "recipients": [{"to": format!("tp-{i}")}],
+        "content": {"title": "Your order", "body": format!("Order {i} is on its way"), "data": {"order": i}},
+    })
+    .to_string()
+}
+
+/// A fresh cluster with `messages` records on `partitions` partitions, one key per record.
+async fn backlog(messages: u64, partitions: i32) -> anyhow::Result<EmbeddedKafka> {
+    let cluster = EmbeddedKafka::start(1, &["lab.throughput".to_string()], partitions)?;
+    let started = Instant::now();
+    produce(cluster.bootstrap_servers(), "lab.throughput", messages, |i| {
+        (format!("k{i}"), envelope(i))
+    })
+    .await?;
+    eprintln!(
+        "[throughput] produced {messages} records on {partitions} partition(s) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(cluster)
+}
+
+/// Reads every record with a bare consumer; the rate from the first record to the last.
+async fn consume_ceiling(cluster: &EmbeddedKafka, messages: u64) -> anyhow::Result<f64> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "switchboard-lab-ceiling")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the bare consumer")?;
+    consumer.subscribe(&["lab.throughput"])?;
+    let mut first = None;
+    for read in 0..messages {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("the bare consumer stalled")??;
+        drop(message);
+        first.get_or_insert_with(Instant::now);
+        if read > 0 && read.is_multiple_of(100_000) {
+            eprintln!("[throughput] bare consumer read {read}");
+        }
+    }
+    let elapsed = first.map_or(Duration::ZERO, |f| f.elapsed());
+    Ok(messages.saturating_sub(1) as f64 / elapsed.as_secs_f64().max(1e-9))
+}
+
+/// Runs the host on the cluster's backlog until the vendor accepted every record.
+async fn pipeline(
+    cluster: &EmbeddedKafka,
+    messages: u64,
+    adapter: Adapter,
+    vendor_latency: Duration,
+    label: &str,
+) -> anyhow::Result<PipelineRun> {
+    let fixture =
+        FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(vendor_latency)).await;
+    let brokers = cluster.bootstrap_servers();
+    let mut config = fixture.host_config(brokers, "lab.throughput", &format!("lab-{label}"));
+    config.kafka.commit_interval_ms = 1000;
+    let native_plugins = match adapter {
+        Adapter::Component => NativePlugins::new(),
+        Adapter::Native => NativePlugins::new().with::<fcm::Fcm>("fcm"),
+    };
+    let host = start_with(config, StartOptions { native_plugins }).await?;
+    let stats = fixture.sim.stats.clone();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut first = None;
+    let mut next_report = Instant::now() + Duration::from_secs(10);
+    loop {
+        let delivered = stats.snapshot().delivered;
+        if delivered > 0 {
+            first.get_or_insert((Instant::now(), delivered));
+        }
+        if delivered >= messages {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "[{label}] only {delivered} of {messages} delivered"
+        );
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(10);
+            eprintln!("[throughput] {label}: {delivered}/{messages}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (first_at, first_count) = first.unwrap_or((Instant::now(), 0));
+    let elapsed = first_at.elapsed();
+    let call_p99 = host
+        .plugins
+        .first()
+        .and_then(|p| p.counters.duration_at(0.99))
+        .unwrap_or_default();
+    host.stop().await?;
+    let snapshot = stats.snapshot();
+    anyhow::ensure!(
+        snapshot.duplicates == 0,
+        "[{label}] {} duplicates",
+        snapshot.duplicates
+    );
+    let rate = (messages - first_count) as f64 / elapsed.as_secs_f64().max(1e-9);
+    eprintln!("[throughput] {label}: {rate:.0}/s, call p99 {call_p99:?}");
+    Ok(PipelineRun {
+        rate_per_s: rate,
+        call_p99_ms: call_p99.as_secs_f64() * 1000.0,
+    })
+}
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// What `throughput` and `partitions` run.
+pub struct ThroughputOptions {
+    pub messages: u64,
+    pub plugin_dir: PathBuf,
+    pub vendor_latency_ms: u64,
+}
+
+fn check_plugin(plugin_dir: &std::path::Path) -> anyhow::Result<()> {
+    // The host config the fixture writes reads `fcm.wasm` from the bundled plugin directory.
+    let wasm = plugin_dir.join("fcm.wasm");
+    anyhow::ensure!(
+        wasm.exists(),
+        "{} is missing: build the plugins first (`make plugins`)",
+        wasm.display()
+    );
+    Ok(())
+}
+
+pub async fn throughput(options: ThroughputOptions) -> anyhow::Result<serde_json::Value> {
+    check_plugin(&options.plugin_dir)?;
+    let latency = Duration::from_millis(options.vendor_latency_ms);
+    let messages = options.messages;
+    let cluster = backlog(messages, 12).await?;
+    let ceiling = consume_ceiling(&cluster, messages).await?;
+    eprintln!("[throughput] bare consumer: {ceiling:.0}/s");
+    // The two pipelines read the same records, each in a consumer group of its own.
+    let wasm = pipeline(&cluster, messages, Adapter::Component, latency, "wasm").await?;
+    let native = pipeline(&cluster, messages, Adapter::Native, latency, "native").await?;
+    Ok(json!({
+        "scenario": "throughput",
+        "messages": messages,
+        "rate_per_s": wasm.rate_per_s.round(),
+        "native_rate_per_s": native.rate_per_s.round(),
+        "wasm_ratio": (wasm.rate_per_s / native.rate_per_s * 1000.0).round() / 1000.0,
+        "consume_ceiling_per_s": ceiling.round(),
+        "p99_ms": (wasm.call_p99_ms * 10.0).round() / 10.0,
+        "native_p99_ms": (native.call_p99_ms * 10.0).round() / 10.0,
+        "rss_peak_mb": peak_rss_mib(),
+        "vendor_latency_ms": options.vendor_latency_ms,
+    }))
+}
+
+pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json::Value> {
+    check_plugin(&options.plugin_dir)?;
+    let latency = Duration::from_millis(options.vendor_latency_ms);
+    let messages = options.messages;
+    let mut rates = Vec::new();
+    for partitions in [1, 12] {
+        let cluster = backlog(messages, partitions).await?;
+        let label = format!("{partitions}-partitions");
+        let run = pipeline(&cluster, messages, Adapter::Component, latency, &label).await?;
+        rates.push(run.rate_per_s);
+    }
+    Ok(json!({
+        "scenario": "partitions",
+        "messages": messages,
+        "ordering": "key",
+        "rate_1_partition_per_s": rates[0].round(),
+        "rate_12_partitions_per_s": rates[1].round(),
+        "ratio_1_vs_12": (rates[0] / rates[1] * 1000.0).round() / 1000.0,
+        "vendor_latency_ms": options.vendor_latency_ms,
+    }))
+}
