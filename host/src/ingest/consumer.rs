@@ -491,13 +491,19 @@ pub struct IngestShared {
 
 /// librdkafka's fetch sizes for a prefetch queue of `prefetch_bytes`: the queue cap, one fetch
 /// (at most half the queue, and never below `message.max.bytes`' default so any record fits),
-/// and the per-partition minimum count (lowered from 100,000 so the byte cap is what binds).
-fn fetch_properties(prefetch_bytes: usize) -> [(&'static str, String); 3] {
+/// half a fetch per partition, and the per-partition minimum count (lowered from 100,000 so the
+/// byte cap is what binds).
+fn fetch_properties(prefetch_bytes: usize) -> [(&'static str, String); 4] {
     let queue_kb = (prefetch_bytes / 1024).max(1024);
     let fetch = (prefetch_bytes / 2).clamp(1_048_576, 52_428_800);
     [
         ("queued.max.messages.kbytes", queue_kb.to_string()),
         ("fetch.max.bytes", fetch.to_string()),
+        // librdkafka's 1 MiB per partition would make one hot partition fetch in small steps.
+        (
+            "max.partition.fetch.bytes",
+            (fetch / 2).max(1_048_576).to_string(),
+        ),
         ("queued.min.messages", "10000".to_string()),
     ]
 }

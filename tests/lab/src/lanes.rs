@@ -24,7 +24,42 @@ use crate::crash::{HostProcess, host_binary, toml_string};
 
 const RETRY_TOPIC: &str = "switchboard.retry";
 const DLQ_TOPIC: &str = "switchboard.dlq";
-const PARTITIONS: i32 = 12;
+/// Records per partition on the embedded cluster. librdkafka's mock cluster keeps at most
+/// 5 MiB (and 100,000 records) per partition and silently deletes the oldest beyond that, so a
+/// deep backlog needs enough partitions to be kept whole: 15,000 records of about 260 bytes is
+/// under 4 MiB.
+const RECORDS_PER_PARTITION: u64 = 15_000;
+
+/// Partitions for a backlog of `records`: at least 12, and enough for the mock cluster to keep
+/// every record.
+pub(crate) fn partitions_for(records: u64) -> i32 {
+    (records.div_ceil(RECORDS_PER_PARTITION) as i32).max(12)
+}
+
+/// Fails when the cluster deleted any record of `topic` (a partition whose log no longer starts
+/// at offset 0): a lab run on a truncated backlog would measure the wrong thing.
+pub(crate) fn check_nothing_dropped(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "switchboard-lab-watermarks")
+        .create()
+        .context("creating the watermark reader")?;
+    for partition in 0..partitions {
+        let (low, _) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .with_context(|| format!("reading the watermarks of {topic}/{partition}"))?;
+        anyhow::ensure!(
+            low == 0,
+            "{topic}/{partition} starts at offset {low}: the cluster deleted records"
+        );
+    }
+    Ok(())
+}
 
 /// A request of about 250 bytes, like the demo's.
 fn envelope(id: &str, priority: &str) -> String {
@@ -194,14 +229,17 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
     let fcm_wasm = fcm_wasm(&options.plugin_dir)?;
     let binary = host_binary()?;
     let topics = [ads, realtime, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
-    let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
+    let partitions = partitions_for(options.backlog);
+    let cluster = EmbeddedKafka::start(1, &topics, partitions)?;
     let brokers = cluster.bootstrap_servers().to_string();
     let latency = Duration::from_millis(options.vendor_latency_ms);
-    let fixture = FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(latency)).await;
+    let fixture =
+        FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(latency)).await;
     let stats = fixture.sim.stats.clone();
     stats.log_arrivals("rt-");
 
     produce_backlog(&brokers, ads, options.backlog, "ad-", "ads").await?;
+    check_nothing_dropped(&brokers, ads, partitions)?;
     let work = work_dir("isolation")?;
     let setup = HostSetup {
         brokers: &brokers,
@@ -252,7 +290,10 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         .await
         .map_err(|(e, _)| anyhow::anyhow!("producing the warm-up request: {e}"))?;
     anyhow::ensure!(
-        wait_for(&mut host, Duration::from_secs(120), || !stats.arrivals().is_empty()).await?,
+        wait_for(&mut host, Duration::from_secs(120), || !stats
+            .arrivals()
+            .is_empty())
+        .await?,
         "the realtime lane delivered nothing in 120 s; see {}",
         log.display()
     );
@@ -328,6 +369,7 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
     Ok(json!({
         "scenario": "isolation",
         "backlog": options.backlog,
+        "partitions": partitions,
         "realtime_sent": realtime_sent,
         "realtime_delivered": realtime_delivered,
         "realtime_p50_ms": ms(latencies.value_at_quantile(0.5)),
@@ -355,12 +397,15 @@ pub async fn backlog(options: BacklogOptions) -> anyhow::Result<serde_json::Valu
     let fcm_wasm = fcm_wasm(&options.plugin_dir)?;
     let binary = host_binary()?;
     let topics = [topic, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
-    let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
+    let partitions = partitions_for(options.records);
+    let cluster = EmbeddedKafka::start(1, &topics, partitions)?;
     let brokers = cluster.bootstrap_servers().to_string();
     let latency = Duration::from_millis(options.vendor_latency_ms);
-    let fixture = FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(latency)).await;
+    let fixture =
+        FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(latency)).await;
     let stats = fixture.sim.stats.clone();
     produce_backlog(&brokers, topic, options.records, "b-", "batch").await?;
+    check_nothing_dropped(&brokers, topic, partitions)?;
 
     let work = work_dir("backlog")?;
     let setup = HostSetup {
@@ -417,6 +462,7 @@ pub async fn backlog(options: BacklogOptions) -> anyhow::Result<serde_json::Valu
     Ok(json!({
         "scenario": "backlog",
         "records": options.records,
+        "partitions": partitions,
         "delivered": snapshot.delivered,
         "duplicates": snapshot.duplicates,
         "lost": options.records.saturating_sub(snapshot.delivered),

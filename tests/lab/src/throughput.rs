@@ -7,7 +7,9 @@
 //!   the same pipeline with the same adapter crate compiled natively into this program. The
 //!   ratio of the last two is what the sandbox costs.
 //! - `partitions` runs the component pipeline on 1 partition and on 12, with key ordering and a
-//!   key per record: concurrency comes from keys, not from partitions.
+//!   key per record: concurrency comes from keys, not from partitions. The mock cluster keeps
+//!   only 5 MiB per partition, so here the records are produced while the host runs, keeping at
+//!   most 10,000 ahead of the vendor, the same way for both runs.
 //!
 //! Everything shares this process's two cores (the cluster, the simulator, the host), so the
 //! figures are comparable with each other rather than absolute.
@@ -48,19 +50,68 @@ fn envelope(i: u64) -> String {
     .to_string()
 }
 
-/// A fresh cluster with `messages` records on `partitions` partitions, one key per record.
-async fn backlog(messages: u64, partitions: i32) -> anyhow::Result<EmbeddedKafka> {
-    let cluster = EmbeddedKafka::start(1, &["lab.throughput".to_string()], partitions)?;
+const TOPIC: &str = "lab.throughput";
+
+/// A fresh cluster with `messages` records on enough partitions to keep them, one key per record.
+async fn backlog(messages: u64) -> anyhow::Result<EmbeddedKafka> {
+    let partitions = crate::lanes::partitions_for(messages);
+    let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
     let started = Instant::now();
-    produce(cluster.bootstrap_servers(), "lab.throughput", messages, |i| {
+    produce(cluster.bootstrap_servers(), TOPIC, messages, |i| {
         (format!("k{i}"), envelope(i))
     })
     .await?;
+    crate::lanes::check_nothing_dropped(cluster.bootstrap_servers(), TOPIC, partitions)?;
     eprintln!(
-        "[throughput] produced {messages} records on {partitions} partition(s) in {:.1} s",
+        "[throughput] produced {messages} records on {partitions} partitions in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(cluster)
+}
+
+/// Produces `messages` records to `TOPIC` while the host runs, never more than `ahead` beyond
+/// what the vendor accepted, so no partition outgrows what the mock cluster keeps.
+async fn produce_paced(
+    brokers: String,
+    messages: u64,
+    ahead: u64,
+    stats: std::sync::Arc<vendorsim::SimStats>,
+) -> anyhow::Result<()> {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .context("creating the paced producer")?;
+    const SLICE: u64 = 1000;
+    let mut produced = 0;
+    while produced < messages {
+        if produced >= stats.snapshot().delivered + ahead {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        let sends = (produced..(produced + SLICE).min(messages)).map(|i| {
+            let (key, value) = (format!("k{i}"), envelope(i));
+            let producer = producer.clone();
+            async move {
+                producer
+                    .send(
+                        rdkafka::producer::FutureRecord::to(TOPIC)
+                            .key(&key)
+                            .payload(&value),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| anyhow::anyhow!("producing {key}: {e}"))
+            }
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent?;
+        }
+        produced = (produced + SLICE).min(messages);
+    }
+    Ok(())
 }
 
 /// Reads every record with a bare consumer; the rate from the first record to the last.
@@ -72,7 +123,7 @@ async fn consume_ceiling(cluster: &EmbeddedKafka, messages: u64) -> anyhow::Resu
         .set("enable.auto.commit", "false")
         .create()
         .context("creating the bare consumer")?;
-    consumer.subscribe(&["lab.throughput"])?;
+    consumer.subscribe(&[TOPIC])?;
     let mut first = None;
     for read in 0..messages {
         let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
@@ -95,18 +146,34 @@ async fn pipeline(
     adapter: Adapter,
     vendor_latency: Duration,
     label: &str,
+    paced: bool,
 ) -> anyhow::Result<PipelineRun> {
     let fixture =
         FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(vendor_latency)).await;
     let brokers = cluster.bootstrap_servers();
-    let mut config = fixture.host_config(brokers, "lab.throughput", &format!("lab-{label}"));
+    let mut config = fixture.host_config(brokers, TOPIC, &format!("lab-{label}"));
     config.kafka.commit_interval_ms = 1000;
+    if let Ok(props) = std::env::var("SWITCHBOARD_LAB_KAFKA_PROPERTIES") {
+        for pair in props.split(',').filter(|p| !p.is_empty()) {
+            if let Some((k, v)) = pair.split_once('=') {
+                config.kafka.properties.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
     let native_plugins = match adapter {
         Adapter::Component => NativePlugins::new(),
         Adapter::Native => NativePlugins::new().with::<fcm::Fcm>("fcm"),
     };
     let host = start_with(config, StartOptions { native_plugins }).await?;
     let stats = fixture.sim.stats.clone();
+    let producer = paced.then(|| {
+        tokio::spawn(produce_paced(
+            brokers.to_string(),
+            messages,
+            10_000,
+            stats.clone(),
+        ))
+    });
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut first = None;
     let mut next_report = Instant::now() + Duration::from_secs(10);
@@ -124,7 +191,11 @@ async fn pipeline(
         );
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(10);
-            eprintln!("[throughput] {label}: {delivered}/{messages}");
+            eprintln!(
+                "[throughput] {label}: {delivered}/{messages} delivered, {} records read, {} bytes held",
+                host.counters.snapshot().records_consumed,
+                host.budget.used_total()
+            );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -136,6 +207,9 @@ async fn pipeline(
         .and_then(|p| p.counters.duration_at(0.99))
         .unwrap_or_default();
     host.stop().await?;
+    if let Some(producer) = producer {
+        producer.await??;
+    }
     let snapshot = stats.snapshot();
     anyhow::ensure!(
         snapshot.duplicates == 0,
@@ -184,15 +258,32 @@ pub async fn throughput(options: ThroughputOptions) -> anyhow::Result<serde_json
     check_plugin(&options.plugin_dir)?;
     let latency = Duration::from_millis(options.vendor_latency_ms);
     let messages = options.messages;
-    let cluster = backlog(messages, 12).await?;
+    let cluster = backlog(messages).await?;
     let ceiling = consume_ceiling(&cluster, messages).await?;
     eprintln!("[throughput] bare consumer: {ceiling:.0}/s");
     // The two pipelines read the same records, each in a consumer group of its own.
-    let wasm = pipeline(&cluster, messages, Adapter::Component, latency, "wasm").await?;
-    let native = pipeline(&cluster, messages, Adapter::Native, latency, "native").await?;
+    let wasm = pipeline(
+        &cluster,
+        messages,
+        Adapter::Component,
+        latency,
+        "wasm",
+        false,
+    )
+    .await?;
+    let native = pipeline(
+        &cluster,
+        messages,
+        Adapter::Native,
+        latency,
+        "native",
+        false,
+    )
+    .await?;
     Ok(json!({
         "scenario": "throughput",
         "messages": messages,
+        "partitions": crate::lanes::partitions_for(messages),
         "rate_per_s": wasm.rate_per_s.round(),
         "native_rate_per_s": native.rate_per_s.round(),
         "wasm_ratio": (wasm.rate_per_s / native.rate_per_s * 1000.0).round() / 1000.0,
@@ -210,9 +301,17 @@ pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json
     let messages = options.messages;
     let mut rates = Vec::new();
     for partitions in [1, 12] {
-        let cluster = backlog(messages, partitions).await?;
+        let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
         let label = format!("{partitions}-partitions");
-        let run = pipeline(&cluster, messages, Adapter::Component, latency, &label).await?;
+        let run = pipeline(
+            &cluster,
+            messages,
+            Adapter::Component,
+            latency,
+            &label,
+            true,
+        )
+        .await?;
         rates.push(run.rate_per_s);
     }
     Ok(json!({
