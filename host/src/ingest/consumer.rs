@@ -460,6 +460,9 @@ impl Feed {
     }
 }
 
+/// Records held for the budget, in offset order, by (topic, partition).
+type HeldRecords = HashMap<(String, i32), VecDeque<Arrival>>;
+
 /// A running consumer.
 pub struct Ingest {
     consumer: Arc<IngestConsumer>,
@@ -471,7 +474,7 @@ pub struct Ingest {
     /// Lane ordering, by class.
     ordering: [RecordOrdering; 3],
     /// Records of partitions paused for the budget, in offset order, by partition.
-    held: Arc<Mutex<HashMap<(String, i32), VecDeque<Arrival>>>>,
+    held: Arc<Mutex<HeldRecords>>,
     outbox: Arc<Outbox>,
     max_record_bytes: usize,
 }
