@@ -50,6 +50,25 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Send history: per-vendor outcome counts and latency by time bucket, from the store the
+    /// host writes (`[history]` in the config), and the latest failed sends.
+    History {
+        /// The host's config file (for the history store).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this vendor (plugin name).
+        #[arg(long)]
+        vendor: Option<String>,
+        /// How far back: 90s, 30m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Failed sends to list.
+        #[arg(long, default_value_t = 20)]
+        failures: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +158,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.lost,
                 summary.duplicates
             );
+            Ok(())
+        }
+        Command::History {
+            config,
+            vendor,
+            since,
+            json,
+            failures,
+        } => {
+            telemetry::init(cli.log_format, "warn");
+            let config = crate::Config::load(&config)?;
+            let since = switchboard_history::parse_since(&since)?;
+            let store = config
+                .history_settings()
+                .open()
+                .await
+                .context("opening the send-history store")?
+                .context("history.backend is \"off\": the host records no send history")?;
+            let query = switchboard_history::HistoryQuery {
+                vendor,
+                since,
+                until_ms: None,
+            };
+            let report = store.report(&query, failures).await?;
+            if json {
+                println!("{}", switchboard_history::render_json(&report)?);
+            } else {
+                print!("{}", switchboard_history::render_text(&report));
+            }
             Ok(())
         }
         Command::Dlq {

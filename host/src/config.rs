@@ -98,6 +98,9 @@ pub struct Config {
     /// Which deliveries are already done, so redelivered requests skip them.
     #[serde(default)]
     pub dedup: DedupConfig,
+    /// Send history: per-vendor outcome counts by time bucket, for `switchboard history`.
+    #[serde(default)]
+    pub history: switchboard_history::HistorySettings,
     /// Vendor adapters by name, e.g. `[plugins.fcm]`.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -369,6 +372,10 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Epoch tick, in milliseconds: how often a running guest yields so deadlines can fire.
     pub epoch_tick_ms: u64,
+    /// Threads of the realtime lane's own async runtime: its consumer, batching, plugin calls
+    /// and HTTP connections run there, so bulk work queued on the shared threads never delays
+    /// them. 0 runs realtime on the shared threads.
+    pub realtime_threads: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -376,6 +383,7 @@ impl Default for RuntimeConfig {
         Self {
             max_instances: 256,
             epoch_tick_ms: 5,
+            realtime_threads: 1,
         }
     }
 }
@@ -577,6 +585,13 @@ impl Config {
         })
     }
 
+    /// The history settings with the SQLite path resolved against the config file's directory.
+    pub fn history_settings(&self) -> switchboard_history::HistorySettings {
+        let mut settings = self.history.clone();
+        settings.path = self.resolve(&settings.path);
+        settings
+    }
+
     /// Resolves a path from the config against the config file's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         match self.source.as_deref().and_then(Path::parent) {
@@ -677,6 +692,11 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if let Err(switchboard_history::HistoryError::Config { field, reason }) =
+            self.history.validate()
+        {
+            return Err(invalid(format!("history.{field}"), reason));
         }
         if self.dispatch.retry_max_attempts == 0 {
             return Err(invalid(

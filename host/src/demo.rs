@@ -73,7 +73,9 @@ pub fn demo_config(
     let mut config = Config::default();
     config.kafka.topics = vec![TOPIC.to_string()];
     // Each demo run (and each test using this config) remembers done deliveries on its own.
-    config.dedup.data_dir = fresh_data_dir();
+    let data = fresh_data_dir();
+    config.dedup.data_dir = data.join("dedup");
+    config.history.path = data.join("history.sqlite3");
     config.plugins.insert(
         "fcm".into(),
         PluginConfig {
@@ -243,6 +245,7 @@ impl DemoVendors {
             &self.account.private_key_pem,
         );
         config.dedup.data_dir = self.work_dir.join("dedup");
+        config.history.path = self.work_dir.join("history.sqlite3");
         let ca_file = self.work_dir.join("apns-ca.pem");
         std::fs::write(&ca_file, self.apns.ca_pem.clone().unwrap_or_default())
             .with_context(|| format!("writing {}", ca_file.display()))?;

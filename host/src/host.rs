@@ -37,6 +37,8 @@ pub struct RunningHost {
     pub budget: Arc<Budget>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The realtime lane's threads; stopped after the host task.
+    _realtime: RealtimeThreads,
     /// Kept alive for as long as the host runs, and stopped after it.
     _embedded: Option<EmbeddedKafka>,
 }
@@ -46,6 +48,44 @@ impl RunningHost {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         self.task.await.context("host task panicked")?
+    }
+}
+
+/// The realtime lane's own async runtime ("separate thread pools per traffic class"): its
+/// consumer, its batching queues, its plugin calls and its HTTP connections run on these
+/// threads, so a run queue full of bulk work on the shared threads never delays a realtime
+/// delivery. Shut down in the background on drop, since a runtime may not be dropped from
+/// inside another.
+struct RealtimeThreads(Option<tokio::runtime::Runtime>);
+
+impl RealtimeThreads {
+    fn start(threads: usize) -> anyhow::Result<Self> {
+        if threads == 0 {
+            return Ok(Self(None));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("switchboard-realtime")
+            .enable_all()
+            .build()
+            .context("starting the realtime lane's threads")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    /// Where realtime work is spawned: its own runtime, or the shared one.
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for RealtimeThreads {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -112,12 +152,14 @@ async fn load_plugins(
             native = loaded.is_native(),
             "plugin loaded"
         );
+        let loaded = Arc::new(loaded);
         lanes.push(PluginLane {
+            realtime_plugin: loaded.clone(),
             max_batch: loaded.max_batch(plugin.max_batch),
             concurrency: plugin.concurrency,
             rate_per_s: plugin.rate_per_s,
             burst: plugin.burst,
-            plugin: Arc::new(loaded),
+            plugin: loaded,
         });
     }
     Ok(lanes)
@@ -151,6 +193,20 @@ fn extra_root_pems(config: &Config) -> anyhow::Result<Vec<String>> {
                 .with_context(|| format!("http.extra_root_certs: cannot read {}", path.display()))
         })
         .collect()
+}
+
+/// Opens the configured send-history store and starts its writer; `None` when history is off.
+async fn open_history(
+    config: &Config,
+) -> anyhow::Result<Option<switchboard_history::HistoryWriter>> {
+    let settings = config.history_settings();
+    let store = settings
+        .open()
+        .await
+        .context("history: opening the send-history store")?;
+    Ok(store.map(|store| {
+        switchboard_history::HistoryWriter::start(store, Default::default())
+    }))
 }
 
 /// Opens the configured dedup store.
@@ -212,8 +268,16 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         .unwrap_or(64 << 20);
     let runtime = Arc::new(PluginRuntime::new(&config.runtime, max_memory)?);
     let client = http_client(&extra_root_pems(&config)?)?;
-    let lanes = load_plugins(&config, &runtime, &client, &options.native_plugins).await?;
+    let mut lanes = load_plugins(&config, &runtime, &client, &options.native_plugins).await?;
     let plugins = lanes.iter().map(|l| l.plugin.clone()).collect();
+    let realtime = RealtimeThreads::start(config.runtime.realtime_threads)?;
+    if realtime.0.is_some() {
+        // A pool of its own: a pooled connection is driven by the threads that opened it.
+        let realtime_client = http_client(&extra_root_pems(&config)?)?;
+        for lane in &mut lanes {
+            lane.realtime_plugin = Arc::new(lane.plugin.with_http_client(realtime_client.clone()));
+        }
+    }
 
     let counters = Arc::new(Counters::default());
     {
@@ -243,6 +307,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         &config.kafka.dlq_topic,
         &config.kafka.properties,
     )?);
+    let history = open_history(&config).await?;
     let dispatcher = Arc::new(Dispatcher::start(
         lanes,
         &config.dispatch,
@@ -250,6 +315,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         counters.clone(),
         dedup.clone(),
         outbox.clone(),
+        history.as_ref().map(|writer| writer.sender()),
+        &realtime.handle(),
     ));
     // The budget: librdkafka's prefetch queues take `fetch_percent` of the total, split over the
     // consumers; the host's own work gets the rest.
@@ -276,9 +343,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     for source in sources {
         let ingest = Ingest::connect(&config.kafka, &config.lanes, &brokers, &shared, source)?;
         let shutdown_rx = shutdown_rx.clone();
-        consumers.push(tokio::spawn(async move {
-            ingest.run(shutdown_rx, DRAIN_TIMEOUT).await
-        }));
+        let run = async move { ingest.run(shutdown_rx, DRAIN_TIMEOUT).await };
+        consumers.push(match source {
+            Source::Lane(crate::config::TrafficClass::Realtime) => realtime.handle().spawn(run),
+            _ => tokio::spawn(run),
+        });
     }
     drop(shared);
     tracing::info!(
@@ -306,6 +375,14 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         // The runtime outlives every call: calls hold the engine, and the ticker stops with it.
         drop(dispatcher);
         drop(runtime);
+        if let Some(history) = history {
+            let written = history.shutdown().await;
+            tracing::info!(
+                written = written.written,
+                dropped = written.dropped,
+                "send history flushed"
+            );
+        }
         result
     });
     Ok(RunningHost {
@@ -315,6 +392,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         budget,
         shutdown,
         task,
+        _realtime: realtime,
         _embedded: embedded,
     })
 }

@@ -35,6 +35,7 @@ use crate::ingest::consumer::RecordTicket;
 use crate::plugin::{Delivery, LoadedPlugin, Outcome};
 use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
 use crate::telemetry::{Counters, events};
+use switchboard_history::{HistorySender, OutcomeClass, SendRecord};
 use backoff::Backoff;
 use vendor::VendorGate;
 
@@ -102,6 +103,8 @@ pub struct Dispatcher {
 /// A plugin with the limits the dispatcher applies to it.
 pub struct PluginLane {
     pub plugin: Arc<LoadedPlugin>,
+    /// The same plugin for the realtime lane, with the realtime lane's HTTP client.
+    pub realtime_plugin: Arc<LoadedPlugin>,
     /// Deliveries per call.
     pub max_batch: usize,
     /// Calls at once, over all lanes.
@@ -121,11 +124,14 @@ impl Dispatcher {
         counters: Arc<Counters>,
         dedup: Option<Arc<DedupStore>>,
         outbox: Arc<Outbox>,
+        history: Option<HistorySender>,
+        realtime: &tokio::runtime::Handle,
     ) -> Self {
         let settler = Arc::new(Settler {
             counters,
             dedup,
             outbox,
+            history,
             max_attempts: config.retry_max_attempts,
             give_up_after: Duration::from_secs(config.give_up_after_s),
             backoff: Backoff::new(
@@ -144,8 +150,12 @@ impl Dispatcher {
             ));
             for class in TrafficClass::ALL {
                 let (tx, rx) = mpsc::unbounded_channel();
+                let lane_plugin = match class {
+                    TrafficClass::Realtime => plugin.realtime_plugin.clone(),
+                    _ => plugin.plugin.clone(),
+                };
                 let runner = LaneRunner {
-                    plugin: plugin.plugin.clone(),
+                    plugin: lane_plugin,
                     class,
                     max_batch: plugin.max_batch,
                     linger: Duration::from_millis(lanes.get(class).linger_ms(class, config)),
@@ -153,7 +163,11 @@ impl Dispatcher {
                     gate: gate.clone(),
                     settler: settler.clone(),
                 };
-                tokio::spawn(runner.run(rx));
+                // The runner spawns its calls where it runs: realtime on its own threads.
+                match class {
+                    TrafficClass::Realtime => realtime.spawn(runner.run(rx)),
+                    _ => tokio::spawn(runner.run(rx)),
+                };
                 queues.insert((plugin.plugin.name.clone(), class), tx);
             }
         }
@@ -187,6 +201,8 @@ struct Settler {
     counters: Arc<Counters>,
     dedup: Option<Arc<DedupStore>>,
     outbox: Arc<Outbox>,
+    /// Where each settled outcome is counted for `switchboard history`; never waits.
+    history: Option<HistorySender>,
     max_attempts: u32,
     give_up_after: Duration,
     backoff: Backoff,
@@ -202,19 +218,35 @@ impl Settler {
         plugin: &LoadedPlugin,
         gate: &VendorGate,
         plugin_fault: bool,
+        elapsed: Duration,
     ) -> Option<Job> {
         let counters = &self.counters;
+        let record = |job: &Job, outcome: OutcomeClass| {
+            if let Some(history) = &self.history {
+                history.submit(SendRecord {
+                    at_ms: now_ms() as i64,
+                    channel: job.channel.to_string(),
+                    vendor: plugin.name.clone(),
+                    plugin_version: plugin.info.version.clone(),
+                    outcome,
+                    latency_ms: elapsed.as_millis() as u64,
+                    key: job.delivery.key.clone(),
+                });
+            }
+        };
         match outcome {
             Outcome::Delivered(_) => {
                 counters
                     .deliveries_delivered
                     .fetch_add(1, Ordering::Relaxed);
+                record(&job, OutcomeClass::Delivered);
                 Some(job)
             }
             Outcome::InvalidRecipient(reason) => {
                 counters
                     .deliveries_invalid_recipient
                     .fetch_add(1, Ordering::Relaxed);
+                record(&job, OutcomeClass::InvalidRecipient);
                 events::RecipientInvalid {
                     key: &job.delivery.key,
                     plugin: &plugin.name,
@@ -225,6 +257,7 @@ impl Settler {
             }
             Outcome::Rejected(rejection) => {
                 counters.deliveries_rejected.fetch_add(1, Ordering::Relaxed);
+                record(&job, OutcomeClass::Rejected);
                 events::DeliveryRejected {
                     key: &job.delivery.key,
                     plugin: &plugin.name,
@@ -270,6 +303,7 @@ impl Settler {
                 };
                 if let Some(class) = class {
                     counters.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+                    record(&job, OutcomeClass::Failed);
                     events::DeliveryGivenUp {
                         key: &job.delivery.key,
                         attempts: job.delivery.attempt,
@@ -283,6 +317,7 @@ impl Settler {
                     );
                 }
                 counters.retries.fetch_add(1, Ordering::Relaxed);
+                record(&job, OutcomeClass::Retry);
                 let record = job.retry_record(due_at_ms, info.reason, plugin_fault);
                 self.outbox.retry(&record).await;
                 // The retry topic holds the delivery now: its record may move on, unmarked.
@@ -427,7 +462,7 @@ impl LaneRunner {
         };
         let settling = batch.into_iter().zip(outcomes).map(|(job, outcome)| {
             self.settler
-                .settle(job, outcome, &self.plugin, &self.gate, plugin_fault)
+                .settle(job, outcome, &self.plugin, &self.gate, plugin_fault, elapsed)
         });
         let finished = futures::future::join_all(settling)
             .await

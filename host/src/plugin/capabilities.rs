@@ -173,6 +173,24 @@ impl Capabilities {
         }
     }
 
+    /// The same capabilities (secrets, cache, counters, allow-list) over another HTTP client:
+    /// the realtime lane's, whose connections are driven by the realtime lane's own threads.
+    /// Parsed signing keys are not carried over; they are parsed again on first use.
+    pub fn with_client(&self, client: reqwest::Client) -> Self {
+        Self {
+            plugin: self.plugin.clone(),
+            version: self.version.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
+            secrets: self.secrets.clone(),
+            cache: self.cache.clone(),
+            client,
+            counters: self.counters.clone(),
+            signer: Signer256::default(),
+            script: self.script.clone(),
+            recorder: self.recorder.clone(),
+        }
+    }
+
     /// Answers every request from `script`; nothing goes to the network.
     pub fn with_script(mut self, script: Arc<dyn ExchangeScript>) -> Self {
         self.script = Some(script);

@@ -369,6 +369,20 @@ impl LoadedPlugin {
         }
     }
 
+    /// The same plugin version, sharing its cache, counters and compiled code, sending its HTTP
+    /// through `client` instead.
+    pub fn with_http_client(&self, client: reqwest::Client) -> LoadedPlugin {
+        LoadedPlugin {
+            name: self.name.clone(),
+            info: self.info.clone(),
+            backend: self.backend.clone(),
+            caps: Arc::new(self.caps.with_client(client)),
+            limits: self.limits,
+            init_config: self.init_config.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
     /// Runs `deliver` on a fresh instance (`init` first, as on every fresh instance). Returns
     /// one outcome per delivery; a plugin that returns too few gets `retry` for the rest, and
     /// extra outcomes are dropped.

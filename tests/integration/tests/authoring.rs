@@ -154,6 +154,7 @@ async fn scaffold_build_check_test_load_and_deliver() {
     // 5. Load into a running host on embedded defaults (in-process Kafka).
     let mut config = switchboard::Config::default();
     config.dedup.data_dir = work.path().join("dedup");
+    config.history.path = work.path().join("history.sqlite3");
     config.plugins.insert(
         "acme-sms".into(),
         PluginConfig {
