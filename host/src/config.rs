@@ -359,7 +359,11 @@ impl Default for BudgetConfig {
             // Under half of a 512 MiB container, leaving room for the runtime and the plugins.
             total_mb: 256,
             low_water_percent: 75,
-            fetch_percent: 20,
+            // 5 % of 256 MiB over three consumers is about 4 MiB of prefetch each, 2 MiB a
+            // fetch. Larger fetches drained bulk no faster and kept the broker busy assembling
+            // them while realtime waited (`switchboard-lab isolation`: realtime p99 164 ms at
+            // 20 %, 94 ms at 5 %, ads at 16.2k/s and 15.4k/s).
+            fetch_percent: 5,
         }
     }
 }
@@ -664,10 +668,10 @@ impl Config {
                 "must be 10..=95".into(),
             ));
         }
-        if !(5..=50).contains(&self.budget.fetch_percent) {
+        if !(1..=50).contains(&self.budget.fetch_percent) {
             return Err(invalid(
                 "budget.fetch_percent".into(),
-                "must be 5..=50".into(),
+                "must be 1..=50".into(),
             ));
         }
         if self.kafka.rebalance_drain_ms >= self.kafka.session_timeout_ms {

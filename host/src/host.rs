@@ -204,9 +204,7 @@ async fn open_history(
         .open()
         .await
         .context("history: opening the send-history store")?;
-    Ok(store.map(|store| {
-        switchboard_history::HistoryWriter::start(store, Default::default())
-    }))
+    Ok(store.map(|store| switchboard_history::HistoryWriter::start(store, Default::default())))
 }
 
 /// Opens the configured dedup store.

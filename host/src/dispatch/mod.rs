@@ -35,8 +35,8 @@ use crate::ingest::consumer::RecordTicket;
 use crate::plugin::{Delivery, LoadedPlugin, Outcome};
 use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
 use crate::telemetry::{Counters, events};
-use switchboard_history::{HistorySender, OutcomeClass, SendRecord};
 use backoff::Backoff;
+use switchboard_history::{HistorySender, OutcomeClass, SendRecord};
 use vendor::VendorGate;
 
 /// One delivery on its way, with the record it belongs to.
@@ -461,8 +461,14 @@ impl LaneRunner {
             }
         };
         let settling = batch.into_iter().zip(outcomes).map(|(job, outcome)| {
-            self.settler
-                .settle(job, outcome, &self.plugin, &self.gate, plugin_fault, elapsed)
+            self.settler.settle(
+                job,
+                outcome,
+                &self.plugin,
+                &self.gate,
+                plugin_fault,
+                elapsed,
+            )
         });
         let finished = futures::future::join_all(settling)
             .await

@@ -69,5 +69,8 @@ async fn every_settled_outcome_is_counted_per_vendor() {
     // What `switchboard history` prints names the vendor and the counts.
     let report = store.report(&query, 5).await.unwrap();
     let text = render_text(&report);
-    assert!(text.contains("fcm") && text.contains(&GOOD.to_string()), "{text}");
+    assert!(
+        text.contains("fcm") && text.contains(&GOOD.to_string()),
+        "{text}"
+    );
 }
