@@ -70,6 +70,10 @@ pub(crate) struct PostgresHistory {
     /// The connection, or `None` after it was lost; the next operation reconnects. Behind a
     /// mutex because a transaction needs the client to itself.
     client: Mutex<Option<Client>>,
+    /// Set when an operation found the connection closed. The client may not say so itself
+    /// yet (its connection task learns of the close on its own schedule), so the next
+    /// operation reconnects on this alone.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl PostgresHistory {
@@ -87,6 +91,7 @@ impl PostgresHistory {
             config,
             redacted_url: redact_url(url),
             client: Mutex::new(None),
+            lost: std::sync::atomic::AtomicBool::new(false),
         };
         let mut client = store.connect().await?;
         let transaction = client.transaction().await?;
@@ -119,11 +124,22 @@ impl PostgresHistory {
         Ok(client)
     }
 
+    /// Passes `result` through, noting a closed connection so the next operation reconnects.
+    pub(crate) fn note<T>(&self, result: Result<T, HistoryError>) -> Result<T, HistoryError> {
+        if let Err(HistoryError::Postgres(error)) = &result
+            && error.is_closed()
+        {
+            self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
     /// The connection, reconnecting first when there is none or it was closed.
     async fn client(&self) -> Result<MappedMutexGuard<'_, Client>, HistoryError> {
         let mut slot = self.client.lock().await;
+        let lost = self.lost.swap(false, std::sync::atomic::Ordering::Relaxed);
         let client = match slot.take() {
-            Some(client) if !client.is_closed() => client,
+            Some(client) if !client.is_closed() && !lost => client,
             _ => self.connect().await?,
         };
         Ok(MutexGuard::map(slot, |slot| slot.insert(client)))

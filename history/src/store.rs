@@ -108,7 +108,7 @@ impl HistoryStore {
         let failures = model::failures(batch, keep);
         match self.backend.as_ref() {
             Backend::Sqlite(store) => store.record(deltas, failures, keep).await,
-            Backend::Postgres(store) => store.record(&deltas, &failures, keep).await,
+            Backend::Postgres(store) => store.note(store.record(&deltas, &failures, keep).await),
         }
     }
 
@@ -118,7 +118,9 @@ impl HistoryStore {
         let window = query.window(self.options.bucket_ms());
         match self.backend.as_ref() {
             Backend::Sqlite(store) => store.buckets(window, query.vendor.clone()).await,
-            Backend::Postgres(store) => store.buckets(window, query.vendor.as_deref()).await,
+            Backend::Postgres(store) => {
+                store.note(store.buckets(window, query.vendor.as_deref()).await)
+            }
         }
     }
 
@@ -128,9 +130,7 @@ impl HistoryStore {
         let totals = match self.backend.as_ref() {
             Backend::Sqlite(store) => store.outcome_totals(window, query.vendor.clone()).await?,
             Backend::Postgres(store) => {
-                store
-                    .outcome_totals(window, query.vendor.as_deref())
-                    .await?
+                store.note(store.outcome_totals(window, query.vendor.as_deref()).await)?
             }
         };
         Ok(model::summarise(totals))
@@ -150,11 +150,11 @@ impl HistoryStore {
                     .recent_failures(window, query.vendor.clone(), limit)
                     .await
             }
-            Backend::Postgres(store) => {
+            Backend::Postgres(store) => store.note(
                 store
                     .recent_failures(window, query.vendor.as_deref(), limit)
-                    .await
-            }
+                    .await,
+            ),
         }
     }
 
@@ -164,7 +164,7 @@ impl HistoryStore {
         let cutoff_ms = now_ms.saturating_sub(self.options.retention_ms());
         match self.backend.as_ref() {
             Backend::Sqlite(store) => store.prune(cutoff_ms).await,
-            Backend::Postgres(store) => store.prune(cutoff_ms).await,
+            Backend::Postgres(store) => store.note(store.prune(cutoff_ms).await),
         }
     }
 }
