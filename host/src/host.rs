@@ -310,10 +310,12 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         lanes,
         &config.dispatch,
         &config.lanes,
-        counters.clone(),
-        dedup.clone(),
-        outbox.clone(),
-        history.as_ref().map(|writer| writer.sender()),
+        crate::dispatch::Records {
+            counters: counters.clone(),
+            dedup: dedup.clone(),
+            outbox: outbox.clone(),
+            history: history.as_ref().map(|writer| writer.sender()),
+        },
         &realtime.handle(),
     ));
     // The budget: librdkafka's prefetch queues take `fetch_percent` of the total, split over the

@@ -115,18 +115,32 @@ pub struct PluginLane {
     pub burst: Option<u32>,
 }
 
+/// Where settled outcomes are recorded.
+pub struct Records {
+    pub counters: Arc<Counters>,
+    /// Final deliveries are marked here before their records finish.
+    pub dedup: Option<Arc<DedupStore>>,
+    /// The retry topic and the DLQ.
+    pub outbox: Arc<Outbox>,
+    /// The send history, when on.
+    pub history: Option<HistorySender>,
+}
+
 impl Dispatcher {
-    /// Starts one batching queue per plugin and lane.
+    /// Starts one batching queue per plugin and lane; realtime queues on `realtime`.
     pub fn start(
         plugins: Vec<PluginLane>,
         config: &DispatchConfig,
         lanes: &LanesConfig,
-        counters: Arc<Counters>,
-        dedup: Option<Arc<DedupStore>>,
-        outbox: Arc<Outbox>,
-        history: Option<HistorySender>,
+        records: Records,
         realtime: &tokio::runtime::Handle,
     ) -> Self {
+        let Records {
+            counters,
+            dedup,
+            outbox,
+            history,
+        } = records;
         let settler = Arc::new(Settler {
             counters,
             dedup,
