@@ -70,9 +70,9 @@ pub(crate) struct PostgresHistory {
     /// The connection, or `None` after it was lost; the next operation reconnects. Behind a
     /// mutex because a transaction needs the client to itself.
     client: Mutex<Option<Client>>,
-    /// Set when an operation found the connection closed. The client may not say so itself
-    /// yet (its connection task learns of the close on its own schedule), so the next
-    /// operation reconnects on this alone.
+    /// Set when an operation failed on the database. The client may not say it is closed yet
+    /// (its connection task learns of the close on its own schedule), so the next operation
+    /// reconnects on this alone.
     lost: std::sync::atomic::AtomicBool,
 }
 
@@ -124,11 +124,12 @@ impl PostgresHistory {
         Ok(client)
     }
 
-    /// Passes `result` through, noting a closed connection so the next operation reconnects.
+    /// Passes `result` through; after any database error the next operation starts on a fresh
+    /// connection. A terminated session first answers with a server error (57P01), and only
+    /// later reports itself closed, so waiting for `is_closed` would fail the next write too.
+    /// Reconnecting after an ordinary error costs one connect, and errors are rare.
     pub(crate) fn note<T>(&self, result: Result<T, HistoryError>) -> Result<T, HistoryError> {
-        if let Err(HistoryError::Postgres(error)) = &result
-            && error.is_closed()
-        {
+        if let Err(HistoryError::Postgres(_)) = &result {
             self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         result

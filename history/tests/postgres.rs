@@ -150,16 +150,22 @@ async fn a_dropped_connection_is_reopened() {
         latency_ms: 12,
         key: "req-1/0".into(),
     }];
-    // The first attempt may still meet the dead connection; the second must reconnect.
+    // The session is terminated asynchronously: whichever operation meets the dead connection
+    // first fails, once, and the one after it must run on a fresh connection.
+    let mut failed = 0;
     if store.record(&sends).await.is_err() {
+        failed += 1;
         store.record(&sends).await.unwrap();
     }
-    let summary = store
-        .summary(&switchboard_history::HistoryQuery::last(
-            std::time::Duration::from_secs(3600),
-        ))
-        .await
-        .unwrap();
+    let query = switchboard_history::HistoryQuery::last(std::time::Duration::from_secs(3600));
+    let summary = match store.summary(&query).await {
+        Ok(summary) => summary,
+        Err(_) => {
+            failed += 1;
+            store.summary(&query).await.unwrap()
+        }
+    };
+    assert!(failed <= 1, "the dead connection cost {failed} operations");
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0].total, 1);
     scratch.drop_schema().await;
