@@ -166,8 +166,11 @@ impl Drop for Charge {
             .used
             .fetch_sub(self.bytes, Ordering::Relaxed);
         budget.total.used.fetch_sub(self.bytes, Ordering::Relaxed);
-        // Only a release that reaches the low-water mark can let a waiter go.
-        if budget.is_below_low_water(self.class) {
+        // Only a release that reaches a low-water mark can let a waiter go. The lane's or the
+        // total's: a waiter of another lane may be held by the total alone, and it checks its
+        // own condition again when woken.
+        let lane = &budget.lanes[self.class.index()];
+        if lane.used() <= lane.low_water || budget.total.used() <= budget.total.low_water {
             budget.released.notify_waiters();
         }
     }
@@ -250,6 +253,27 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
             .await
             .expect("waiter woke")
+            .expect("waiter ran");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_held_by_the_total_wakes_when_another_lane_releases() {
+        // Lanes of 1 MiB, a total of 2 MiB, low water at half.
+        let budget = budget(1, 2);
+        let _stays = budget.charge(TrafficClass::Batch, 900 << 10);
+        let goes = budget.charge(TrafficClass::Batch, 1200 << 10);
+        assert!(budget.is_over(TrafficClass::Ads), "held by the total alone");
+        let waiter = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.wait_below_low_water(TrafficClass::Ads).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        // Batch stays above its own low-water mark; the total falls below its.
+        drop(goes);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("the ads waiter woke on a batch release")
             .expect("waiter ran");
     }
 
