@@ -232,7 +232,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn bulk_cannot_take_the_last_call_slots() {
+    async fn bulk_cannot_take_the_last_call_slots() -> anyhow::Result<()> {
         let gate = Arc::new(VendorGate::new(4, None, None));
         let mut bulk = Vec::new();
         for _ in 0..3 {
@@ -251,9 +251,10 @@ mod tests {
         assert_eq!(gate.free_calls(), 0);
         drop(realtime);
         drop(bulk);
-        let permit = fourth.await.expect("bulk call admitted once slots freed");
+        let permit = fourth.await?;
         drop(permit);
         assert_eq!(gate.free_calls(), 4);
+        Ok(())
     }
 
     #[tokio::test(start_paused = true)]
