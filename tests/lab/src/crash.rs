@@ -90,6 +90,56 @@ pub(crate) fn toml_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
+/// The `fcm.wasm` component in `plugin_dir`, as an absolute path for a config elsewhere.
+pub(crate) fn fcm_component(plugin_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = plugin_dir.join("fcm.wasm");
+    path.canonicalize().with_context(|| {
+        format!(
+            "{} is missing: build the plugins first (`make plugins`)",
+            path.display()
+        )
+    })
+}
+
+/// The `[plugins.fcm]` and `[channels.push-android]` tables for a host child process that
+/// delivers to `fixture`, with the service-account key written into `dir` beside the config.
+pub(crate) fn fcm_plugin_toml(
+    dir: &Path,
+    fixture: &FcmFixture,
+    fcm_wasm: &Path,
+    max_batch: u64,
+    concurrency: u64,
+) -> anyhow::Result<String> {
+    let key_path = dir.join("service-account.pem");
+    std::fs::write(&key_path, &fixture.account.private_key_pem)
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    let url = fixture.sim.url();
+    Ok(format!(
+        r#"[plugins.fcm]
+path = {wasm}
+allowed_hosts = [{addr}]
+max_batch = {max_batch}
+concurrency = {concurrency}
+secrets = {{ service_account_key = {{ file = "service-account.pem" }} }}
+
+[plugins.fcm.config]
+project_id = {project}
+client_email = {email}
+token_uri = {token_uri}
+endpoint = {endpoint}
+
+[channels.push-android]
+fcm = 100
+"#,
+        wasm = toml_string(&fcm_wasm.display().to_string()),
+        addr = toml_string(&fixture.sim.addr.to_string()),
+        project = toml_string(FCM_PROJECT),
+        email = toml_string(FCM_EMAIL),
+        token_uri = toml_string(&format!("{url}/token")),
+        endpoint = toml_string(&url),
+    ))
+}
+
 /// Writes the host's config and the service-account key beside it; returns the config's path.
 fn write_config(
     dir: &Path,
@@ -97,10 +147,7 @@ fn write_config(
     fixture: &FcmFixture,
     fcm_wasm: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let key_path = dir.join("service-account.pem");
-    std::fs::write(&key_path, &fixture.account.private_key_pem)
-        .with_context(|| format!("writing {}", key_path.display()))?;
-    let url = fixture.sim.url();
+    let plugin = fcm_plugin_toml(dir, fixture, fcm_wasm, MAX_BATCH, CONCURRENCY)?;
     let text = format!(
         r#"# Written by `switchboard-lab crash`.
 [kafka]
@@ -119,33 +166,12 @@ rebalance_drain_ms = 3000
 backend = "embedded"
 data_dir = "dedup"
 
-[plugins.fcm]
-path = {wasm}
-allowed_hosts = [{addr}]
-max_batch = {MAX_BATCH}
-concurrency = {CONCURRENCY}
-secrets = {{ service_account_key = {{ file = "service-account.pem" }} }}
-
-[plugins.fcm.config]
-project_id = {project}
-client_email = {email}
-token_uri = {token_uri}
-endpoint = {endpoint}
-
-[channels.push-android]
-fcm = 100
-"#,
+{plugin}"#,
         brokers = toml_string(brokers),
         group = toml_string(GROUP),
         topic = toml_string(TOPIC),
         retry = toml_string(RETRY_TOPIC),
         dlq = toml_string(DLQ_TOPIC),
-        wasm = toml_string(&fcm_wasm.display().to_string()),
-        addr = toml_string(&fixture.sim.addr.to_string()),
-        project = toml_string(FCM_PROJECT),
-        email = toml_string(FCM_EMAIL),
-        token_uri = toml_string(&format!("{url}/token")),
-        endpoint = toml_string(&url),
     );
     let path = dir.join("switchboard.toml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -289,13 +315,7 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
         seed,
         timeout,
     } = options;
-    let fcm_wasm = plugin_dir.join("fcm.wasm");
-    let fcm_wasm = fcm_wasm.canonicalize().with_context(|| {
-        format!(
-            "{} is missing: build the plugins first (`make plugins`)",
-            fcm_wasm.display()
-        )
-    })?;
+    let fcm_wasm = fcm_component(&plugin_dir)?;
     let binary = host_binary()?;
 
     let topics = [TOPIC, RETRY_TOPIC, DLQ_TOPIC].map(String::from);

@@ -18,9 +18,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use switchboard::demo::produce;
 use switchboard::ingest::EmbeddedKafka;
-use switchboard_integration_tests::{FCM_EMAIL, FCM_PROJECT, FcmFixture};
+use switchboard_integration_tests::FcmFixture;
 
-use crate::crash::{HostProcess, host_binary, toml_string};
+use crate::crash::{HostProcess, fcm_component, fcm_plugin_toml, host_binary, toml_string};
 
 const RETRY_TOPIC: &str = "switchboard.retry";
 const DLQ_TOPIC: &str = "switchboard.dlq";
@@ -118,10 +118,7 @@ fn write_config(
     fixture: &FcmFixture,
     fcm_wasm: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let key_path = dir.join("service-account.pem");
-    std::fs::write(&key_path, &fixture.account.private_key_pem)
-        .with_context(|| format!("writing {}", key_path.display()))?;
-    let url = fixture.sim.url();
+    let plugin = fcm_plugin_toml(dir, fixture, fcm_wasm, 100, setup.concurrency)?;
     let topics: Vec<String> = setup.mixed_topics.iter().map(|t| toml_string(t)).collect();
     let text = format!(
         r#"# Written by `switchboard-lab`.
@@ -138,35 +135,13 @@ data_dir = "dedup"
 
 {lanes}
 
-[plugins.fcm]
-path = {wasm}
-allowed_hosts = [{addr}]
-max_batch = 100
-concurrency = {concurrency}
-secrets = {{ service_account_key = {{ file = "service-account.pem" }} }}
-
-[plugins.fcm.config]
-project_id = {project}
-client_email = {email}
-token_uri = {token_uri}
-endpoint = {endpoint}
-
-[channels.push-android]
-fcm = 100
-"#,
+{plugin}"#,
         brokers = toml_string(setup.brokers),
         group = toml_string(setup.group),
         topics = topics.join(", "),
         retry = toml_string(RETRY_TOPIC),
         dlq = toml_string(DLQ_TOPIC),
         lanes = setup.lanes_toml,
-        concurrency = setup.concurrency,
-        wasm = toml_string(&fcm_wasm.display().to_string()),
-        addr = toml_string(&fixture.sim.addr.to_string()),
-        project = toml_string(FCM_PROJECT),
-        email = toml_string(FCM_EMAIL),
-        token_uri = toml_string(&format!("{url}/token")),
-        endpoint = toml_string(&url),
     );
     let path = dir.join("switchboard.toml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -184,16 +159,6 @@ fn work_dir(scenario: &str) -> anyhow::Result<PathBuf> {
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
-}
-
-fn fcm_wasm(plugin_dir: &Path) -> anyhow::Result<PathBuf> {
-    let path = plugin_dir.join("fcm.wasm");
-    path.canonicalize().with_context(|| {
-        format!(
-            "{} is missing: build the plugins first (`make plugins`)",
-            path.display()
-        )
-    })
 }
 
 /// Waits until `condition` holds, checking the host is alive; false after `timeout`.
@@ -226,7 +191,7 @@ pub struct IsolationOptions {
 
 pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::Value> {
     let (ads, realtime) = ("lab.ads", "lab.realtime");
-    let fcm_wasm = fcm_wasm(&options.plugin_dir)?;
+    let fcm_wasm = fcm_component(&options.plugin_dir)?;
     let binary = host_binary()?;
     let topics = [ads, realtime, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
     let partitions = partitions_for(options.backlog);
@@ -394,7 +359,7 @@ pub struct BacklogOptions {
 
 pub async fn backlog(options: BacklogOptions) -> anyhow::Result<serde_json::Value> {
     let topic = "lab.backlog";
-    let fcm_wasm = fcm_wasm(&options.plugin_dir)?;
+    let fcm_wasm = fcm_component(&options.plugin_dir)?;
     let binary = host_binary()?;
     let topics = [topic, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
     let partitions = partitions_for(options.records);

@@ -138,13 +138,7 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
         "no Redis given: set SWITCHBOARD_TEST_REDIS (`make services` starts one on redis://127.0.0.1:6390) or pass --redis",
     )?;
     check_redis(&redis_url).await?;
-    let fcm_wasm = plugin_dir.join("fcm.wasm");
-    let fcm_wasm = fcm_wasm.canonicalize().with_context(|| {
-        format!(
-            "{} is missing: build the plugins first (`make plugins`)",
-            fcm_wasm.display()
-        )
-    })?;
+    let fcm_wasm = crate::crash::fcm_component(&plugin_dir)?;
 
     let topics = [TOPIC, "switchboard.retry", "switchboard.dlq"].map(String::from);
     let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
