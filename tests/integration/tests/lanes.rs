@@ -221,3 +221,48 @@ async fn a_retry_after_slows_the_whole_vendor_and_the_rate_limit_avoids_429s() {
     let refused_with_bucket = run(Some(15.0), "lanes-429-bucket").await;
     assert_eq!(refused_with_bucket, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_topic_routes_each_record_to_the_lane_its_priority_names() {
+    let topic = "lanes-mixed";
+    let cluster = EmbeddedKafka::start(1, &[topic.to_string()], 3).unwrap();
+    let brokers = cluster.bootstrap_servers().to_string();
+    let fixture = FcmFixture::start(|c| {
+        c.faults.latency = Latency::fixed(Duration::from_millis(20));
+    })
+    .await;
+    let mut config = fixture.host_config(&brokers, topic, "g-lanes-mixed");
+    // Only the ads lane is small enough to fill: if ads records were charged anywhere else,
+    // it would never pause.
+    config.lanes.ads.budget_mb = Some(1);
+    config.lanes.ads.concurrency = Some(1);
+    if let Some(fcm) = config.plugins.get_mut("fcm") {
+        fcm.max_batch = 10;
+    }
+    const EACH: u64 = 2000;
+    produce(&brokers, topic, 2 * EACH, |i| {
+        let (id, priority) = match i % 2 {
+            0 => (format!("mx-ad-{i}"), "ads"),
+            _ => (format!("mx-rt-{i}"), "realtime"),
+        };
+        (id.clone(), envelope(&id, priority, 1000))
+    })
+    .await
+    .unwrap();
+    let host = switchboard::start(config).await.unwrap();
+    let stats = fixture.sim.stats.clone();
+    assert!(
+        wait_until(WAIT, || stats.snapshot().delivered >= 2 * EACH).await,
+        "{:?} {:?}",
+        stats.snapshot(),
+        host.budget.snapshot()
+    );
+    let (ads, realtime) = (
+        lane_pauses(&host, TrafficClass::Ads),
+        lane_pauses(&host, TrafficClass::Realtime),
+    );
+    host.stop().await.unwrap();
+    assert!(ads > 0, "ads records never filled the ads lane");
+    assert_eq!(realtime, 0, "realtime records were charged to a full lane");
+    assert_eq!(stats.snapshot().duplicates, 0);
+}
