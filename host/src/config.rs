@@ -108,6 +108,24 @@ pub struct Config {
     /// Each delivery of a channel goes to one of its plugins, in proportion to the weights.
     #[serde(default)]
     pub channels: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Vendor health over a sliding window, and the circuit breaker that ejects a failing vendor.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Canary versions of a plugin, and when one is rolled back automatically.
+    #[serde(default)]
+    pub canary: CanaryConfig,
+    /// Channel → the channel a permanently failed delivery is re-sent on, e.g.
+    /// `[fallback.alimtalk] channel = "sms"`.
+    #[serde(default)]
+    pub fallback: BTreeMap<String, FallbackConfig>,
+    /// The admin API, the web console and `/metrics`.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where operators' live changes are kept across restarts: weights set through the API and
+    /// the active plugin versions. The config file stays the baseline; the state overrides it.
+    /// Defaults to `data/state`, relative to the config file.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     /// Where the config was read from; relative paths resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -138,6 +156,11 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
     /// Where `retry` outcomes wait for their due time.
     pub retry_topic: String,
+    /// Where every settled delivery's result is published (JSON); empty turns it off.
+    pub results_topic: String,
+    /// Where every `invalid-recipient` is published (JSON), so apps can remove dead tokens and
+    /// numbers; empty turns it off.
+    pub invalidations_topic: String,
     /// Where deliveries and records that will not be delivered go, with reason headers.
     pub dlq_topic: String,
     /// On a rebalance, how long revoked partitions may take to finish their in-flight records
@@ -157,6 +180,8 @@ impl Default for KafkaConfig {
             new_topic_partitions: 4,
             properties: BTreeMap::new(),
             retry_topic: "switchboard.retry".into(),
+            results_topic: "switchboard.results".into(),
+            invalidations_topic: "switchboard.invalid-recipients".into(),
             dlq_topic: "switchboard.dlq".into(),
             rebalance_drain_ms: 10_000,
         }
@@ -497,6 +522,129 @@ impl PluginConfig {
     }
 }
 
+/// Vendor health: what each vendor answered over a sliding window, and when its circuit
+/// breaker ejects it. An ejected vendor gets no new deliveries; its share goes to the healthy
+/// vendors of its channel until probes restore it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// The sliding window the error rate is taken over, in seconds.
+    pub window_s: u64,
+    /// Answers the window must hold before the breaker judges a vendor, so a handful of
+    /// errors at low traffic cannot eject it.
+    pub min_calls: u64,
+    /// The share of errors and timeouts in the window that ejects a vendor, in percent.
+    pub error_percent: u64,
+    /// How long an ejected vendor waits before it is probed, in seconds. Doubles each time a
+    /// probe fails, up to `max_open_s`.
+    pub open_s: u64,
+    /// The longest wait between probes, in seconds.
+    pub max_open_s: u64,
+    /// Deliveries let through at once while half-open; this many successes in a row restore
+    /// the vendor, and one failure ejects it again.
+    pub probes: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            window_s: 10,
+            min_calls: 20,
+            error_percent: 50,
+            open_s: 5,
+            max_open_s: 60,
+            probes: 3,
+        }
+    }
+}
+
+/// Canary versions: `PUT /v1/plugins/{name}/canary` sends a share of a plugin's calls to another
+/// version; it is rolled back automatically when it does worse than the stable version.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanaryConfig {
+    /// How many percentage points the canary's error rate may exceed the stable version's
+    /// before it is rolled back.
+    pub margin_percent: u64,
+    /// Deliveries the canary must have answered before it is judged.
+    pub min_calls: u64,
+    /// The window both versions' error rates are taken over, in seconds.
+    pub window_s: u64,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        Self {
+            margin_percent: 10,
+            min_calls: 50,
+            window_s: 30,
+        }
+    }
+}
+
+/// A fallback channel: a delivery that fails permanently on its channel is re-sent on another,
+/// e.g. an Alimtalk message to someone who is not a KakaoTalk user goes out as SMS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// The channel the delivery is re-sent on.
+    pub channel: String,
+    /// Which permanent outcomes fall back: `rejected`, `invalid-recipient` or both.
+    #[serde(default = "FallbackConfig::default_on")]
+    pub on: Vec<FallbackOn>,
+    /// Template code → the text sent on the fallback channel, with `#{name}` filled in from the
+    /// template's params (Kakao's placeholder syntax). A template not listed here is sent as its
+    /// params' values, joined by spaces, after the template code.
+    #[serde(default)]
+    pub templates: BTreeMap<String, String>,
+}
+
+impl FallbackConfig {
+    fn default_on() -> Vec<FallbackOn> {
+        vec![FallbackOn::Rejected, FallbackOn::InvalidRecipient]
+    }
+}
+
+/// An outcome that sends a delivery to its fallback channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FallbackOn {
+    Rejected,
+    InvalidRecipient,
+}
+
+/// The admin API (weights, plugin versions, canaries), the web console and `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where it listens, e.g. `127.0.0.1:8088`; empty turns the admin API off. Port 0 picks a
+    /// free port, which the host logs.
+    pub listen: String,
+    /// The bearer token mutations must carry. When unset, `SWITCHBOARD_ADMIN_TOKEN` is read;
+    /// when that is unset too, mutations are refused (reads stay open).
+    pub token: Option<SecretSource>,
+    /// Largest plugin upload, in MiB.
+    pub max_upload_mb: u64,
+    /// Largest JSON request body, in KiB.
+    pub max_body_kb: u64,
+    /// A directory watched for new plugin versions: `NAME.wasm` (or `NAME@anything.wasm`)
+    /// dropped there is loaded and activated as plugin NAME. Write the file elsewhere and
+    /// rename it in, so a half-written file is never read.
+    pub watch_dir: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8088".into(),
+            token: None,
+            max_upload_mb: 64,
+            max_body_kb: 64,
+            watch_dir: None,
+        }
+    }
+}
+
 /// Where a secret's value comes from. Values are never logged.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -520,6 +668,15 @@ impl std::fmt::Debug for SecretSource {
 }
 
 impl Config {
+    /// The state directory (`state_dir`), resolved against the config file's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        let dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data/state"));
+        self.resolve(&dir)
+    }
+
     /// Reads, parses and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -755,6 +912,41 @@ impl Config {
                     "every weight is 0".into(),
                 ));
             }
+        }
+        for (channel, fallback) in &self.fallback {
+            for (field, name) in [("", channel), (".channel", &fallback.channel)] {
+                if !self.channels.contains_key(name) {
+                    return Err(invalid(
+                        format!("fallback.{channel}{field}"),
+                        format!("no channel `{name}` is configured under [channels]"),
+                    ));
+                }
+            }
+            if fallback.channel == *channel {
+                return Err(invalid(
+                    format!("fallback.{channel}.channel"),
+                    "a channel cannot fall back to itself".into(),
+                ));
+            }
+        }
+        let health = &self.health;
+        if health.window_s == 0 || health.window_s > 600 {
+            return Err(invalid("health.window_s".into(), "must be 1..=600".into()));
+        }
+        if !(1..=100).contains(&health.error_percent) {
+            return Err(invalid(
+                "health.error_percent".into(),
+                "must be 1..=100".into(),
+            ));
+        }
+        if health.open_s == 0 || health.max_open_s < health.open_s || health.probes == 0 {
+            return Err(invalid(
+                "health.open_s/max_open_s/probes".into(),
+                "open_s and probes must be at least 1, and max_open_s at least open_s".into(),
+            ));
+        }
+        if self.canary.window_s == 0 || self.canary.window_s > 600 {
+            return Err(invalid("canary.window_s".into(), "must be 1..=600".into()));
         }
         Ok(())
     }

@@ -15,10 +15,12 @@ use crate::dispatch::{Dispatcher, PluginLane};
 use crate::ingest::EmbeddedKafka;
 use crate::ingest::budget::Budget;
 use crate::ingest::consumer::{Ingest, IngestShared, Source};
-use crate::plugin::capabilities::{AllowedHost, Capabilities, PluginCache};
-use crate::plugin::{LoadedPlugin, NativePlugins, PluginLimits, PluginRuntime};
+use crate::plugin::capabilities::AllowedHost;
+use crate::plugin::registry::{PluginSpec, Registry};
+use crate::plugin::{NativePlugins, PluginLimits, PluginRuntime};
 use crate::retry::Outbox;
-use crate::route::ChannelRouter;
+use crate::route::Router;
+use crate::route::health::Health;
 use crate::secrets::PluginSecrets;
 use crate::telemetry::Counters;
 
@@ -31,8 +33,10 @@ pub struct RunningHost {
     pub counters: Arc<Counters>,
     /// The Kafka bootstrap address in use (the embedded cluster's when none was configured).
     pub bootstrap_servers: String,
-    /// The loaded plugins by name.
-    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// The plugins and their versions: hot swap, canaries, rollback.
+    pub registry: Arc<Registry>,
+    /// Channel → vendor choice: live weights, health and breakers.
+    pub router: Arc<Router>,
     /// The memory budget, per lane and in total.
     pub budget: Arc<Budget>,
     shutdown: watch::Sender<bool>,
@@ -97,51 +101,64 @@ pub struct StartOptions {
     pub native_plugins: NativePlugins,
 }
 
-/// Loads the configured plugins into `runtime`.
+/// Loads the configured plugins into a registry over `runtime`, each with its first version
+/// (the config file's component, or a linked native adapter), then restores the versions that
+/// were active before a restart.
 async fn load_plugins(
     config: &Config,
-    runtime: &PluginRuntime,
+    runtime: Arc<PluginRuntime>,
     client: &reqwest::Client,
+    realtime_client: Option<reqwest::Client>,
     native: &NativePlugins,
-) -> anyhow::Result<Vec<PluginLane>> {
+) -> anyhow::Result<Registry> {
     if let Some(unknown) = native.names().find(|n| !config.plugins.contains_key(*n)) {
         anyhow::bail!("native plugin `{unknown}` is not configured under [plugins]");
     }
-    let mut lanes = Vec::new();
+    let mut registry = Registry::new(
+        runtime.clone(),
+        client.clone(),
+        realtime_client,
+        Some(config.state_dir()),
+        config.canary.clone(),
+    );
     for (name, plugin) in &config.plugins {
-        let secrets = PluginSecrets::load(config, name)?;
-        let caps = Capabilities::new(
-            name.clone(),
-            plugin
+        let spec = PluginSpec {
+            name: name.clone(),
+            allowed_hosts: plugin
                 .allowed_hosts
                 .iter()
                 .map(|h| AllowedHost::parse(h))
                 .collect(),
-            secrets,
-            Arc::new(PluginCache::default()),
-            client.clone(),
-            Default::default(),
-        );
-        let limits = PluginLimits {
-            timeout: Duration::from_millis(plugin.timeout_ms),
-            memory_bytes: (plugin.memory_mb as usize) << 20,
+            secrets: PluginSecrets::load(config, name)?,
+            limits: PluginLimits {
+                timeout: Duration::from_millis(plugin.timeout_ms),
+                memory_bytes: (plugin.memory_mb as usize) << 20,
+            },
+            init_config: plugin
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            max_batch: plugin.max_batch,
+            capability_counters: Default::default(),
         };
-        let init_config = plugin
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let path: PathBuf = config.resolve(&plugin.path);
-        let loaded = match native.get(name) {
+        let caps = spec.capabilities(client.clone());
+        let (loaded, bytes) = match native.get(name) {
             Some(adapter) => {
-                runtime
-                    .load_native_adapter(name, adapter, caps, limits, init_config)
-                    .await?
+                let loaded = runtime
+                    .load_native_adapter(name, adapter, caps, spec.limits, spec.init_config.clone())
+                    .await?;
+                (loaded, None)
             }
             None => {
-                runtime
-                    .load_file(name, &path, caps, limits, init_config)
-                    .await?
+                let path: PathBuf = config.resolve(&plugin.path);
+                let bytes = std::fs::read(&path).with_context(|| {
+                    format!("plugins.{name}.path: cannot read {}", path.display())
+                })?;
+                let loaded = runtime
+                    .load_bytes(name, &bytes, caps, spec.limits, spec.init_config.clone())
+                    .await?;
+                (loaded, Some(bytes))
             }
         };
         tracing::info!(
@@ -152,17 +169,10 @@ async fn load_plugins(
             native = loaded.is_native(),
             "plugin loaded"
         );
-        let loaded = Arc::new(loaded);
-        lanes.push(PluginLane {
-            realtime_plugin: loaded.clone(),
-            max_batch: loaded.max_batch(plugin.max_batch),
-            concurrency: plugin.concurrency,
-            rate_per_s: plugin.rate_per_s,
-            burst: plugin.burst,
-            plugin: loaded,
-        });
+        registry.add(spec, loaded, bytes.as_deref());
     }
-    Ok(lanes)
+    registry.restore().await;
+    Ok(registry)
 }
 
 /// The HTTP client every plugin's requests go through: pooled, and HTTP/2 wherever TLS ALPN
@@ -266,16 +276,41 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         .unwrap_or(64 << 20);
     let runtime = Arc::new(PluginRuntime::new(&config.runtime, max_memory)?);
     let client = http_client(&extra_root_pems(&config)?)?;
-    let mut lanes = load_plugins(&config, &runtime, &client, &options.native_plugins).await?;
-    let plugins = lanes.iter().map(|l| l.plugin.clone()).collect();
     let realtime = RealtimeThreads::start(config.runtime.realtime_threads)?;
-    if realtime.0.is_some() {
-        // A pool of its own: a pooled connection is driven by the threads that opened it.
-        let realtime_client = http_client(&extra_root_pems(&config)?)?;
-        for lane in &mut lanes {
-            lane.realtime_plugin = Arc::new(lane.plugin.with_http_client(realtime_client.clone()));
-        }
-    }
+    // The realtime lane's HTTP pool of its own: a pooled connection is driven by the threads
+    // that opened it.
+    let realtime_client = match realtime.0 {
+        Some(_) => Some(http_client(&extra_root_pems(&config)?)?),
+        None => None,
+    };
+    let registry = Arc::new(
+        load_plugins(
+            &config,
+            runtime.clone(),
+            &client,
+            realtime_client,
+            &options.native_plugins,
+        )
+        .await?,
+    );
+    let lanes = registry
+        .slots()
+        .map(|slot| {
+            let plugin = &config.plugins[&slot.name];
+            PluginLane {
+                slot: slot.clone(),
+                concurrency: plugin.concurrency,
+                rate_per_s: plugin.rate_per_s,
+                burst: plugin.burst,
+            }
+        })
+        .collect();
+    let health = Arc::new(Health::new(&config.health, config.plugins.keys()));
+    let router = Arc::new(Router::new(
+        &config.channels,
+        health.clone(),
+        Some(crate::state::weights_file(&config.state_dir())),
+    ));
 
     let counters = Arc::new(Counters::default());
     {
@@ -315,6 +350,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             dedup: dedup.clone(),
             outbox: outbox.clone(),
             history: history.as_ref().map(|writer| writer.sender()),
+            health,
+            fallback: config.fallback.clone(),
         },
         &realtime.handle(),
     ));
@@ -332,13 +369,27 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         dedup,
         outbox,
         budget: budget.clone(),
-        router: Arc::new(ChannelRouter::new(&config.channels)),
+        router: router.clone(),
         dispatcher: dispatcher.clone(),
         counters: counters.clone(),
         prefetch_bytes: prefetch_total / sources.len(),
         max_record_bytes: config.dispatch.max_record_bytes,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let canaries = tokio::spawn(
+        registry
+            .clone()
+            .watch_canaries(Duration::from_millis(500), shutdown_rx.clone()),
+    );
+    let watcher = config.admin.watch_dir.as_ref().map(|dir| {
+        let dir = config.resolve(dir);
+        tracing::info!(dir = %dir.display(), "watching for new plugin versions");
+        tokio::spawn(
+            registry
+                .clone()
+                .watch_dir(dir, Duration::from_secs(1), shutdown_rx.clone()),
+        )
+    });
     let mut consumers = Vec::new();
     for source in sources {
         let ingest = Ingest::connect(&config.kafka, &config.lanes, &brokers, &shared, source)?;
@@ -372,6 +423,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
                 result = finished;
             }
         }
+        let _ = canaries.await;
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
         // The runtime outlives every call: calls hold the engine, and the ticker stops with it.
         drop(dispatcher);
         drop(runtime);
@@ -388,7 +443,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     Ok(RunningHost {
         counters,
         bootstrap_servers: brokers,
-        plugins,
+        registry,
+        router,
         budget,
         shutdown,
         task,

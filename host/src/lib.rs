@@ -9,8 +9,10 @@
 //! - [`dedup`]: which deliveries are done, by idempotency key (embedded store, Redis);
 //! - [`dispatch`]: batching per plugin, call concurrency, retries with backoff;
 //! - [`retry`]: the retry topic and the DLQ: records, headers, the idempotent producer;
-//! - [`route`]: channel → plugin choice by weight;
-//! - [`plugin`]: the wasmtime runtime, plugin loading, and the host capabilities plugins import;
+//! - [`route`]: channel → vendor choice: live weights, health and breakers, failover, fallback;
+//! - [`state`]: what operators change live, kept across restarts;
+//! - [`plugin`]: the wasmtime runtime, plugin loading, the registry of versions (hot swap,
+//!   canaries), and the host capabilities plugins import;
 //! - [`secrets`]: secret values, loaded once and never printed;
 //! - [`telemetry`]: tracing setup, counters, one struct per observable event;
 //! - [`host`]: wires the parts into a running host, [`run`] and [`host::start`];
@@ -30,6 +32,7 @@ pub mod plugin;
 pub mod retry;
 pub mod route;
 pub mod secrets;
+pub mod state;
 pub mod telemetry;
 
 pub use config::Config;

@@ -29,11 +29,15 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::config::{DispatchConfig, LanesConfig, TrafficClass};
+use crate::config::{DispatchConfig, FallbackConfig, LanesConfig, TrafficClass};
 use crate::dedup::DedupStore;
 use crate::ingest::consumer::RecordTicket;
-use crate::plugin::{Delivery, LoadedPlugin, Outcome};
+use crate::plugin::registry::{Slot, Version};
+use crate::plugin::{CallError, Delivery, LoadedPlugin, Outcome};
 use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
+use crate::route::RouteHint;
+use crate::route::fallback;
+use crate::route::health::{CallTally, Health};
 use crate::telemetry::{Counters, events};
 use backoff::Backoff;
 use switchboard_history::{HistorySender, OutcomeClass, SendRecord};
@@ -78,6 +82,7 @@ impl Job {
 
     fn retry_record(&self, due_at_ms: u64, last_reason: String, plugin_fault: bool) -> RetryRecord {
         RetryRecord {
+            route: None,
             key: self.delivery.key.clone(),
             channel: self.channel.to_string(),
             recipient: self.delivery.recipient.clone(),
@@ -102,11 +107,8 @@ pub struct Dispatcher {
 
 /// A plugin with the limits the dispatcher applies to it.
 pub struct PluginLane {
-    pub plugin: Arc<LoadedPlugin>,
-    /// The same plugin for the realtime lane, with the realtime lane's HTTP client.
-    pub realtime_plugin: Arc<LoadedPlugin>,
-    /// Deliveries per call.
-    pub max_batch: usize,
+    /// The plugin's versions; each call takes the version in force when it starts.
+    pub slot: Arc<Slot>,
     /// Calls at once, over all lanes.
     pub concurrency: usize,
     /// Deliveries per second, over all lanes; `None` for no limit.
@@ -124,6 +126,10 @@ pub struct Records {
     pub outbox: Arc<Outbox>,
     /// The send history, when on.
     pub history: Option<HistorySender>,
+    /// Every vendor's health and breaker.
+    pub health: Arc<Health>,
+    /// Channel → where its permanent failures are re-sent.
+    pub fallback: std::collections::BTreeMap<String, FallbackConfig>,
 }
 
 impl Dispatcher {
@@ -140,12 +146,16 @@ impl Dispatcher {
             dedup,
             outbox,
             history,
+            health,
+            fallback,
         } = records;
         let settler = Arc::new(Settler {
             counters,
             dedup,
             outbox,
             history,
+            health,
+            fallback,
             max_attempts: config.retry_max_attempts,
             give_up_after: Duration::from_secs(config.give_up_after_s),
             backoff: Backoff::new(
@@ -164,14 +174,9 @@ impl Dispatcher {
             ));
             for class in TrafficClass::ALL {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let lane_plugin = match class {
-                    TrafficClass::Realtime => plugin.realtime_plugin.clone(),
-                    _ => plugin.plugin.clone(),
-                };
                 let runner = LaneRunner {
-                    plugin: lane_plugin,
+                    slot: plugin.slot.clone(),
                     class,
-                    max_batch: plugin.max_batch,
                     linger: Duration::from_millis(lanes.get(class).linger_ms(class, config)),
                     lane_calls: lane_calls[class.index()].clone(),
                     gate: gate.clone(),
@@ -182,7 +187,7 @@ impl Dispatcher {
                     TrafficClass::Realtime => realtime.spawn(runner.run(rx)),
                     _ => tokio::spawn(runner.run(rx)),
                 };
-                queues.insert((plugin.plugin.name.clone(), class), tx);
+                queues.insert((plugin.slot.name.clone(), class), tx);
             }
         }
         Self { queues, settler }
@@ -217,6 +222,8 @@ struct Settler {
     outbox: Arc<Outbox>,
     /// Where each settled outcome is counted for `switchboard history`; never waits.
     history: Option<HistorySender>,
+    health: Arc<Health>,
+    fallback: std::collections::BTreeMap<String, FallbackConfig>,
     max_attempts: u32,
     give_up_after: Duration,
     backoff: Backoff,
@@ -225,15 +232,14 @@ struct Settler {
 impl Settler {
     /// Acts on one outcome. Returns the job when the outcome is final (to be marked and
     /// finished); a retried job is finished here, once the retry topic holds it.
-    async fn settle(
-        &self,
-        job: Job,
-        outcome: Outcome,
-        plugin: &LoadedPlugin,
-        gate: &VendorGate,
-        plugin_fault: bool,
-        elapsed: Duration,
-    ) -> Option<Job> {
+    async fn settle(&self, job: Job, outcome: Outcome, call: &CallContext<'_>) -> Option<Job> {
+        let CallContext {
+            plugin,
+            gate,
+            plugin_fault,
+            timed_out,
+            elapsed,
+        } = *call;
         let counters = &self.counters;
         let record = |job: &Job, outcome: OutcomeClass| {
             if let Some(history) = &self.history {
@@ -256,7 +262,7 @@ impl Settler {
                 record(&job, OutcomeClass::Delivered);
                 Some(job)
             }
-            Outcome::InvalidRecipient(reason) => {
+            Outcome::InvalidRecipient(ref reason) => {
                 counters
                     .deliveries_invalid_recipient
                     .fetch_add(1, Ordering::Relaxed);
@@ -264,12 +270,13 @@ impl Settler {
                 events::RecipientInvalid {
                     key: &job.delivery.key,
                     plugin: &plugin.name,
-                    reason: &reason,
+                    reason,
                 }
                 .emit();
+                self.fall_back(&job, &outcome, reason).await;
                 Some(job)
             }
-            Outcome::Rejected(rejection) => {
+            Outcome::Rejected(ref rejection) => {
                 counters.deliveries_rejected.fetch_add(1, Ordering::Relaxed);
                 record(&job, OutcomeClass::Rejected);
                 events::DeliveryRejected {
@@ -279,6 +286,10 @@ impl Settler {
                     reason: &rejection.reason,
                 }
                 .emit();
+                if self.fall_back(&job, &outcome, &rejection.reason).await {
+                    // The fallback channel carries it on: not dead, and final here.
+                    return Some(job);
+                }
                 Some(
                     self.dead_letter(
                         job,
@@ -332,13 +343,62 @@ impl Settler {
                 }
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 record(&job, OutcomeClass::Retry);
-                let record = job.retry_record(due_at_ms, info.reason, plugin_fault);
+                let mut record = job.retry_record(due_at_ms, info.reason, plugin_fault);
+                record.route = Some(RouteHint {
+                    vendor: plugin.name.clone(),
+                    timed_out,
+                });
                 self.outbox.retry(&record).await;
                 // The retry topic holds the delivery now: its record may move on, unmarked.
                 job.ticket.complete();
                 None
             }
         }
+    }
+
+    /// Re-sends a permanently failed delivery on its channel's fallback channel, when one is
+    /// configured for this outcome: through the retry topic, due now, under its own key.
+    /// Returns true once the retry topic holds it.
+    async fn fall_back(&self, job: &Job, outcome: &Outcome, reason: &str) -> bool {
+        let Some(config) = self.fallback.get(&*job.channel) else {
+            return false;
+        };
+        if !fallback::applies(config, outcome) {
+            return false;
+        }
+        let content = match fallback::render(config, &job.delivery.content) {
+            Ok(content) => content,
+            Err(why) => {
+                tracing::warn!(
+                    key = %job.delivery.key,
+                    channel = %job.channel,
+                    reason = %why,
+                    "no fallback: the content cannot be rendered for the fallback channel"
+                );
+                return false;
+            }
+        };
+        let mut record = job.retry_record(
+            now_ms(),
+            format!("fallback from {}: {reason}", job.channel),
+            false,
+        );
+        record.key = fallback::fallback_key(&job.delivery.key, &config.channel);
+        record.channel = config.channel.clone();
+        record.content = content;
+        record.attempt = 1;
+        self.outbox.retry(&record).await;
+        self.counters
+            .deliveries_fallen_back
+            .fetch_add(1, Ordering::Relaxed);
+        events::DeliveryFellBack {
+            key: &job.delivery.key,
+            from: &job.channel,
+            to: &config.channel,
+            reason,
+        }
+        .emit();
+        true
     }
 
     /// Writes the delivery to the DLQ; returns it for marking and finishing.
@@ -401,11 +461,24 @@ impl Settler {
     }
 }
 
+/// What one call was, for settling its outcomes.
+#[derive(Clone, Copy)]
+struct CallContext<'a> {
+    plugin: &'a LoadedPlugin,
+    gate: &'a VendorGate,
+    /// The call failed as a whole (trap, timeout, failed init).
+    plugin_fault: bool,
+    /// The call passed its deadline, or one of its requests got no answer in time: the vendor
+    /// may have delivered, so a retry stays on this vendor.
+    timed_out: bool,
+    elapsed: Duration,
+}
+
 /// The batching queue of one plugin in one lane.
 struct LaneRunner {
-    plugin: Arc<LoadedPlugin>,
+    /// The plugin's versions: each call takes the one in force as it starts.
+    slot: Arc<Slot>,
     class: TrafficClass,
-    max_batch: usize,
     linger: Duration,
     /// The lane's call slots, shared with the lane's queues for other plugins.
     lane_calls: Arc<Semaphore>,
@@ -418,11 +491,12 @@ impl LaneRunner {
     async fn run(self, mut jobs: mpsc::UnboundedReceiver<Job>) {
         let runner = Arc::new(self);
         while let Some(first) = jobs.recv().await {
-            let mut batch = Vec::with_capacity(runner.max_batch);
+            let max_batch = runner.slot.max_batch();
+            let mut batch = Vec::with_capacity(max_batch);
             batch.push(first);
             // Take what is already queued, then wait up to the linger time for a fuller batch.
             let linger_until = tokio::time::Instant::now() + runner.linger;
-            while batch.len() < runner.max_batch {
+            while batch.len() < max_batch {
                 match jobs.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -447,16 +521,23 @@ impl LaneRunner {
     }
 
     async fn call(&self, batch: Vec<Job>) {
+        // The version in force now serves this whole call, even if another is activated
+        // meanwhile: the call holds it until its outcomes are settled.
+        let version = self.slot.choose();
+        let plugin = match self.class {
+            TrafficClass::Realtime => &version.realtime,
+            _ => &version.plugin,
+        };
         let deliveries: Vec<Delivery> = batch.iter().map(|j| j.delivery.clone()).collect();
         let started = std::time::Instant::now();
-        let result = self.plugin.deliver(&deliveries).await;
+        let result = plugin.deliver_reporting(&deliveries).await;
         let elapsed = started.elapsed();
-        let (outcomes, plugin_fault) = match result {
-            Ok(outcomes) => (outcomes, false),
+        let (outcomes, plugin_fault, timed_out) = match result {
+            Ok(report) => (report.outcomes, false, report.unanswered_requests > 0),
             Err(error) => {
                 events::PluginCallFailed {
-                    plugin: &self.plugin.name,
-                    version: &self.plugin.info.version,
+                    plugin: &plugin.name,
+                    version: &plugin.info.version,
                     batch: deliveries.len(),
                     elapsed,
                     error: &error,
@@ -471,24 +552,53 @@ impl LaneRunner {
                         after_ms: None,
                     })
                 };
-                ((0..batch.len()).map(retry).collect(), true)
+                let timed_out = matches!(error, CallError::Timeout(_));
+                ((0..batch.len()).map(retry).collect(), true, timed_out)
             }
         };
-        let settling = batch.into_iter().zip(outcomes).map(|(job, outcome)| {
-            self.settler.settle(
-                job,
-                outcome,
-                &self.plugin,
-                &self.gate,
-                plugin_fault,
-                elapsed,
-            )
-        });
+        self.record_health(&version, &outcomes, timed_out, elapsed);
+        let call = CallContext {
+            plugin,
+            gate: &self.gate,
+            plugin_fault,
+            timed_out,
+            elapsed,
+        };
+        let settling = batch
+            .into_iter()
+            .zip(outcomes)
+            .map(|(job, outcome)| self.settler.settle(job, outcome, &call));
         let finished = futures::future::join_all(settling)
             .await
             .into_iter()
             .flatten()
             .collect();
         self.settler.finish(finished).await;
+    }
+
+    /// Counts the call for the vendor's breaker and the version's canary judgement. Answers
+    /// (delivered, rejected, invalid recipient) are successes: the vendor answered. A `retry`
+    /// is an error, or a timeout when the call or a request of it timed out. A trap counts as
+    /// an error too: the vendor's path is broken either way.
+    fn record_health(
+        &self,
+        version: &Version,
+        outcomes: &[Outcome],
+        timed_out: bool,
+        latency: Duration,
+    ) {
+        let mut tally = CallTally {
+            latency,
+            ..CallTally::default()
+        };
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Retry(_) if timed_out => tally.timeouts += 1,
+                Outcome::Retry(_) => tally.errors += 1,
+                _ => tally.ok += 1,
+            }
+        }
+        version.record(&tally);
+        self.settler.health.record(&self.slot.name, &tally);
     }
 }

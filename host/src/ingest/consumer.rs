@@ -44,7 +44,7 @@ use crate::dedup::DedupStore;
 use crate::dispatch::{Dispatcher, Job};
 use crate::plugin::Delivery;
 use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
-use crate::route::ChannelRouter;
+use crate::route::Router;
 use crate::telemetry::{Counters, events};
 
 /// Which records a consumer reads.
@@ -284,6 +284,8 @@ struct Arrival {
     origin: Arc<Origin>,
     first_seen_ms: u64,
     ticket: Arc<RecordTicket>,
+    /// Where a retried delivery went last.
+    route: Option<crate::route::RouteHint>,
 }
 
 impl Arrival {
@@ -378,7 +380,7 @@ struct Feed {
     budget: Arc<Budget>,
     order: Arc<KeyOrder>,
     dedup: Option<Arc<DedupStore>>,
-    router: Arc<ChannelRouter>,
+    router: Arc<Router>,
     dispatcher: Arc<Dispatcher>,
     counters: Arc<Counters>,
 }
@@ -410,6 +412,7 @@ impl Feed {
             origin,
             first_seen_ms,
             ticket,
+            route,
             ..
         } = arrival;
         let counters = &self.counters;
@@ -446,7 +449,10 @@ impl Feed {
                 ticket.complete();
                 continue;
             }
-            let plugin = self.router.pick(&channel).unwrap_or_default();
+            let plugin = self
+                .router
+                .pick(&channel, route.as_ref())
+                .unwrap_or_default();
             let job = Job::new(
                 delivery,
                 class,
@@ -484,7 +490,7 @@ pub struct IngestShared {
     pub dedup: Option<Arc<DedupStore>>,
     pub outbox: Arc<Outbox>,
     pub budget: Arc<Budget>,
-    pub router: Arc<ChannelRouter>,
+    pub router: Arc<Router>,
     pub dispatcher: Arc<Dispatcher>,
     pub counters: Arc<Counters>,
     /// librdkafka's prefetch queue of each consumer, in bytes.
@@ -835,6 +841,7 @@ impl Ingest {
             counters.records_consumed.fetch_add(1, Relaxed);
             let delivery = record.delivery();
             return Accepted::Deliver(Arrival {
+                route: record.route.clone(),
                 class: self.class_of(delivery.priority),
                 deliveries: vec![delivery],
                 replayed: record.replayed,
@@ -875,6 +882,7 @@ impl Ingest {
         let class = self.class_of(envelope.priority);
         let deliveries: Vec<Delivery> = envelope.deliveries().collect();
         Accepted::Deliver(Arrival {
+            route: None,
             ticket: self.ticket(topic, partition, offset, deliveries.len()),
             deliveries,
             replayed: false,

@@ -8,7 +8,7 @@
 //! plugin's cache or secrets be seen by another.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -219,18 +219,38 @@ pub(crate) struct CallCapabilities {
     caps: Arc<Capabilities>,
     /// When the whole call must be over; HTTP requests get only what is left.
     deadline: Instant,
+    /// Requests of this call that timed out: the vendor may have acted on them without
+    /// answering, which decides where a retry may go (see `route::RouteHint`).
+    unanswered: Arc<AtomicU32>,
 }
 
 impl CallCapabilities {
     pub(crate) fn new(caps: Arc<Capabilities>, deadline: Instant) -> Self {
-        Self { caps, deadline }
+        Self {
+            caps,
+            deadline,
+            unanswered: Arc::default(),
+        }
+    }
+
+    /// Requests of this call that timed out so far.
+    pub(crate) fn unanswered(&self) -> u32 {
+        self.unanswered.load(Ordering::Relaxed)
+    }
+
+    fn count_unanswered<T>(&self, result: &Result<T, http::HttpError>) {
+        if matches!(result, Err(http::HttpError::Timeout)) {
+            self.unanswered.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) async fn send(
         &self,
         request: http::Request,
     ) -> Result<http::Response, http::HttpError> {
-        send_one(self.caps.clone(), self.deadline, request).await
+        let result = send_one(self.caps.clone(), self.deadline, request).await;
+        self.count_unanswered(&result);
+        result
     }
 
     pub(crate) async fn send_all(
@@ -240,7 +260,9 @@ impl CallCapabilities {
         let sends = requests
             .into_iter()
             .map(|r| send_one(self.caps.clone(), self.deadline, r));
-        futures::future::join_all(sends).await
+        let results = futures::future::join_all(sends).await;
+        results.iter().for_each(|r| self.count_unanswered(r));
+        results
     }
 
     pub(crate) fn sign(&self, key: &str, alg: &str, data: &[u8]) -> Result<Vec<u8>, String> {
@@ -293,6 +315,11 @@ pub struct PluginState {
 }
 
 impl PluginState {
+    /// Requests of this call that timed out.
+    pub(crate) fn unanswered_requests(&self) -> u32 {
+        self.call.unanswered()
+    }
+
     /// State for one call that must finish by `deadline`.
     pub fn new(caps: Arc<Capabilities>, limits: StoreLimits, deadline: Instant) -> Self {
         // Nothing is granted: no preopened directories, no environment, no arguments, no

@@ -11,6 +11,7 @@
 mod bindings;
 pub mod capabilities;
 mod native;
+pub mod registry;
 mod signing;
 
 use std::path::Path;
@@ -387,6 +388,11 @@ impl LoadedPlugin {
     /// one outcome per delivery; a plugin that returns too few gets `retry` for the rest, and
     /// extra outcomes are dropped.
     pub async fn deliver(&self, batch: &[Delivery]) -> Result<Vec<Outcome>, CallError> {
+        self.deliver_reporting(batch).await.map(|r| r.outcomes)
+    }
+
+    /// As [`LoadedPlugin::deliver`], with what the call's HTTP requests came to.
+    pub async fn deliver_reporting(&self, batch: &[Delivery]) -> Result<CallReport, CallError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let call = async {
@@ -395,25 +401,32 @@ impl LoadedPlugin {
                 Backend::Native(adapter) => {
                     let deadline = Instant::now() + self.limits.timeout;
                     let call = CallCapabilities::new(self.caps.clone(), deadline);
-                    native::call_deliver(*adapter, call, &self.init_config, batch).await
+                    let outcomes =
+                        native::call_deliver(*adapter, call.clone(), &self.init_config, batch)
+                            .await?;
+                    Ok((outcomes, call.unanswered()))
                 }
             }
         };
-        let outcomes = match tokio::time::timeout(self.limits.timeout, call).await {
-            Ok(Ok(outcomes)) => outcomes,
-            Ok(Err(error)) => {
-                if let CallError::Trap(_) = error {
-                    self.counters.traps.fetch_add(1, Ordering::Relaxed);
+        let (outcomes, unanswered_requests) =
+            match tokio::time::timeout(self.limits.timeout, call).await {
+                Ok(Ok(outcomes)) => outcomes,
+                Ok(Err(error)) => {
+                    if let CallError::Trap(_) = error {
+                        self.counters.traps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(error);
                 }
-                return Err(error);
-            }
-            Err(_) => {
-                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(CallError::Timeout(self.limits.timeout));
-            }
-        };
+                Err(_) => {
+                    self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(CallError::Timeout(self.limits.timeout));
+                }
+            };
         self.counters.record_duration(started.elapsed());
-        Ok(fit_outcomes(outcomes, batch.len()))
+        Ok(CallReport {
+            outcomes: fit_outcomes(outcomes, batch.len()),
+            unanswered_requests,
+        })
     }
 
     /// One call on a fresh component instance: instantiate, `init`, `deliver`.
@@ -422,7 +435,7 @@ impl LoadedPlugin {
         engine: &Engine,
         pre: &AdapterPre<PluginState>,
         batch: &[Delivery],
-    ) -> Result<Vec<Outcome>, CallError> {
+    ) -> Result<(Vec<Outcome>, u32), CallError> {
         let mut store = new_store(engine, self.caps.clone(), self.limits);
         let call = async {
             let adapter = pre.instantiate_async(&mut store).await?;
@@ -431,11 +444,21 @@ impl LoadedPlugin {
             }
             adapter.call_deliver(&mut store, batch).await.map(Ok)
         };
-        match call.await {
+        let result = match call.await {
             Ok(outcomes) => outcomes,
             Err(trap) => Err(CallError::Trap(format!("{trap:#}"))),
-        }
+        };
+        result.map(|outcomes| (outcomes, store.data().unanswered_requests()))
     }
+}
+
+/// What one call came to.
+#[derive(Debug)]
+pub struct CallReport {
+    /// One outcome per delivery, in order.
+    pub outcomes: Vec<Outcome>,
+    /// HTTP requests of the call that timed out: the vendor may have acted on them.
+    pub unanswered_requests: u32,
 }
 
 fn fit_outcomes(mut outcomes: Vec<Outcome>, expected: usize) -> Vec<Outcome> {

@@ -102,6 +102,9 @@ pub struct RetryRecord {
     /// Sent back from the DLQ by an operator: skipped only if delivered, not if dead-lettered.
     #[serde(default)]
     pub replayed: bool,
+    /// Where the last try went, so the next one can fail over (or stay, after a timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<crate::route::RouteHint>,
 }
 
 /// `Priority` as it is written in records.
@@ -394,6 +397,10 @@ mod tests {
                 offset: 42,
             },
             last_reason: "503".into(),
+            route: Some(crate::route::RouteHint {
+                vendor: "sms-acme".into(),
+                timed_out: true,
+            }),
             last_was_plugin_fault: false,
             replayed: false,
         };

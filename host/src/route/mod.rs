@@ -1,17 +1,74 @@
-//! Routing: which plugin serves a delivery of a channel, in proportion to the configured weights.
+//! Routing: which vendor (plugin) serves a delivery of a channel.
 //!
-//! Smooth weighted round-robin (as nginx balances upstreams): exact proportions over any window
-//! of one cycle, and no burst of one vendor, which a random choice would give at small volumes.
+//! Owns the live weights, the choice between a channel's vendors, and where a retried delivery
+//! goes next:
+//! - **weights**: the config file is the baseline; operators change them live
+//!   ([`Router::set_weights`]), and changes are kept in the state directory across restarts.
+//!   A weight of 0 drains a vendor: it gets nothing new, and what it holds finishes.
+//! - **health**: a vendor whose breaker is open ([`health`]) is skipped, so its share goes to
+//!   the healthy vendors of its channel. When every vendor of a channel is ejected, the choice
+//!   ignores health: the deliveries still go out by weight and their retries back off, rather
+//!   than waiting in memory for a vendor to come back.
+//! - **failover**: a delivery retried after a vendor's `retry` answer goes to another vendor of
+//!   its channel when one is healthy (same idempotency key). A delivery whose last try timed
+//!   out stays on the same vendor (see [`RouteHint`]).
+//!
+//! The choice is smooth weighted round-robin (as nginx balances upstreams): exact proportions
+//! over any window of one cycle, and no burst of one vendor, which a random choice would give at
+//! small volumes. Skipping a vendor leaves it out of that round's total, as nginx does for a
+//! down peer.
+
+pub mod fallback;
+pub mod health;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::telemetry::events;
+use health::Health;
+
+/// Where a retried delivery went last, so the router can fail it over, or keep it in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteHint {
+    /// The vendor (plugin name) of the last try.
+    pub vendor: String,
+    /// The last try timed out: the vendor may have delivered it. Such a delivery is tried again
+    /// on the same vendor with the same idempotency key, so a vendor that deduplicates by key
+    /// (or the recipient's device) sees one message, never two from two vendors. It moves only
+    /// once that vendor is drained (weight 0) or gone from the channel.
+    pub timed_out: bool,
+}
+
+/// Why weights could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("no channel `{0}` is configured")]
+    UnknownChannel(String),
+    #[error("channel `{channel}` has no vendor `{vendor}`; its vendors are: {known}")]
+    UnknownVendor {
+        channel: String,
+        vendor: String,
+        known: String,
+    },
+    #[error(
+        "every weight of channel `{0}` would be 0; keep at least one vendor above 0 (a weight of 0 drains one vendor)"
+    )]
+    AllZero(String),
+    #[error("could not keep the weights in {path}: {source}")]
+    Persist {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 /// The weighted choice for one channel.
 #[derive(Debug)]
 struct SmoothWeighted {
-    /// (plugin, weight, current score).
+    /// (plugin, weight, current score), weights above 0 only.
     vendors: Vec<(String, i64, i64)>,
-    total: i64,
 }
 
 impl SmoothWeighted {
@@ -21,37 +78,119 @@ impl SmoothWeighted {
             .filter(|(_, w)| **w > 0)
             .map(|(name, w)| (name.clone(), i64::from(*w), 0))
             .collect();
-        let total = vendors.iter().map(|(_, w, _)| w).sum();
-        Self { vendors, total }
+        Self { vendors }
     }
 
-    fn next(&mut self) -> Option<&str> {
-        for vendor in &mut self.vendors {
-            vendor.2 += vendor.1;
+    /// The next vendor among those `eligible` admits; `None` when it admits none.
+    fn next_among(&mut self, eligible: impl Fn(&str) -> bool) -> Option<String> {
+        let mut total = 0;
+        let mut best: Option<usize> = None;
+        for i in 0..self.vendors.len() {
+            if !eligible(&self.vendors[i].0) {
+                continue;
+            }
+            self.vendors[i].2 += self.vendors[i].1;
+            total += self.vendors[i].1;
+            // Highest score wins; ties go to the first vendor, so the order is deterministic.
+            if best.is_none_or(|b| self.vendors[i].2 > self.vendors[b].2) {
+                best = Some(i);
+            }
         }
-        // Highest score wins; ties go to the first vendor, so the order is deterministic.
-        let best =
-            (0..self.vendors.len()).max_by_key(|i| (self.vendors[*i].2, std::cmp::Reverse(*i)))?;
-        self.vendors[best].2 -= self.total;
-        Some(&self.vendors[best].0)
+        let best = best?;
+        self.vendors[best].2 -= total;
+        Some(self.vendors[best].0.clone())
+    }
+
+    fn weight_of(&self, vendor: &str) -> u32 {
+        self.vendors
+            .iter()
+            .find(|v| v.0 == vendor)
+            .map_or(0, |v| v.1 as u32)
     }
 }
 
-/// Channel → plugin choice.
-#[derive(Debug, Default)]
-pub struct ChannelRouter {
-    channels: HashMap<String, Mutex<SmoothWeighted>>,
+/// One channel's weights and its choice.
+#[derive(Debug)]
+struct Channel {
+    /// The config file's weights.
+    baseline: BTreeMap<String, u32>,
+    /// The weights in force.
+    current: BTreeMap<String, u32>,
+    choice: SmoothWeighted,
 }
 
-impl ChannelRouter {
-    /// A router over `channels` (channel → plugin → weight).
-    pub fn new(channels: &BTreeMap<String, BTreeMap<String, u32>>) -> Self {
+/// Channel → vendor choice, with live weights and health.
+#[derive(Debug)]
+pub struct Router {
+    channels: HashMap<String, Mutex<Channel>>,
+    health: Arc<Health>,
+    /// Where changed weights are kept; `None` keeps them in memory only.
+    state_file: Option<PathBuf>,
+    /// Serialises writes of the state file.
+    persist: Mutex<()>,
+}
+
+impl Router {
+    /// A router over `channels` (channel → plugin → weight from the config), applying the weights
+    /// kept in `state_file` when it exists. Kept weights for vendors no longer in a channel are
+    /// ignored, with a warning.
+    pub fn new(
+        channels: &BTreeMap<String, BTreeMap<String, u32>>,
+        health: Arc<Health>,
+        state_file: Option<PathBuf>,
+    ) -> Self {
+        let kept = state_file.as_deref().map(read_kept).unwrap_or_default();
+        let channels = channels
+            .iter()
+            .map(|(name, baseline)| {
+                let mut current = baseline.clone();
+                if let Some(kept) = kept.get(name) {
+                    for (vendor, weight) in kept {
+                        match current.get_mut(vendor) {
+                            Some(w) => *w = *weight,
+                            None => tracing::warn!(
+                                channel = %name,
+                                vendor = %vendor,
+                                "a kept weight names a vendor the channel no longer has; ignored"
+                            ),
+                        }
+                    }
+                    if current.values().all(|w| *w == 0) {
+                        tracing::warn!(channel = %name, "kept weights are all 0; using the config's");
+                        current = baseline.clone();
+                    }
+                }
+                let channel = Channel {
+                    choice: SmoothWeighted::new(&current),
+                    baseline: baseline.clone(),
+                    current,
+                };
+                (name.clone(), Mutex::new(channel))
+            })
+            .collect();
         Self {
-            channels: channels
-                .iter()
-                .map(|(c, w)| (c.clone(), Mutex::new(SmoothWeighted::new(w))))
-                .collect(),
+            channels,
+            health,
+            state_file,
+            persist: Mutex::new(()),
         }
+    }
+
+    /// A router with the config's weights, every vendor healthy, nothing kept.
+    pub fn from_config(config: &crate::Config) -> Self {
+        let health = Arc::new(Health::new(&config.health, config.plugins.keys()));
+        Self::new(&config.channels, health, None)
+    }
+
+    /// The vendors' health and breakers.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    fn channel(&self, name: &str) -> Option<std::sync::MutexGuard<'_, Channel>> {
+        self.channels
+            .get(name)
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// True when `channel` is configured.
@@ -59,38 +198,253 @@ impl ChannelRouter {
         self.channels.contains_key(channel)
     }
 
-    /// The plugin for the next delivery of `channel`.
-    pub fn pick(&self, channel: &str) -> Option<String> {
-        let mut choice = self
-            .channels
-            .get(channel)?
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        choice.next().map(str::to_string)
+    /// The configured channels.
+    pub fn channel_names(&self) -> Vec<String> {
+        let mut names: Vec<_> = self.channels.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The vendor for the next delivery of `channel`; `hint` says where it went last, if it is
+    /// a retry. `None` only for an unknown channel.
+    pub fn pick(&self, channel: &str, hint: Option<&RouteHint>) -> Option<String> {
+        let mut channel = self.channel(channel)?;
+        let health = &self.health;
+        if let Some(hint) = hint
+            && hint.timed_out
+            && channel.choice.weight_of(&hint.vendor) > 0
+        {
+            health.take(&hint.vendor);
+            return Some(hint.vendor.clone());
+        }
+        let avoid = hint.map(|h| h.vendor.as_str());
+        let vendor = channel
+            .choice
+            .next_among(|v| Some(v) != avoid && health.admits(v))
+            .or_else(|| channel.choice.next_among(|v| health.admits(v)))
+            .or_else(|| channel.choice.next_among(|_| true))?;
+        health.take(&vendor);
+        Some(vendor)
+    }
+
+    /// The weights of `channel` in force.
+    pub fn weights(&self, channel: &str) -> Option<BTreeMap<String, u32>> {
+        self.channel(channel).map(|c| c.current.clone())
+    }
+
+    /// The config file's weights of `channel`.
+    pub fn baseline(&self, channel: &str) -> Option<BTreeMap<String, u32>> {
+        self.channel(channel).map(|c| c.baseline.clone())
+    }
+
+    /// Changes the weights of the vendors named in `changes` (the others keep theirs), keeps
+    /// them across restarts, and returns the weights now in force.
+    pub fn set_weights(
+        &self,
+        channel: &str,
+        changes: &BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, u32>, WeightError> {
+        let current = {
+            let mut state = self
+                .channel(channel)
+                .ok_or_else(|| WeightError::UnknownChannel(channel.to_string()))?;
+            let mut next = state.current.clone();
+            for (vendor, weight) in changes {
+                match next.get_mut(vendor) {
+                    Some(w) => *w = *weight,
+                    None => {
+                        return Err(WeightError::UnknownVendor {
+                            channel: channel.to_string(),
+                            vendor: vendor.clone(),
+                            known: next.keys().cloned().collect::<Vec<_>>().join(", "),
+                        });
+                    }
+                }
+            }
+            if next.values().all(|w| *w == 0) {
+                return Err(WeightError::AllZero(channel.to_string()));
+            }
+            state.choice = SmoothWeighted::new(&next);
+            state.current = next.clone();
+            next
+        };
+        self.keep()?;
+        events::WeightsChanged {
+            channel,
+            weights: &current,
+        }
+        .emit();
+        Ok(current)
+    }
+
+    /// Puts `channel` back on the config file's weights.
+    pub fn reset_weights(&self, channel: &str) -> Result<BTreeMap<String, u32>, WeightError> {
+        let baseline = self
+            .baseline(channel)
+            .ok_or_else(|| WeightError::UnknownChannel(channel.to_string()))?;
+        self.set_weights(channel, &baseline)
+    }
+
+    /// Writes every channel's weights that differ from the config file's to the state file.
+    fn keep(&self) -> Result<(), WeightError> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let _writing = self.persist.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = BTreeMap::new();
+        for (name, channel) in &self.channels {
+            let channel = channel.lock().unwrap_or_else(|p| p.into_inner());
+            if channel.current != channel.baseline {
+                kept.insert(name.clone(), channel.current.clone());
+            }
+        }
+        let text = serde_json::to_vec_pretty(&kept).unwrap_or_default();
+        crate::state::write_atomically(path, &text).map_err(|source| WeightError::Persist {
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
+/// The weights kept in `path`; none when it is missing or unreadable (with a warning).
+fn read_kept(path: &std::path::Path) -> BTreeMap<String, BTreeMap<String, u32>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+            tracing::warn!(path = %path.display(), %error, "kept weights unreadable; using the config's");
+            BTreeMap::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "kept weights unreadable; using the config's");
+            BTreeMap::new()
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HealthConfig;
+    use health::CallTally;
+
+    fn router(weights: &[(&str, u32)], state_file: Option<PathBuf>) -> (Router, Arc<Health>) {
+        let weights: BTreeMap<String, u32> =
+            weights.iter().map(|(v, w)| (v.to_string(), *w)).collect();
+        let health = Arc::new(Health::new(
+            &HealthConfig {
+                min_calls: 4,
+                ..HealthConfig::default()
+            },
+            weights.keys(),
+        ));
+        let channels = BTreeMap::from([("sms".to_string(), weights)]);
+        (Router::new(&channels, health.clone(), state_file), health)
+    }
+
+    fn split(router: &Router, picks: usize, hint: Option<&RouteHint>) -> BTreeMap<String, u32> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..picks {
+            *counts
+                .entry(router.pick("sms", hint).unwrap_or_default())
+                .or_default() += 1;
+        }
+        counts
+    }
 
     #[test]
     fn split_follows_the_weights_exactly_per_cycle() {
-        let weights = BTreeMap::from([
-            ("a".to_string(), 70),
-            ("b".to_string(), 30),
-            ("c".to_string(), 0),
-        ]);
-        let router = ChannelRouter::new(&BTreeMap::from([("sms".to_string(), weights)]));
-        let mut counts: HashMap<String, u32> = HashMap::new();
-        for _ in 0..10_000 {
-            *counts
-                .entry(router.pick("sms").unwrap_or_default())
-                .or_default() += 1;
-        }
+        let (router, _) = router(&[("a", 70), ("b", 30), ("c", 0)], None);
+        let counts = split(&router, 10_000, None);
         assert_eq!(counts.get("a"), Some(&7000));
         assert_eq!(counts.get("b"), Some(&3000));
         assert_eq!(counts.get("c"), None, "weight 0 gets nothing");
-        assert_eq!(router.pick("push"), None);
+        assert_eq!(router.pick("push", None), None);
+    }
+
+    #[test]
+    fn live_weights_change_the_split_and_survive_a_restart() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("weights.json");
+        let (router1, _) = router(&[("a", 50), ("b", 50)], Some(file.clone()));
+        let now = router1.set_weights("sms", &BTreeMap::from([("a".to_string(), 0)]))?;
+        assert_eq!(now, BTreeMap::from([("a".into(), 0), ("b".into(), 50)]));
+        assert_eq!(split(&router1, 100, None).get("a"), None, "a is drained");
+        let (router2, _) = router(&[("a", 50), ("b", 50)], Some(file.clone()));
+        assert_eq!(router2.weights("sms"), Some(now), "kept across a restart");
+        router2.reset_weights("sms")?;
+        let (router3, _) = router(&[("a", 50), ("b", 50)], Some(file));
+        assert_eq!(
+            split(&router3, 100, None).get("a"),
+            Some(&50),
+            "back on the config's"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_weight_changes_are_refused_and_change_nothing() {
+        let (router, _) = router(&[("a", 50), ("b", 50)], None);
+        let unknown = router.set_weights("sms", &BTreeMap::from([("zz".to_string(), 5)]));
+        assert!(matches!(unknown, Err(WeightError::UnknownVendor { .. })));
+        let zero = router.set_weights(
+            "sms",
+            &BTreeMap::from([("a".to_string(), 0), ("b".to_string(), 0)]),
+        );
+        assert!(matches!(zero, Err(WeightError::AllZero(_))));
+        let channel = router.set_weights("push", &BTreeMap::new());
+        assert!(matches!(channel, Err(WeightError::UnknownChannel(_))));
+        assert_eq!(
+            router.weights("sms"),
+            Some(BTreeMap::from([("a".into(), 50), ("b".into(), 50)]))
+        );
+    }
+
+    #[test]
+    fn an_ejected_vendor_share_goes_to_the_others() {
+        let (router, health) = router(&[("a", 50), ("b", 30), ("c", 20)], None);
+        health.record(
+            "a",
+            &CallTally {
+                errors: 10,
+                ..CallTally::default()
+            },
+        );
+        let counts = split(&router, 1000, None);
+        assert_eq!(counts.get("a"), None, "ejected");
+        assert_eq!(counts.get("b"), Some(&600), "b keeps 30:20 against c");
+        assert_eq!(counts.get("c"), Some(&400));
+    }
+
+    #[test]
+    fn retries_fail_over_unless_they_timed_out() {
+        let (router, health) = router(&[("a", 50), ("b", 50)], None);
+        let after_a = RouteHint {
+            vendor: "a".into(),
+            timed_out: false,
+        };
+        assert_eq!(split(&router, 10, Some(&after_a)).get("b"), Some(&10));
+        let timed_out = RouteHint {
+            vendor: "a".into(),
+            timed_out: true,
+        };
+        assert_eq!(split(&router, 10, Some(&timed_out)).get("a"), Some(&10));
+        // Every other vendor ejected: the retry goes back to the one it came from.
+        health.record(
+            "b",
+            &CallTally {
+                errors: 10,
+                ..CallTally::default()
+            },
+        );
+        assert_eq!(split(&router, 4, Some(&after_a)).get("a"), Some(&4));
+        // Every vendor ejected: deliveries still go out by weight.
+        health.record(
+            "a",
+            &CallTally {
+                errors: 10,
+                ..CallTally::default()
+            },
+        );
+        assert_eq!(split(&router, 10, None).values().sum::<u32>(), 10);
     }
 }

@@ -175,3 +175,193 @@ impl LanePaused<'_> {
         );
     }
 }
+
+/// A vendor's breaker opened: its errors and timeouts passed the threshold, and it gets no new
+/// deliveries until probes restore it.
+pub struct VendorEjected<'a> {
+    pub vendor: &'a str,
+    pub error_percent: f64,
+    pub deliveries: u64,
+    pub open_for: Duration,
+}
+
+impl VendorEjected<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "vendor_ejected",
+            vendor = self.vendor,
+            error_percent = self.error_percent,
+            deliveries = self.deliveries,
+            open_for_ms = self.open_for.as_millis() as u64,
+            "vendor ejected: its share goes to the other vendors of its channels"
+        );
+    }
+}
+
+/// An ejected vendor's wait is over: a few deliveries probe it.
+pub struct VendorProbing<'a> {
+    pub vendor: &'a str,
+}
+
+impl VendorProbing<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "vendor_probing",
+            vendor = self.vendor,
+            "probing an ejected vendor"
+        );
+    }
+}
+
+/// A probe failed: the vendor stays ejected, for longer.
+pub struct VendorProbeFailed<'a> {
+    pub vendor: &'a str,
+    pub open_for: Duration,
+}
+
+impl VendorProbeFailed<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "vendor_probe_failed",
+            vendor = self.vendor,
+            open_for_ms = self.open_for.as_millis() as u64,
+            "probe failed: vendor stays ejected"
+        );
+    }
+}
+
+/// Probes succeeded: the vendor takes its share again.
+pub struct VendorRestored<'a> {
+    pub vendor: &'a str,
+}
+
+impl VendorRestored<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "vendor_restored",
+            vendor = self.vendor,
+            "vendor restored"
+        );
+    }
+}
+
+/// An operator changed a channel's weights.
+pub struct WeightsChanged<'a> {
+    pub channel: &'a str,
+    pub weights: &'a std::collections::BTreeMap<String, u32>,
+}
+
+impl WeightsChanged<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "weights_changed",
+            channel = self.channel,
+            weights = ?self.weights,
+            "channel weights changed"
+        );
+    }
+}
+
+/// A plugin version became active (uploaded, dropped in the watched directory, rolled back to,
+/// or restored at start).
+pub struct PluginActivated<'a> {
+    pub plugin: &'a str,
+    pub version: &'a str,
+    pub id: &'a str,
+    pub previous_id: &'a str,
+    pub source: &'a str,
+}
+
+impl PluginActivated<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "plugin_activated",
+            plugin = self.plugin,
+            version = self.version,
+            id = self.id,
+            previous_id = self.previous_id,
+            source = self.source,
+            "plugin version activated"
+        );
+    }
+}
+
+/// A new plugin version was refused; the active one stays.
+pub struct PluginRefused<'a> {
+    pub plugin: &'a str,
+    pub source: &'a str,
+    pub reason: &'a dyn std::fmt::Display,
+}
+
+impl PluginRefused<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "plugin_refused",
+            plugin = self.plugin,
+            source = self.source,
+            reason = %self.reason,
+            "plugin version refused; the active version stays"
+        );
+    }
+}
+
+/// A canary version started taking a share of a plugin's calls.
+pub struct CanaryStarted<'a> {
+    pub plugin: &'a str,
+    pub id: &'a str,
+    pub percent: u8,
+}
+
+impl CanaryStarted<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "canary_started",
+            plugin = self.plugin,
+            id = self.id,
+            percent = self.percent,
+            "canary started"
+        );
+    }
+}
+
+/// A canary ended: rolled back (by an operator or automatically) or promoted.
+pub struct CanaryEnded<'a> {
+    pub plugin: &'a str,
+    pub id: &'a str,
+    pub how: &'a str,
+    pub reason: &'a str,
+}
+
+impl CanaryEnded<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "canary_ended",
+            plugin = self.plugin,
+            id = self.id,
+            how = self.how,
+            reason = self.reason,
+            "canary ended"
+        );
+    }
+}
+
+/// A delivery that failed permanently was re-sent on its fallback channel.
+pub struct DeliveryFellBack<'a> {
+    pub key: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub reason: &'a str,
+}
+
+impl DeliveryFellBack<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "delivery_fell_back",
+            key = self.key,
+            from = self.from,
+            to = self.to,
+            reason = self.reason,
+            "delivery re-sent on its fallback channel"
+        );
+    }
+}

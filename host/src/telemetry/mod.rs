@@ -57,6 +57,8 @@ pub struct Counters {
     pub deliveries_skipped_done: AtomicU64,
     /// Dedup lookups or marks that failed.
     pub dedup_errors: AtomicU64,
+    /// Permanently failed deliveries re-sent on their channel's fallback channel.
+    pub deliveries_fallen_back: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -74,6 +76,7 @@ pub struct CountersSnapshot {
     pub retries: u64,
     pub deliveries_skipped_done: u64,
     pub dedup_errors: u64,
+    pub deliveries_fallen_back: u64,
 }
 
 impl CountersSnapshot {
@@ -103,6 +106,7 @@ impl Counters {
             retries: r(&self.retries),
             deliveries_skipped_done: r(&self.deliveries_skipped_done),
             dedup_errors: r(&self.dedup_errors),
+            deliveries_fallen_back: r(&self.deliveries_fallen_back),
         }
     }
 }

@@ -329,7 +329,7 @@ async fn records_reach_fcm_exactly_once_through_the_native_adapter() {
     };
     let host = start_with(config, options).await.unwrap();
     assert!(
-        host.plugins.iter().all(|p| p.is_native()),
+        host.registry.slots().all(|s| s.active().plugin.is_native()),
         "the fcm plugin is not native"
     );
     produce(&brokers, topic, 1000, |i| {

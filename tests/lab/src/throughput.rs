@@ -202,9 +202,10 @@ async fn pipeline(
     let (first_at, first_count) = first.unwrap_or((Instant::now(), 0));
     let elapsed = first_at.elapsed();
     let call_p99 = host
-        .plugins
-        .first()
-        .and_then(|p| p.counters.duration_at(0.99))
+        .registry
+        .slots()
+        .next()
+        .and_then(|s| s.active().plugin.counters.duration_at(0.99))
         .unwrap_or_default();
     host.stop().await?;
     if let Some(producer) = producer {
