@@ -76,6 +76,9 @@ pub fn demo_config(
     let data = fresh_data_dir();
     config.dedup.data_dir = data.join("dedup");
     config.history.path = data.join("history.sqlite3");
+    config.state_dir = Some(data.join("state"));
+    // Any free port: tests run many hosts at once, and the demo's console is not the point.
+    config.admin.listen = "127.0.0.1:0".into();
     config.plugins.insert(
         "fcm".into(),
         PluginConfig {
@@ -246,6 +249,7 @@ impl DemoVendors {
         );
         config.dedup.data_dir = self.work_dir.join("dedup");
         config.history.path = self.work_dir.join("history.sqlite3");
+        config.state_dir = Some(self.work_dir.join("state"));
         let ca_file = self.work_dir.join("apns-ca.pem");
         std::fs::write(&ca_file, self.apns.ca_pem.clone().unwrap_or_default())
             .with_context(|| format!("writing {}", ca_file.display()))?;
