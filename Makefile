@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR
 WASM_OUT := $(CARGO_TARGET_DIR)/wasm32-wasip2/release
 BIN := $(CARGO_TARGET_DIR)/release
 PLUGINS := fcm apns alimtalk-nhn sms-twilio sms-nhn
-GUESTS := misbehave missing_deliver extra_import
+GUESTS := misbehave missing_deliver extra_import flaky_fcm
 MESSAGES ?= 20000
 # A Redis of the project's own, on loopback, for the Redis dedup tests.
 REDIS_PORT ?= 6390

@@ -181,6 +181,8 @@ pub struct DemoVendors {
     pub alimtalk: vendorsim::RunningSim,
     pub sms_twilio: vendorsim::RunningSim,
     pub sms_nhn: vendorsim::RunningSim,
+    /// Every send request the NHN SMS simulator received (its text and recipient count).
+    pub sms_nhn_requests: std::sync::Arc<vendorsim::nhn::RequestLog>,
     account: vendorsim::ServiceAccount,
     apns_key: vendorsim::apns::ApnsKey,
     twilio_basic_auth: String,
@@ -199,6 +201,12 @@ const TWILIO_SID: &str = "ACdemo00000000000000000000000000";
 impl DemoVendors {
     /// Starts every simulator with `latency` (and half of it as jitter).
     pub async fn start(latency: Duration) -> anyhow::Result<Self> {
+        Self::start_with(latency, &[]).await
+    }
+
+    /// As [`DemoVendors::start`], with `not_kakao_users`: numbers the Alimtalk simulator answers
+    /// with -3018 (not a KakaoTalk user), for the fallback to SMS.
+    pub async fn start_with(latency: Duration, not_kakao_users: &[String]) -> anyhow::Result<Self> {
         let faults = vendorsim::Faults {
             latency: vendorsim::Latency {
                 mean: latency,
@@ -216,8 +224,10 @@ impl DemoVendors {
             vendorsim::nhn::AlimtalkConfig::new(NHN_APPKEY, NHN_SECRET, ALIMTALK_SENDER)
                 .template(ALIMTALK_TEMPLATE, &["name", "order"]);
         alimtalk.faults = faults.clone();
+        alimtalk.not_kakao_users = not_kakao_users.iter().cloned().collect();
         let mut sms_nhn = vendorsim::nhn::SmsConfig::new(NHN_APPKEY, NHN_SECRET, SMS_SEND_NO);
         sms_nhn.faults = faults.clone();
+        let sms_nhn_requests = sms_nhn.requests.clone();
         let twilio_token: String = format!("{:032x}", rand::random::<u128>());
         let mut twilio = vendorsim::twilio::TwilioConfig::new(TWILIO_SID, &twilio_token);
         twilio.faults = faults;
@@ -231,6 +241,7 @@ impl DemoVendors {
             alimtalk: vendorsim::nhn::start_alimtalk(alimtalk).await?,
             sms_twilio: vendorsim::twilio::start(twilio).await?,
             sms_nhn: vendorsim::nhn::start_sms(sms_nhn).await?,
+            sms_nhn_requests,
             account,
             apns_key,
             twilio_basic_auth,

@@ -453,6 +453,9 @@ impl Feed {
                 .router
                 .pick(&channel, route.as_ref())
                 .unwrap_or_default();
+            if route.as_ref().is_some_and(|r| r.vendor != plugin) {
+                counters.deliveries_failed_over.fetch_add(1, Relaxed);
+            }
             let job = Job::new(
                 delivery,
                 class,

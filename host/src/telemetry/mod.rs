@@ -59,6 +59,8 @@ pub struct Counters {
     pub dedup_errors: AtomicU64,
     /// Permanently failed deliveries re-sent on their channel's fallback channel.
     pub deliveries_fallen_back: AtomicU64,
+    /// Retried deliveries routed to another vendor than their last try's.
+    pub deliveries_failed_over: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -77,6 +79,7 @@ pub struct CountersSnapshot {
     pub deliveries_skipped_done: u64,
     pub dedup_errors: u64,
     pub deliveries_fallen_back: u64,
+    pub deliveries_failed_over: u64,
 }
 
 impl CountersSnapshot {
@@ -107,6 +110,7 @@ impl Counters {
             deliveries_skipped_done: r(&self.deliveries_skipped_done),
             dedup_errors: r(&self.dedup_errors),
             deliveries_fallen_back: r(&self.deliveries_fallen_back),
+            deliveries_failed_over: r(&self.deliveries_failed_over),
         }
     }
 }

@@ -257,4 +257,5 @@ fn transport_outcome(error: HttpError) -> Classified {
     Classified::Outcome(Outcome::retry(format!("http {error}"), None))
 }
 
+#[cfg(feature = "export")]
 switchboard_sdk::export_adapter!(Fcm);
