@@ -76,6 +76,8 @@ pub fn demo_config(
     let data = fresh_data_dir();
     config.dedup.data_dir = data.join("dedup");
     config.history.path = data.join("history.sqlite3");
+    config.runtime.artifact_cache_dir = data.join("artifacts");
+    config.runtime.artifact_key_file = data.join("artifact-key");
     config.plugins.insert(
         "fcm".into(),
         PluginConfig {
@@ -246,6 +248,8 @@ impl DemoVendors {
         );
         config.dedup.data_dir = self.work_dir.join("dedup");
         config.history.path = self.work_dir.join("history.sqlite3");
+        config.runtime.artifact_cache_dir = self.work_dir.join("artifacts");
+        config.runtime.artifact_key_file = self.work_dir.join("artifact-key");
         let ca_file = self.work_dir.join("apns-ca.pem");
         std::fs::write(&ca_file, self.apns.ca_pem.clone().unwrap_or_default())
             .with_context(|| format!("writing {}", ca_file.display()))?;
