@@ -405,6 +405,20 @@ pub struct RuntimeConfig {
     /// and HTTP connections run there, so bulk work queued on the shared threads never delays
     /// them. 0 runs realtime on the shared threads.
     pub realtime_threads: usize,
+    /// Keep each plugin's compiled machine code in `artifact_cache_dir`, so the next load of the
+    /// same component (a restart, a reload) takes milliseconds instead of compiling it again for
+    /// seconds. `false` compiles on every load.
+    pub artifact_cache: bool,
+    /// Directory of the compiled artifacts; relative paths resolve against the config file. It
+    /// need not be trusted: an artifact is loaded only when its tag verifies under
+    /// `artifact_key_file`, and is otherwise deleted and compiled again. It may be shared by
+    /// hosts that share the key file.
+    pub artifact_cache_dir: PathBuf,
+    /// The host's secret key for the artifacts' tags: 32 random bytes, made with mode 0600 when
+    /// the file is missing. Relative paths resolve against the config file. It must lie outside
+    /// `artifact_cache_dir`, and be writable and readable by the host alone: whoever holds it can
+    /// have the host run machine code of their choosing.
+    pub artifact_key_file: PathBuf,
 }
 
 impl Default for RuntimeConfig {
@@ -413,6 +427,9 @@ impl Default for RuntimeConfig {
             max_instances: 256,
             epoch_tick_ms: 5,
             realtime_threads: 1,
+            artifact_cache: true,
+            artifact_cache_dir: PathBuf::from("data/artifacts"),
+            artifact_key_file: PathBuf::from("data/artifact-key"),
         }
     }
 }
@@ -859,6 +876,16 @@ impl Config {
         {
             return Err(invalid(format!("history.{field}"), reason));
         }
+        if self.runtime.artifact_cache
+            && self
+                .resolve(&self.runtime.artifact_key_file)
+                .starts_with(self.resolve(&self.runtime.artifact_cache_dir))
+        {
+            return Err(invalid(
+                "runtime.artifact_key_file".into(),
+                "must lie outside runtime.artifact_cache_dir: the key is the host's secret, the cache directory is not".into(),
+            ));
+        }
         if self.dispatch.retry_max_attempts == 0 {
             return Err(invalid(
                 "dispatch.retry_max_attempts".into(),
@@ -1051,6 +1078,28 @@ mod tests {
             config.plugins["fcm"].secrets.get("service_account_key"),
             Some(SecretSource::Env(_))
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn the_artifact_key_must_lie_outside_the_artifact_cache() -> anyhow::Result<()> {
+        let defaults = Config::parse(MINIMAL, Path::new("t.toml"))?;
+        assert!(defaults.runtime.artifact_cache);
+        assert_eq!(
+            defaults.runtime.artifact_cache_dir,
+            PathBuf::from("data/artifacts")
+        );
+        let text = format!(
+            "[runtime]\nartifact_cache_dir = \"cache\"\nartifact_key_file = \"cache/key\"\n{MINIMAL}"
+        );
+        let err = Config::parse(&text, Path::new("t.toml"))?
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("runtime.artifact_key_file"), "{err}");
+        let off = text.replace("[runtime]\n", "[runtime]\nartifact_cache = false\n");
+        Config::parse(&off, Path::new("t.toml"))?.validate()?;
         Ok(())
     }
 

@@ -79,6 +79,8 @@ pub fn demo_config(
     config.state_dir = Some(data.join("state"));
     // Any free port: tests run many hosts at once, and the demo's console is not the point.
     config.admin.listen = "127.0.0.1:0".into();
+    config.runtime.artifact_cache_dir = data.join("artifacts");
+    config.runtime.artifact_key_file = data.join("artifact-key");
     config.plugins.insert(
         "fcm".into(),
         PluginConfig {
@@ -261,6 +263,8 @@ impl DemoVendors {
         config.dedup.data_dir = self.work_dir.join("dedup");
         config.history.path = self.work_dir.join("history.sqlite3");
         config.state_dir = Some(self.work_dir.join("state"));
+        config.runtime.artifact_cache_dir = self.work_dir.join("artifacts");
+        config.runtime.artifact_key_file = self.work_dir.join("artifact-key");
         let ca_file = self.work_dir.join("apns-ca.pem");
         std::fs::write(&ca_file, self.apns.ca_pem.clone().unwrap_or_default())
             .with_context(|| format!("writing {}", ca_file.display()))?;

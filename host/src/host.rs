@@ -15,6 +15,7 @@ use crate::dispatch::{Dispatcher, PluginLane};
 use crate::ingest::EmbeddedKafka;
 use crate::ingest::budget::Budget;
 use crate::ingest::consumer::{Ingest, IngestShared, Source};
+use crate::plugin::artifacts::ArtifactCache;
 use crate::plugin::capabilities::AllowedHost;
 use crate::plugin::registry::{PluginSpec, Registry};
 use crate::plugin::{NativePlugins, PluginLimits, PluginRuntime};
@@ -39,6 +40,8 @@ pub struct RunningHost {
     pub router: Arc<Router>,
     /// The memory budget, per lane and in total.
     pub budget: Arc<Budget>,
+    /// The precompiled-artifact cache the plugins were loaded through, when it is on.
+    pub artifacts: Option<Arc<ArtifactCache>>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// The realtime lane's threads; stopped after the host task.
@@ -99,6 +102,28 @@ pub struct StartOptions {
     /// Configured plugins served by an adapter linked into the program instead of their
     /// component file, e.g. to measure what the sandbox costs. Each name must be configured.
     pub native_plugins: NativePlugins,
+}
+
+/// The artifact cache `[runtime]` configures, or `None` when it is off or cannot be opened (then
+/// every load compiles, as without it; the reason is logged).
+fn open_artifact_cache(config: &Config) -> Option<Arc<ArtifactCache>> {
+    if !config.runtime.artifact_cache {
+        return None;
+    }
+    let dir = config.resolve(&config.runtime.artifact_cache_dir);
+    let key_file = config.resolve(&config.runtime.artifact_key_file);
+    match ArtifactCache::open(&dir, &key_file) {
+        Ok(cache) => Some(Arc::new(cache)),
+        Err(error) => {
+            crate::telemetry::events::ArtifactCacheUnavailable {
+                dir: &dir,
+                key_file: &key_file,
+                error: &error,
+            }
+            .emit();
+            None
+        }
+    }
 }
 
 /// Loads the configured plugins into a registry over `runtime`, each with its first version
@@ -274,7 +299,12 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         .map(|p| (p.memory_mb as usize) << 20)
         .max()
         .unwrap_or(64 << 20);
-    let runtime = Arc::new(PluginRuntime::new(&config.runtime, max_memory)?);
+    let mut runtime = PluginRuntime::new(&config.runtime, max_memory)?;
+    let artifacts = open_artifact_cache(&config);
+    if let Some(cache) = &artifacts {
+        runtime = runtime.with_artifact_cache(cache.clone());
+    }
+    let runtime = Arc::new(runtime);
     let client = http_client(&extra_root_pems(&config)?)?;
     let realtime = RealtimeThreads::start(config.runtime.realtime_threads)?;
     // The realtime lane's HTTP pool of its own: a pooled connection is driven by the threads
@@ -293,6 +323,16 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         )
         .await?,
     );
+    if let Some(cache) = &artifacts {
+        let stats = cache.stats();
+        tracing::info!(
+            hits = stats.hits,
+            misses = stats.misses,
+            rejected = stats.rejected,
+            dir = %cache.dir().display(),
+            "plugins loaded through the artifact cache"
+        );
+    }
     let lanes = registry
         .slots()
         .map(|slot| {
@@ -446,6 +486,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         registry,
         router,
         budget,
+        artifacts,
         shutdown,
         task,
         _realtime: realtime,

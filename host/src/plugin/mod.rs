@@ -8,6 +8,7 @@
 //! A [`LoadedPlugin`] can also be an adapter crate linked natively (`native.rs`): no sandbox, the
 //! same capabilities, deadline and counters. It exists to measure what the sandbox costs.
 
+pub mod artifacts;
 mod bindings;
 pub mod capabilities;
 mod native;
@@ -24,6 +25,7 @@ use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
 };
 
+use artifacts::ArtifactCache;
 use bindings::AdapterPre;
 pub use bindings::http as bindings_http;
 pub use bindings::{Delivery, Outcome, PluginInfo, Priority, Rejection, RetryInfo};
@@ -111,6 +113,8 @@ pub struct PluginRuntime {
     /// The largest memory cap the pool can give; a plugin asking for more is clamped to it.
     max_memory_bytes: usize,
     ticker_stop: Arc<AtomicBool>,
+    /// Compiled components on disk; `None` compiles on every load.
+    artifacts: Option<Arc<ArtifactCache>>,
 }
 
 impl Drop for PluginRuntime {
@@ -162,7 +166,20 @@ impl PluginRuntime {
             linker,
             max_memory_bytes,
             ticker_stop,
+            artifacts: None,
         })
+    }
+
+    /// Loads components through `cache`: a component compiled before is deserialized from its
+    /// verified artifact instead of compiled again.
+    pub fn with_artifact_cache(mut self, cache: Arc<ArtifactCache>) -> Self {
+        self.artifacts = Some(cache);
+        self
+    }
+
+    /// The artifact cache loads go through, if any: its stats tell hits from compiles.
+    pub fn artifact_cache(&self) -> Option<&Arc<ArtifactCache>> {
+        self.artifacts.as_ref()
     }
 
     /// Compiles the component at `path`, checks it against the world, and runs `describe` and
@@ -233,8 +250,9 @@ impl PluginRuntime {
         }
     }
 
-    /// Compiles a component and checks it against the world. Cranelift compilation is CPU work
-    /// of up to seconds, so it runs off the async workers.
+    /// Compiles a component (or loads its artifact) and checks it against the world. Cranelift
+    /// compilation is CPU work of up to seconds, and the artifact is file I/O, so either runs off
+    /// the async workers.
     async fn compile(
         &self,
         plugin: &str,
@@ -246,10 +264,14 @@ impl PluginRuntime {
         };
         let engine = self.engine.clone();
         let owned = bytes.to_vec();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &owned))
-            .await
-            .map_err(|e| not_a_component(e.to_string()))?
-            .map_err(|e| not_a_component(format!("{e:#}")))?;
+        let (cache, name) = (self.artifacts.clone(), plugin.to_string());
+        let component = tokio::task::spawn_blocking(move || match cache {
+            Some(cache) => cache.load_or_compile(&engine, &name, &owned),
+            None => Component::new(&engine, &owned).map_err(anyhow::Error::from),
+        })
+        .await
+        .map_err(|e| not_a_component(e.to_string()))?
+        .map_err(|e| not_a_component(format!("{e:#}")))?;
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             plugin: plugin.to_string(),
             reason: format!("{e:#}"),

@@ -345,6 +345,27 @@ impl CanaryEnded<'_> {
     }
 }
 
+/// A precompiled plugin artifact was refused: its tag was missing or did not verify under this
+/// host's key, it could not be read, or wasmtime refused it. It was deleted, and the component
+/// is compiled again.
+pub struct ArtifactRejected<'a> {
+    pub plugin: &'a str,
+    pub path: &'a std::path::Path,
+    pub reason: &'a str,
+}
+
+impl ArtifactRejected<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "artifact_rejected",
+            plugin = self.plugin,
+            path = %self.path.display(),
+            reason = self.reason,
+            "precompiled artifact rejected; compiling the component again"
+        );
+    }
+}
+
 /// A delivery that failed permanently was re-sent on its fallback channel.
 pub struct DeliveryFellBack<'a> {
     pub key: &'a str,
@@ -362,6 +383,46 @@ impl DeliveryFellBack<'_> {
             to = self.to,
             reason = self.reason,
             "delivery re-sent on its fallback channel"
+        );
+    }
+}
+
+/// A compiled plugin could not be written to the artifact cache. The plugin loaded; its next
+/// load compiles again.
+pub struct ArtifactWriteFailed<'a> {
+    pub plugin: &'a str,
+    pub path: &'a std::path::Path,
+    pub error: &'a anyhow::Error,
+}
+
+impl ArtifactWriteFailed<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "artifact_write_failed",
+            plugin = self.plugin,
+            path = %self.path.display(),
+            error = %format!("{:#}", self.error),
+            "could not write the precompiled artifact"
+        );
+    }
+}
+
+/// The artifact cache is configured but cannot be used (usually its key file); every plugin
+/// load compiles.
+pub struct ArtifactCacheUnavailable<'a> {
+    pub dir: &'a std::path::Path,
+    pub key_file: &'a std::path::Path,
+    pub error: &'a anyhow::Error,
+}
+
+impl ArtifactCacheUnavailable<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "artifact_cache_unavailable",
+            dir = %self.dir.display(),
+            key_file = %self.key_file.display(),
+            error = %format!("{:#}", self.error),
+            "artifact cache off: every plugin load compiles"
         );
     }
 }

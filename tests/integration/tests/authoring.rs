@@ -155,6 +155,8 @@ async fn scaffold_build_check_test_load_and_deliver() {
     let mut config = switchboard::Config::default();
     config.dedup.data_dir = work.path().join("dedup");
     config.history.path = work.path().join("history.sqlite3");
+    config.runtime.artifact_cache_dir = work.path().join("artifacts");
+    config.runtime.artifact_key_file = work.path().join("artifact-key");
     config.plugins.insert(
         "acme-sms".into(),
         PluginConfig {
