@@ -135,8 +135,8 @@ impl Version {
 pub struct Canary {
     pub version: Arc<Version>,
     pub percent: u8,
-    /// When it started (seconds since the epoch): both versions are compared from then on.
-    pub started_at_s: u64,
+    /// When it started (ms since the epoch): both versions are compared from then on.
+    pub started_at_ms: u64,
 }
 
 /// A plugin's versions at one moment. Replaced whole on every change.
@@ -249,7 +249,7 @@ impl Slot {
             canary: lineup.canary.as_ref().map(|c| CanaryView {
                 version: c.version.view(),
                 percent: c.percent,
-                started_at_ms: c.started_at_s * 1000,
+                started_at_ms: c.started_at_ms,
             }),
             previous: lineup.previous.iter().rev().map(|v| v.view()).collect(),
             staged: lineup.staged.iter().map(|v| v.view()).collect(),
@@ -611,7 +611,7 @@ impl Registry {
         next.canary = Some(Canary {
             version: version.clone(),
             percent,
-            started_at_s: now_ms() / 1000,
+            started_at_ms: now_ms(),
         });
         slot.lineup.store(Arc::new(next));
         events::CanaryStarted {
@@ -656,7 +656,7 @@ impl Registry {
             how: how.to_string(),
             reason: reason.to_string(),
             at_ms,
-            after_ms: at_ms.saturating_sub(canary.started_at_s * 1000),
+            after_ms: at_ms.saturating_sub(canary.started_at_ms),
         });
     }
 
@@ -670,11 +670,11 @@ impl Registry {
                 continue;
             };
             let config = &self.canary;
-            let theirs = canary.version.totals(config.window_s, canary.started_at_s);
+            let theirs = canary.version.totals(config.window_s, canary.started_at_ms / 1000);
             if theirs.deliveries() < config.min_calls {
                 continue;
             }
-            let ours = lineup.active.totals(config.window_s, canary.started_at_s);
+            let ours = lineup.active.totals(config.window_s, canary.started_at_ms / 1000);
             let margin = config.margin_percent as f64;
             if theirs.error_percent() > ours.error_percent() + margin {
                 let reason = format!(

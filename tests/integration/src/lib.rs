@@ -187,3 +187,30 @@ pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) 
     }
     condition()
 }
+
+/// Another version of a component: the same code with a custom section appended, so its bytes
+/// (and its version id) differ while it behaves the same. What hot-swap tests and the lab swap.
+pub fn relabelled_component(component: &[u8], label: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    const NAME: &[u8] = b"switchboard-label";
+    let mut payload = Vec::new();
+    leb128(NAME.len(), &mut payload);
+    payload.extend_from_slice(NAME);
+    payload.extend_from_slice(label.as_bytes());
+    let mut bytes = component.to_vec();
+    // Section id 0: a custom section, which every reader skips.
+    bytes.push(0);
+    leb128(payload.len(), &mut bytes);
+    bytes.extend_from_slice(&payload);
+    bytes
+}

@@ -54,14 +54,20 @@ async fn an_outage_ejects_the_vendor_and_retries_fail_over_without_double_sends(
     for plugin in config.plugins.values_mut() {
         plugin.max_batch = 10;
     }
-    vendors.sms_twilio.faults.set_outage(Some(OutageMode::Unavailable));
+    vendors
+        .sms_twilio
+        .faults
+        .set_outage(Some(OutageMode::Unavailable));
     let host = switchboard::start(config).await.unwrap();
 
     // During the outage: everything reaches the recipients, all of it through sms-nhn.
     const DURING: u64 = 400;
     produce(&brokers, topic, DURING, sms_request).await.unwrap();
     let delivered = || {
-        let (a, b) = (recipients(&vendors.sms_twilio), recipients(&vendors.sms_nhn));
+        let (a, b) = (
+            recipients(&vendors.sms_twilio),
+            recipients(&vendors.sms_nhn),
+        );
         a.union(&b).count() as u64
     };
     assert!(
@@ -94,11 +100,20 @@ async fn an_outage_ejects_the_vendor_and_retries_fail_over_without_double_sends(
         "{:?}",
         vendors.per_vendor()
     );
-    assert_eq!(host.router.health().state("sms-twilio"), BreakerState::Closed);
-    assert!(vendors.sms_twilio.stats.snapshot().delivered > 0, "restored");
+    assert_eq!(
+        host.router.health().state("sms-twilio"),
+        BreakerState::Closed
+    );
+    assert!(
+        vendors.sms_twilio.stats.snapshot().delivered > 0,
+        "restored"
+    );
     host.stop().await.unwrap();
 
-    let (twilio, nhn) = (recipients(&vendors.sms_twilio), recipients(&vendors.sms_nhn));
+    let (twilio, nhn) = (
+        recipients(&vendors.sms_twilio),
+        recipients(&vendors.sms_nhn),
+    );
     assert_eq!(
         twilio.intersection(&nhn).count(),
         0,
@@ -186,5 +201,8 @@ async fn an_alimtalk_miss_falls_back_to_sms_with_the_template_text() {
         ])
     );
     assert_eq!(counters.deliveries_fallen_back, 2);
-    assert_eq!(counters.dead_lettered, 0, "a fallen-back delivery is not dead");
+    assert_eq!(
+        counters.dead_lettered, 0,
+        "a fallen-back delivery is not dead"
+    );
 }

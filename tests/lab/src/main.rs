@@ -15,6 +15,7 @@ use switchboard_integration_tests::{LoadOptions, delivery, load, runtime};
 mod crash;
 mod dedup;
 mod lanes;
+mod operations;
 mod rebalance;
 mod sandbox;
 mod throughput;
@@ -134,6 +135,44 @@ enum Scenario {
         plugin_dir: PathBuf,
         #[arg(long, default_value_t = 20)]
         vendor_latency_ms: u64,
+    },
+    /// A vendor outage: steady SMS traffic split 50/50 while one vendor answers 503 for the
+    /// first half of `--down-s`, then refuses connections. Ejection and restore times,
+    /// failovers, and what was lost or sent twice across both vendors.
+    Outage {
+        #[arg(long, default_value = "sms-twilio")]
+        vendor: String,
+        #[arg(long, default_value_t = 30)]
+        down_s: u64,
+        /// Requests per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+    },
+    /// Hot swap under load: a backlog drained while the FCM plugin is swapped between two
+    /// versions `--swaps` times. Activation time, and what was lost or sent twice.
+    Hotswap {
+        #[arg(long, default_value_t = 10)]
+        swaps: u32,
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+    },
+    /// A canary that fails 30 % of deliveries takes `--percent` of calls under steady traffic;
+    /// how long until it is rolled back automatically.
+    Canary {
+        #[arg(long, default_value_t = 10)]
+        percent: u8,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+        #[arg(long, default_value = "build/guests")]
+        guest_dir: PathBuf,
     },
     /// The pipeline's rate on 1 partition against 12, with key ordering and a key per record.
     Partitions {
@@ -273,6 +312,46 @@ async fn main() -> anyhow::Result<()> {
                 plugin_dir,
                 vendor_latency_ms,
                 timeout: Duration::from_secs(timeout_s),
+            })
+            .await?
+        }
+        Scenario::Outage {
+            vendor,
+            down_s,
+            rate,
+            plugin_dir,
+        } => {
+            operations::outage(operations::OutageOptions {
+                vendor,
+                down_s,
+                rate,
+                plugin_dir,
+            })
+            .await?
+        }
+        Scenario::Hotswap {
+            swaps,
+            messages,
+            plugin_dir,
+        } => {
+            operations::hotswap(operations::HotswapOptions {
+                swaps,
+                messages,
+                plugin_dir,
+            })
+            .await?
+        }
+        Scenario::Canary {
+            percent,
+            rate,
+            duration_s,
+            guest_dir,
+        } => {
+            operations::canary(operations::CanaryOptions {
+                percent,
+                rate,
+                duration_s,
+                guest_dir,
             })
             .await?
         }

@@ -124,7 +124,9 @@ impl AlimtalkCode {
             AlimtalkCode::TemplateNotFound => "Template does not exist.",
             AlimtalkCode::TemplateParameter => "Please check template parameter.",
             AlimtalkCode::TemplateNotApproved => "Please check template status.",
-            AlimtalkCode::NotKakaoUser => "Message cannot be sent (the recipient is not a KakaoTalk user).",
+            AlimtalkCode::NotKakaoUser => {
+                "Message cannot be sent (the recipient is not a KakaoTalk user)."
+            }
             AlimtalkCode::InvalidRecipientNumber => "Invalid recipient number.",
             AlimtalkCode::InvalidRecipientNo => "RecipientNo is invalid.",
             AlimtalkCode::VendorApiFailed => "Vender request API is failed.",
