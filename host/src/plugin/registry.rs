@@ -103,6 +103,16 @@ pub struct Version {
     window: Mutex<Window>,
 }
 
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Version")
+            .field("id", &self.id)
+            .field("version", &self.plugin.info.version)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
 impl Version {
     /// Counts one call of this version.
     pub fn record(&self, tally: &CallTally) {
@@ -670,11 +680,15 @@ impl Registry {
                 continue;
             };
             let config = &self.canary;
-            let theirs = canary.version.totals(config.window_s, canary.started_at_ms / 1000);
+            let theirs = canary
+                .version
+                .totals(config.window_s, canary.started_at_ms / 1000);
             if theirs.deliveries() < config.min_calls {
                 continue;
             }
-            let ours = lineup.active.totals(config.window_s, canary.started_at_ms / 1000);
+            let ours = lineup
+                .active
+                .totals(config.window_s, canary.started_at_ms / 1000);
             let margin = config.margin_percent as f64;
             if theirs.error_percent() > ours.error_percent() + margin {
                 let reason = format!(
