@@ -95,6 +95,16 @@ async fn versions_swap_refuse_roll_back_and_survive_a_restart() {
         }
         other => panic!("{other:?}"),
     }
+    // Components the host cannot run: an import it does not provide, a world without `deliver`.
+    for (guest, why) in [
+        ("extra_import", "WrongWorld"),
+        ("missing_deliver", "WrongWorld"),
+    ] {
+        let bytes = std::fs::read(guest_path(guest)).unwrap();
+        let refused = registry.upload("fcm", &bytes, VersionSource::Upload).await;
+        let error = format!("{:?}", refused.map(|v| v.id.clone()));
+        assert!(error.contains(why), "{guest}: {error}");
+    }
     assert!(matches!(
         registry.upload("nope", &fcm, VersionSource::Upload).await,
         Err(SwapError::UnknownPlugin(_))

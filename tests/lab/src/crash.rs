@@ -166,6 +166,10 @@ rebalance_drain_ms = 3000
 backend = "embedded"
 data_dir = "dedup"
 
+# Any free port: a lab host is not administered, and the next run's host must not collide.
+[admin]
+listen = "127.0.0.1:0"
+
 {plugin}"#,
         brokers = toml_string(brokers),
         group = toml_string(GROUP),

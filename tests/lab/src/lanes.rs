@@ -133,6 +133,10 @@ dlq_topic = {dlq}
 backend = "embedded"
 data_dir = "dedup"
 
+# Any free port: a lab host is not administered, and the next run's host must not collide.
+[admin]
+listen = "127.0.0.1:0"
+
 {lanes}
 
 {plugin}"#,
