@@ -150,7 +150,7 @@ pub struct KafkaConfig {
     /// The consumer's session timeout, in milliseconds.
     pub session_timeout_ms: u64,
     /// Partitions of each topic the host creates: all of them on the embedded cluster, and the
-    /// retry and DLQ topics on a real one when they do not exist yet.
+    /// retry, DLQ and result topics on a real one when they do not exist yet.
     pub new_topic_partitions: i32,
     /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`).
     pub properties: BTreeMap<String, String>,

@@ -24,9 +24,28 @@ use crate::route::Router;
 use crate::route::health::Health;
 use crate::secrets::PluginSecrets;
 use crate::telemetry::Counters;
+use crate::telemetry::metrics::{HostParts, Metrics};
 
 /// How long shutdown waits for in-flight records before committing what is finished.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long shutdown waits for queued results to be acknowledged.
+const RESULTS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The topics the host writes to: retry, DLQ, and the result topics that are on.
+fn output_topics(config: &Config) -> Vec<String> {
+    let kafka = &config.kafka;
+    [
+        &kafka.retry_topic,
+        &kafka.dlq_topic,
+        &kafka.results_topic,
+        &kafka.invalidations_topic,
+    ]
+    .into_iter()
+    .filter(|t| !t.is_empty())
+    .cloned()
+    .collect()
+}
 
 /// A host started by [`start`]. Stop it with [`RunningHost::stop`].
 pub struct RunningHost {
@@ -42,6 +61,8 @@ pub struct RunningHost {
     pub budget: Arc<Budget>,
     /// The precompiled-artifact cache the plugins were loaded through, when it is on.
     pub artifacts: Option<Arc<ArtifactCache>>,
+    /// The Prometheus metrics; `/metrics` serves [`Metrics::render`].
+    pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// The realtime lane's threads; stopped after the host task.
@@ -284,8 +305,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             for class in crate::config::TrafficClass::ALL {
                 topics.extend(config.lanes.get(class).topics.iter().cloned());
             }
-            topics.push(config.kafka.retry_topic.clone());
-            topics.push(config.kafka.dlq_topic.clone());
+            topics.extend(output_topics(&config));
             let cluster = EmbeddedKafka::start(3, &topics, config.kafka.new_topic_partitions)?;
             let bootstrap = cluster.bootstrap_servers().to_string();
             tracing::info!(bootstrap = %bootstrap, "no kafka.brokers configured: started the embedded mock cluster");
@@ -359,27 +379,35 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         // them where auto-creation is on, and the retry consumer finds them at its next
         // metadata refresh.
         let (brokers, partitions) = (brokers.clone(), config.kafka.new_topic_partitions);
-        let topics = [
-            config.kafka.retry_topic.clone(),
-            config.kafka.dlq_topic.clone(),
-        ];
+        let topics = output_topics(&config);
         let properties = config.kafka.properties.clone();
         tokio::spawn(async move {
-            let names = [topics[0].as_str(), topics[1].as_str()];
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
             if let Err(e) =
                 crate::retry::ensure_topics(&brokers, &names, partitions, &properties).await
             {
-                tracing::warn!(error = %format!("{e:#}"), "could not create the retry and DLQ topics");
+                tracing::warn!(error = %format!("{e:#}"), "could not create the retry, DLQ and result topics");
             }
         });
     }
     let dedup = open_dedup(&config).await?;
-    let outbox = Arc::new(Outbox::connect(
+    let results = crate::retry::results::ResultsPublisher::connect(
         &brokers,
-        &config.kafka.retry_topic,
-        &config.kafka.dlq_topic,
+        &config.kafka.results_topic,
+        &config.kafka.invalidations_topic,
         &config.kafka.properties,
-    )?);
+        counters.clone(),
+    )?;
+    let outbox = Arc::new(
+        Outbox::connect(
+            &brokers,
+            &config.kafka.retry_topic,
+            &config.kafka.dlq_topic,
+            &config.kafka.properties,
+        )?
+        .with_results(results),
+    );
+    let metrics = Arc::new(Metrics::new());
     let history = open_history(&config).await?;
     let dispatcher = Arc::new(Dispatcher::start(
         lanes,
@@ -392,6 +420,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             history: history.as_ref().map(|writer| writer.sender()),
             health,
             fallback: config.fallback.clone(),
+            metrics: metrics.clone(),
         },
         &realtime.handle(),
     ));
@@ -405,13 +434,20 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         &config.lanes,
         total - prefetch_total,
     ));
+    metrics.observe(HostParts {
+        counters: counters.clone(),
+        plugins: registry.clone(),
+        router: router.clone(),
+        budget: budget.clone(),
+    });
     let shared = IngestShared {
         dedup,
-        outbox,
+        outbox: outbox.clone(),
         budget: budget.clone(),
         router: router.clone(),
         dispatcher: dispatcher.clone(),
         counters: counters.clone(),
+        metrics: metrics.clone(),
         prefetch_bytes: prefetch_total / sources.len(),
         max_record_bytes: config.dispatch.max_record_bytes,
     };
@@ -467,6 +503,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
+        // Results still queued go out before the producer is dropped (which discards them).
+        let flushing = tokio::task::spawn_blocking(move || {
+            outbox.flush_results(RESULTS_FLUSH_TIMEOUT);
+        });
+        let _ = flushing.await;
         // The runtime outlives every call: calls hold the engine, and the ticker stops with it.
         drop(dispatcher);
         drop(runtime);
@@ -487,6 +528,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         router,
         budget,
         artifacts,
+        metrics,
         shutdown,
         task,
         _realtime: realtime,

@@ -15,6 +15,11 @@
 //! A final delivery is marked in the dedup store before its record may finish. A retried one
 //! finishes its record once the retry topic has acknowledged it, and is not marked.
 //!
+//! Every settled outcome (and each retry scheduled) is also published to the results topic, and
+//! each invalid recipient to the invalidations topic ([`crate::retry::results`]); publishing
+//! only enqueues, so it never holds a delivery back. Each call's outcomes and duration are
+//! counted in the metrics per vendor and plugin version.
+//!
 //! Must never finish a delivery before its outcome is recorded somewhere durable: the vendor
 //! accepted it, the DLQ holds it, or the retry topic does. Otherwise the record's offset could be
 //! committed while the recipient was never served.
@@ -34,10 +39,12 @@ use crate::dedup::DedupStore;
 use crate::ingest::consumer::RecordTicket;
 use crate::plugin::registry::{Slot, Version};
 use crate::plugin::{CallError, Delivery, LoadedPlugin, Outcome};
+use crate::retry::results::{Invalidation, ResultOutcome, ResultRecord, invalid_since_ms};
 use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
 use crate::route::RouteHint;
 use crate::route::fallback;
 use crate::route::health::{CallTally, Health};
+use crate::telemetry::metrics::{CallOutcome, Metrics};
 use crate::telemetry::{Counters, events};
 use backoff::Backoff;
 use switchboard_history::{HistorySender, OutcomeClass, SendRecord};
@@ -130,6 +137,8 @@ pub struct Records {
     pub health: Arc<Health>,
     /// Channel → where its permanent failures are re-sent.
     pub fallback: std::collections::BTreeMap<String, FallbackConfig>,
+    /// Each call's outcomes and duration, per vendor and plugin version.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -148,6 +157,7 @@ impl Dispatcher {
             history,
             health,
             fallback,
+            metrics,
         } = records;
         let settler = Arc::new(Settler {
             counters,
@@ -156,6 +166,7 @@ impl Dispatcher {
             history,
             health,
             fallback,
+            metrics,
             max_attempts: config.retry_max_attempts,
             give_up_after: Duration::from_secs(config.give_up_after_s),
             backoff: Backoff::new(
@@ -224,6 +235,7 @@ struct Settler {
     history: Option<HistorySender>,
     health: Arc<Health>,
     fallback: std::collections::BTreeMap<String, FallbackConfig>,
+    metrics: Arc<Metrics>,
     max_attempts: u32,
     give_up_after: Duration,
     backoff: Backoff,
@@ -241,6 +253,22 @@ impl Settler {
             elapsed,
         } = *call;
         let counters = &self.counters;
+        // The results topic's record of this outcome; made only when the topic is on.
+        let result = |job: &Job, outcome: ResultOutcome| ResultRecord {
+            key: job.delivery.key.clone(),
+            channel: job.channel.to_string(),
+            vendor: plugin.name.clone(),
+            plugin_version: plugin.info.version.clone(),
+            outcome,
+            attempt: job.delivery.attempt,
+            at_ms: now_ms(),
+            latency_ms: elapsed.as_millis() as u64,
+            vendor_message_id: None,
+            code: None,
+            reason: None,
+            fallback_channel: None,
+            fallback_key: None,
+        };
         let record = |job: &Job, outcome: OutcomeClass| {
             if let Some(history) = &self.history {
                 history.submit(SendRecord {
@@ -255,11 +283,15 @@ impl Settler {
             }
         };
         match outcome {
-            Outcome::Delivered(_) => {
+            Outcome::Delivered(ref id) => {
                 counters
                     .deliveries_delivered
                     .fetch_add(1, Ordering::Relaxed);
                 record(&job, OutcomeClass::Delivered);
+                self.outbox.publish_result(|| ResultRecord {
+                    vendor_message_id: (!id.is_empty()).then(|| id.clone()),
+                    ..result(&job, ResultOutcome::Delivered)
+                });
                 Some(job)
             }
             Outcome::InvalidRecipient(ref reason) => {
@@ -273,7 +305,20 @@ impl Settler {
                     reason,
                 }
                 .emit();
-                self.fall_back(&job, &outcome, reason).await;
+                let fell_back = self.fall_back(&job, &outcome, reason).await;
+                self.outbox.publish_result(|| ResultRecord {
+                    reason: Some(reason.clone()),
+                    ..with_fallback(result(&job, ResultOutcome::InvalidRecipient), fell_back)
+                });
+                self.outbox.publish_invalidation(|| Invalidation {
+                    recipient: job.delivery.recipient.clone(),
+                    channel: job.channel.to_string(),
+                    vendor: plugin.name.clone(),
+                    key: job.delivery.key.clone(),
+                    reason: reason.clone(),
+                    at_ms: now_ms(),
+                    invalid_since_ms: invalid_since_ms(reason),
+                });
                 Some(job)
             }
             Outcome::Rejected(ref rejection) => {
@@ -286,20 +331,27 @@ impl Settler {
                     reason: &rejection.reason,
                 }
                 .emit();
-                if self.fall_back(&job, &outcome, &rejection.reason).await {
+                let fell_back = self.fall_back(&job, &outcome, &rejection.reason).await;
+                let job = match fell_back {
                     // The fallback channel carries it on: not dead, and final here.
-                    return Some(job);
-                }
-                Some(
-                    self.dead_letter(
-                        job,
-                        ReasonClass::Rejected,
-                        &rejection.reason,
-                        Some(&rejection.code),
-                        Some(plugin),
-                    )
-                    .await,
-                )
+                    Some(_) => job,
+                    None => {
+                        self.dead_letter(
+                            job,
+                            ReasonClass::Rejected,
+                            &rejection.reason,
+                            Some(&rejection.code),
+                            Some(plugin),
+                        )
+                        .await
+                    }
+                };
+                self.outbox.publish_result(|| ResultRecord {
+                    code: Some(rejection.code.clone()),
+                    reason: Some(rejection.reason.clone()),
+                    ..with_fallback(result(&job, ResultOutcome::Rejected), fell_back)
+                });
+                Some(job)
             }
             Outcome::Retry(info) => {
                 if let Some(after_ms) = info.after_ms
@@ -336,10 +388,15 @@ impl Settler {
                         class: class.as_str(),
                     }
                     .emit();
-                    return Some(
-                        self.dead_letter(job, class, &info.reason, None, Some(plugin))
-                            .await,
-                    );
+                    let job = self
+                        .dead_letter(job, class, &info.reason, None, Some(plugin))
+                        .await;
+                    self.outbox.publish_result(|| ResultRecord {
+                        code: Some(class.as_str().to_string()),
+                        reason: Some(info.reason.clone()),
+                        ..result(&job, ResultOutcome::Failed)
+                    });
+                    return Some(job);
                 }
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 record(&job, OutcomeClass::Retry);
@@ -349,6 +406,10 @@ impl Settler {
                     timed_out,
                 });
                 self.outbox.retry(&record).await;
+                self.outbox.publish_result(|| ResultRecord {
+                    reason: Some(record.last_reason.clone()),
+                    ..result(&job, ResultOutcome::Retry)
+                });
                 // The retry topic holds the delivery now: its record may move on, unmarked.
                 job.ticket.complete();
                 None
@@ -358,13 +419,11 @@ impl Settler {
 
     /// Re-sends a permanently failed delivery on its channel's fallback channel, when one is
     /// configured for this outcome: through the retry topic, due now, under its own key.
-    /// Returns true once the retry topic holds it.
-    async fn fall_back(&self, job: &Job, outcome: &Outcome, reason: &str) -> bool {
-        let Some(config) = self.fallback.get(&*job.channel) else {
-            return false;
-        };
+    /// Returns the fallback channel once the retry topic holds it.
+    async fn fall_back(&self, job: &Job, outcome: &Outcome, reason: &str) -> Option<String> {
+        let config = self.fallback.get(&*job.channel)?;
         if !fallback::applies(config, outcome) {
-            return false;
+            return None;
         }
         let content = match fallback::render(config, &job.delivery.content) {
             Ok(content) => content,
@@ -375,7 +434,7 @@ impl Settler {
                     reason = %why,
                     "no fallback: the content cannot be rendered for the fallback channel"
                 );
-                return false;
+                return None;
             }
         };
         let mut record = job.retry_record(
@@ -398,7 +457,7 @@ impl Settler {
             reason,
         }
         .emit();
-        true
+        Some(config.channel.clone())
     }
 
     /// Writes the delivery to the DLQ; returns it for marking and finishing.
@@ -458,6 +517,18 @@ impl Settler {
         for job in jobs {
             job.ticket.complete();
         }
+    }
+}
+
+/// `result` with where its delivery was sent on, when it fell back to `channel`.
+fn with_fallback(result: ResultRecord, channel: Option<String>) -> ResultRecord {
+    match channel {
+        Some(channel) => ResultRecord {
+            fallback_key: Some(fallback::fallback_key(&result.key, &channel)),
+            fallback_channel: Some(channel),
+            ..result
+        },
+        None => result,
     }
 }
 
@@ -557,6 +628,22 @@ impl LaneRunner {
             }
         };
         self.record_health(&version, &outcomes, timed_out, elapsed);
+        self.settler.metrics.record_call(
+            &self.slot.name,
+            &version.plugin.info.version,
+            &version.id,
+            outcomes.iter().map(|outcome| match outcome {
+                Outcome::Delivered(_) => CallOutcome::Delivered,
+                Outcome::Rejected(_) => CallOutcome::Rejected,
+                Outcome::InvalidRecipient(_) => CallOutcome::InvalidRecipient,
+                // As `record_health` counts them: a timed-out call or request, else the call's
+                // own failure, else the vendor's answer.
+                Outcome::Retry(_) if timed_out => CallOutcome::Timeout,
+                Outcome::Retry(_) if plugin_fault => CallOutcome::Trap,
+                Outcome::Retry(_) => CallOutcome::Retry,
+            }),
+            elapsed,
+        );
         let call = CallContext {
             plugin,
             gate: &self.gate,

@@ -24,6 +24,8 @@ pub const PER_DELIVERY_OVERHEAD: usize = 256;
 #[derive(Debug)]
 struct Account {
     used: AtomicUsize,
+    /// Records charged now (each admitted record is one charge).
+    records: AtomicUsize,
     limit: usize,
     low_water: usize,
 }
@@ -32,6 +34,7 @@ impl Account {
     fn new(limit: usize, low_water_percent: u64) -> Self {
         Self {
             used: AtomicUsize::new(0),
+            records: AtomicUsize::new(0),
             limit,
             low_water: limit.saturating_mul(low_water_percent as usize) / 100,
         }
@@ -58,6 +61,8 @@ pub struct Budget {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LaneBudget {
     pub class: TrafficClass,
+    /// Records admitted and not yet let go of.
+    pub records: usize,
     pub used_bytes: usize,
     pub limit_bytes: usize,
     pub pauses: u64,
@@ -80,9 +85,9 @@ impl Budget {
 
     /// Charges `bytes` to `class` and the total; released when the charge is dropped.
     pub fn charge(self: &Arc<Self>, class: TrafficClass, bytes: usize) -> Charge {
-        self.lanes[class.index()]
-            .used
-            .fetch_add(bytes, Ordering::Relaxed);
+        let lane = &self.lanes[class.index()];
+        lane.used.fetch_add(bytes, Ordering::Relaxed);
+        lane.records.fetch_add(1, Ordering::Relaxed);
         self.total.used.fetch_add(bytes, Ordering::Relaxed);
         Charge {
             budget: self.clone(),
@@ -136,12 +141,18 @@ impl Budget {
         self.total.used()
     }
 
+    /// The host's limit, in bytes.
+    pub fn limit_total(&self) -> usize {
+        self.total.limit
+    }
+
     /// Every lane's use, limit and pauses.
     pub fn snapshot(&self) -> Vec<LaneBudget> {
         TrafficClass::ALL
             .iter()
             .map(|c| LaneBudget {
                 class: *c,
+                records: self.lanes[c.index()].records.load(Ordering::Relaxed),
                 used_bytes: self.used(*c),
                 limit_bytes: self.lanes[c.index()].limit,
                 pauses: self.pauses[c.index()].load(Ordering::Relaxed),
@@ -162,14 +173,13 @@ pub struct Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         let budget = &self.budget;
-        budget.lanes[self.class.index()]
-            .used
-            .fetch_sub(self.bytes, Ordering::Relaxed);
+        let lane = &budget.lanes[self.class.index()];
+        lane.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        lane.records.fetch_sub(1, Ordering::Relaxed);
         budget.total.used.fetch_sub(self.bytes, Ordering::Relaxed);
         // Only a release that reaches a low-water mark can let a waiter go. The lane's or the
         // total's: a waiter of another lane may be held by the total alone, and it checks its
         // own condition again when woken.
-        let lane = &budget.lanes[self.class.index()];
         if lane.used() <= lane.low_water || budget.total.used() <= budget.total.low_water {
             budget.released.notify_waiters();
         }
@@ -220,7 +230,10 @@ mod tests {
         assert!(budget.is_over(TrafficClass::Ads));
         assert!(!budget.is_over(TrafficClass::Realtime));
         assert_eq!(budget.used(TrafficClass::Ads), 1 << 20);
+        let records = |b: &Budget| b.snapshot()[TrafficClass::Ads.index()].records;
+        assert_eq!(records(&budget), 4);
         drop(charges);
+        assert_eq!(records(&budget), 0);
         assert_eq!(budget.used(TrafficClass::Ads), 0);
         assert_eq!(budget.used_total(), 0);
     }

@@ -75,6 +75,15 @@ impl Source {
         }
     }
 
+    /// The source's name in metrics: the lane of a lane's own topics, `mixed`, or `retry`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Mixed => "mixed",
+            Source::Lane(class) => class.as_str(),
+            Source::Retries => "retry",
+        }
+    }
+
     /// The sources a host with this config runs.
     pub fn all(kafka: &KafkaConfig, lanes: &LanesConfig) -> Vec<Source> {
         let mut sources = Vec::new();
@@ -91,13 +100,71 @@ impl Source {
     }
 }
 
-/// Drains revoked partitions before they go, and forgets their watermarks after.
+/// How often librdkafka reports the statistics the consumer lag is read from, in milliseconds.
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// Drains revoked partitions before they go, and forgets their watermarks after. Keeps the
+/// consumer's lag from librdkafka's statistics.
 pub struct IngestContext {
     book: Arc<OffsetBook>,
     drain: Duration,
+    /// Records behind the end of the assigned partitions: `switchboard_consumer_lag_records`.
+    lag: prometheus_client::metrics::gauge::Gauge,
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    // Only the lag is wanted: parsing just those fields is cheaper than rdkafka's full
+    // `Statistics`, and does not break on fields a librdkafka release adds or drops.
+    fn stats_raw(&self, statistics: &[u8]) {
+        match serde_json::from_slice::<LagStatistics>(statistics) {
+            Ok(statistics) => {
+                self.lag.set(statistics.lag());
+            }
+            Err(error) => tracing::debug!(%error, "librdkafka statistics without a usable lag"),
+        }
+    }
+}
+
+/// The part of librdkafka's statistics JSON the lag is summed from.
+#[derive(serde::Deserialize)]
+struct LagStatistics {
+    #[serde(default)]
+    topics: HashMap<String, LagTopic>,
+}
+
+#[derive(serde::Deserialize)]
+struct LagTopic {
+    #[serde(default)]
+    partitions: HashMap<String, LagPartition>,
+}
+
+#[derive(serde::Deserialize)]
+struct LagPartition {
+    partition: i32,
+    /// Assigned to this consumer.
+    #[serde(default)]
+    desired: bool,
+    /// -1 while unknown (no committed offset or high watermark yet).
+    #[serde(default = "unknown_lag")]
+    consumer_lag: i64,
+}
+
+fn unknown_lag() -> i64 {
+    -1
+}
+
+impl LagStatistics {
+    /// The lag summed over the assigned partitions whose lag is known. Partition -1 is
+    /// librdkafka's internal "unassigned" partition, not a real one.
+    fn lag(&self) -> i64 {
+        self.topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum()
+    }
+}
 
 impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -496,6 +563,8 @@ pub struct IngestShared {
     pub router: Arc<Router>,
     pub dispatcher: Arc<Dispatcher>,
     pub counters: Arc<Counters>,
+    /// Where each consumer's lag is shown.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// librdkafka's prefetch queue of each consumer, in bytes.
     pub prefetch_bytes: usize,
     pub max_record_bytes: usize,
@@ -555,6 +624,8 @@ impl Ingest {
             }
         };
         client.set("fetch.wait.max.ms", fetch_wait.to_string());
+        // For the consumer lag (see `IngestContext::stats_raw`).
+        client.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         if source == Source::Retries {
             // The retry topic may come into being with the first retry; look for it every few
             // seconds rather than at librdkafka's default of five minutes.
@@ -566,6 +637,7 @@ impl Ingest {
         let context = IngestContext {
             book: book.clone(),
             drain: Duration::from_millis(kafka.rebalance_drain_ms),
+            lag: shared.metrics.consumer_lag(source.as_str()),
         };
         let consumer: IngestConsumer = client
             .create_with_context(context)
@@ -955,5 +1027,76 @@ impl Ingest {
             Ok(Err(e)) => tracing::warn!(error = %e, "final commit failed"),
             Err(e) => tracing::warn!(error = %e, "final commit task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_sums_assigned_partitions_with_a_known_lag() -> anyhow::Result<()> {
+        // Trimmed from a librdkafka statistics report: the fields besides these are ignored.
+        let report = serde_json::json!({
+            "name": "rdkafka#consumer-1",
+            "type": "consumer",
+            "brokers": {"localhost:9092/1": {"rtt": {"avg": 1}}},
+            "topics": {
+                "notifications": {
+                    "topic": "notifications",
+                    "partitions": {
+                        "0": {"partition": 0, "desired": true, "consumer_lag": 120, "hi_offset": 500},
+                        "1": {"partition": 1, "desired": true, "consumer_lag": 30},
+                        // Not known yet: no committed offset.
+                        "2": {"partition": 2, "desired": true, "consumer_lag": -1},
+                        // Revoked: no longer this consumer's.
+                        "3": {"partition": 3, "desired": false, "consumer_lag": 7000},
+                        // librdkafka's internal unassigned partition.
+                        "-1": {"partition": -1, "desired": false, "consumer_lag": -1}
+                    }
+                },
+                "switchboard.retry": {
+                    "partitions": {"0": {"partition": 0, "desired": true, "consumer_lag": 5}}
+                }
+            }
+        });
+        let statistics: LagStatistics = serde_json::from_value(report)?;
+        assert_eq!(statistics.lag(), 155);
+        let empty: LagStatistics = serde_json::from_str(r#"{"name": "c", "topics": {}}"#)?;
+        assert_eq!(empty.lag(), 0);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lag_gauge_follows_librdkafkas_own_statistics() -> anyhow::Result<()> {
+        let topic = "lag".to_string();
+        let cluster = crate::ingest::EmbeddedKafka::start(1, std::slice::from_ref(&topic), 1)?;
+        let brokers = cluster.bootstrap_servers().to_string();
+        crate::demo::produce(&brokers, &topic, 10, |i| (i.to_string(), "{}".into())).await?;
+        let metrics = crate::telemetry::metrics::Metrics::new();
+        let context = IngestContext {
+            book: Arc::new(OffsetBook::new()),
+            drain: Duration::from_millis(10),
+            lag: metrics.consumer_lag("mixed"),
+        };
+        let consumer: BaseConsumer<IngestContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "g-lag")
+            .set("enable.auto.commit", "false")
+            .set("statistics.interval.ms", "100")
+            .create_with_context(context)?;
+        // Three records committed, seven behind.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(3))?;
+        consumer.assign(&tpl)?;
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        let lag = metrics.consumer_lag("mixed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lag.get() != 7 && Instant::now() < deadline {
+            // Polling serves the statistics callback; the records read are never committed.
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        assert_eq!(lag.get(), 7, "{}", metrics.render());
+        Ok(())
     }
 }

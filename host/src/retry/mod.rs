@@ -9,8 +9,12 @@
 //! the write is acknowledged: the caller awaits [`Outbox::retry`] or [`Outbox::dead_letter`]
 //! before it finishes the delivery. Neither call gives up, so a Kafka outage holds offsets back
 //! instead of dropping deliveries.
+//!
+//! The result topics ([`results`]) go out through the outbox too, on a producer of their own
+//! that is never awaited: results are informational and must not hold a delivery back.
 
 pub mod replay;
+pub mod results;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -180,11 +184,12 @@ pub struct DeadLetterReason<'a> {
     pub first_seen_ms: u64,
 }
 
-/// The producer of retry and DLQ records.
+/// The producer of retry and DLQ records, and of the result topics when they are on.
 pub struct Outbox {
     producer: FutureProducer,
     retry_topic: String,
     dlq_topic: String,
+    results: Option<results::ResultsPublisher>,
 }
 
 impl Outbox {
@@ -212,7 +217,39 @@ impl Outbox {
             producer,
             retry_topic: retry_topic.to_string(),
             dlq_topic: dlq_topic.to_string(),
+            results: None,
         })
+    }
+
+    /// Publishes settled results through `results` from now on (`None` keeps them off).
+    pub fn with_results(mut self, results: Option<results::ResultsPublisher>) -> Self {
+        self.results = results;
+        self
+    }
+
+    /// Enqueues a settled result, made only when the results topic is on. Never waits.
+    pub fn publish_result(&self, make: impl FnOnce() -> results::ResultRecord) {
+        if let Some(results) = self.results.as_ref().filter(|r| r.publishes_results()) {
+            results.result(&make());
+        }
+    }
+
+    /// Enqueues an invalid recipient, made only when the invalidations topic is on. Never waits.
+    pub fn publish_invalidation(&self, make: impl FnOnce() -> results::Invalidation) {
+        if let Some(results) = self
+            .results
+            .as_ref()
+            .filter(|r| r.publishes_invalidations())
+        {
+            results.invalidation(&make());
+        }
+    }
+
+    /// Waits up to `timeout` for queued results to be acknowledged; for shutdown. Blocks.
+    pub fn flush_results(&self, timeout: Duration) {
+        if let Some(results) = &self.results {
+            results.flush(timeout);
+        }
     }
 
     /// The retry topic's name.
@@ -226,8 +263,8 @@ impl Outbox {
     }
 }
 
-/// Creates the retry and DLQ topics on `brokers` unless they exist, so the retry consumer finds
-/// its topic at once instead of at the next metadata refresh (minutes).
+/// Creates the retry, DLQ and result topics on `brokers` unless they exist, so the retry
+/// consumer finds its topic at once instead of at the next metadata refresh (minutes).
 pub async fn ensure_topics(
     brokers: &str,
     topics: &[&str],
@@ -253,7 +290,7 @@ pub async fn ensure_topics(
     for result in admin
         .create_topics(&new, &options)
         .await
-        .context("creating the retry and DLQ topics")?
+        .context("creating the retry, DLQ and result topics")?
     {
         match result {
             Ok(topic) => tracing::info!(topic, partitions, "topic created"),

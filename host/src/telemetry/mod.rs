@@ -1,6 +1,8 @@
-//! Telemetry: tracing setup, the host's counters, and one struct per observable event.
+//! Telemetry: tracing setup, the host's counters, the Prometheus metrics, and one struct per
+//! observable event.
 
 pub mod events;
+pub mod metrics;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,6 +63,14 @@ pub struct Counters {
     pub deliveries_fallen_back: AtomicU64,
     /// Retried deliveries routed to another vendor than their last try's.
     pub deliveries_failed_over: AtomicU64,
+    /// Results the results topic acknowledged.
+    pub results_published: AtomicU64,
+    /// Results that never reached the results topic (queue full, or not acknowledged in time).
+    pub results_failed: AtomicU64,
+    /// Invalid recipients the invalidations topic acknowledged.
+    pub invalidations_published: AtomicU64,
+    /// Invalid recipients that never reached the invalidations topic.
+    pub invalidations_failed: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -80,6 +90,10 @@ pub struct CountersSnapshot {
     pub dedup_errors: u64,
     pub deliveries_fallen_back: u64,
     pub deliveries_failed_over: u64,
+    pub results_published: u64,
+    pub results_failed: u64,
+    pub invalidations_published: u64,
+    pub invalidations_failed: u64,
 }
 
 impl CountersSnapshot {
@@ -111,6 +125,10 @@ impl Counters {
             dedup_errors: r(&self.dedup_errors),
             deliveries_fallen_back: r(&self.deliveries_fallen_back),
             deliveries_failed_over: r(&self.deliveries_failed_over),
+            results_published: r(&self.results_published),
+            results_failed: r(&self.results_failed),
+            invalidations_published: r(&self.invalidations_published),
+            invalidations_failed: r(&self.invalidations_failed),
         }
     }
 }
