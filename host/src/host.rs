@@ -39,6 +39,8 @@ pub struct RunningHost {
     pub router: Arc<Router>,
     /// The memory budget, per lane and in total.
     pub budget: Arc<Budget>,
+    /// Where the admin API listens; `None` when `admin.listen` is empty.
+    pub admin_addr: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// The realtime lane's threads; stopped after the host task.
@@ -252,6 +254,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
 /// As [`start`], with what an embedding program adds to the config (see [`StartOptions`]).
 pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result<RunningHost> {
     config.validate()?;
+    // Before anything starts: a taken port or an unreadable token stops the start cleanly.
+    let admin_listener = crate::admin::bind(&config.admin).await?;
+    let admin_token = crate::admin::resolve_token(&config)?;
     let (embedded, brokers) = match &config.kafka.brokers {
         Some(brokers) => (None, brokers.clone()),
         None => {
@@ -390,6 +395,24 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
                 .watch_dir(dir, Duration::from_secs(1), shutdown_rx.clone()),
         )
     });
+    let (admin_addr, admin) = match admin_listener {
+        Some(listener) => {
+            let mutations = if admin_token.is_some() { "on" } else { "off" };
+            let state = crate::admin::AdminState::new(
+                &config.admin,
+                router.clone(),
+                registry.clone(),
+                counters.clone(),
+                budget.clone(),
+                admin_token,
+                crate::admin::counters_metrics(counters.clone()),
+            );
+            let (addr, task) = crate::admin::spawn(listener, state, shutdown_rx.clone())?;
+            tracing::info!(%addr, mutations, "admin API listening");
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
     let mut consumers = Vec::new();
     for source in sources {
         let ingest = Ingest::connect(&config.kafka, &config.lanes, &brokers, &shared, source)?;
@@ -427,6 +450,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
+        if let Some(admin) = admin {
+            crate::admin::join(admin).await;
+        }
         // The runtime outlives every call: calls hold the engine, and the ticker stops with it.
         drop(dispatcher);
         drop(runtime);
@@ -446,6 +472,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         registry,
         router,
         budget,
+        admin_addr,
         shutdown,
         task,
         _realtime: realtime,

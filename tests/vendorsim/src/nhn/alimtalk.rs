@@ -50,6 +50,8 @@ pub enum AlimtalkCode {
     TemplateNotFound,
     TemplateParameter,
     TemplateNotApproved,
+    /// -3018: Kakao cannot deliver to this number (not a KakaoTalk user, or it blocked the sender).
+    NotKakaoUser,
     InvalidRecipientNumber,
     InvalidRecipientNo,
     VendorApiFailed,
@@ -60,7 +62,7 @@ pub enum AlimtalkCode {
 
 impl AlimtalkCode {
     /// Every code, in code order.
-    pub const ALL: [AlimtalkCode; 18] = [
+    pub const ALL: [AlimtalkCode; 19] = [
         AlimtalkCode::InvalidAppkey,
         AlimtalkCode::InvalidSecretKey,
         AlimtalkCode::SenderBlocked,
@@ -73,6 +75,7 @@ impl AlimtalkCode {
         AlimtalkCode::TemplateNotFound,
         AlimtalkCode::TemplateParameter,
         AlimtalkCode::TemplateNotApproved,
+        AlimtalkCode::NotKakaoUser,
         AlimtalkCode::InvalidRecipientNumber,
         AlimtalkCode::InvalidRecipientNo,
         AlimtalkCode::VendorApiFailed,
@@ -96,6 +99,7 @@ impl AlimtalkCode {
             AlimtalkCode::TemplateNotFound => -3003,
             AlimtalkCode::TemplateParameter => -3004,
             AlimtalkCode::TemplateNotApproved => -3005,
+            AlimtalkCode::NotKakaoUser => -3018,
             AlimtalkCode::InvalidRecipientNumber => -4019,
             AlimtalkCode::InvalidRecipientNo => -5000,
             AlimtalkCode::VendorApiFailed => -7000,
@@ -120,6 +124,9 @@ impl AlimtalkCode {
             AlimtalkCode::TemplateNotFound => "Template does not exist.",
             AlimtalkCode::TemplateParameter => "Please check template parameter.",
             AlimtalkCode::TemplateNotApproved => "Please check template status.",
+            AlimtalkCode::NotKakaoUser => {
+                "Message cannot be sent (the recipient is not a KakaoTalk user)."
+            }
             AlimtalkCode::InvalidRecipientNumber => "Invalid recipient number.",
             AlimtalkCode::InvalidRecipientNo => "RecipientNo is invalid.",
             AlimtalkCode::VendorApiFailed => "Vender request API is failed.",
@@ -159,6 +166,9 @@ pub struct AlimtalkConfig {
     pub retry_after_s: u64,
     /// Every send request received; keep a clone to read it while the simulator runs.
     pub requests: Arc<RequestLog>,
+    /// Numbers of people who do not use KakaoTalk: each gets -3018 (the message cannot be
+    /// sent), as Kakao answers for them. What a fallback to SMS is for.
+    pub not_kakao_users: std::collections::BTreeSet<String>,
 }
 
 impl AlimtalkConfig {
@@ -173,6 +183,7 @@ impl AlimtalkConfig {
             error_rates: Vec::new(),
             retry_after_s: 1,
             requests: Arc::new(RequestLog::default()),
+            not_kakao_users: Default::default(),
         }
     }
 
@@ -316,6 +327,9 @@ async fn send(
             Some(Trigger::Recipient(code)) => Some(code),
             _ if !super::valid_number(recipient_no) => {
                 Some(AlimtalkCode::InvalidRecipientNo.code())
+            }
+            _ if state.config.not_kakao_users.contains(recipient_no) => {
+                Some(AlimtalkCode::NotKakaoUser.code())
             }
             _ if !parameters_fit(&required, params) => Some(AlimtalkCode::TemplateParameter.code()),
             _ => super::random_failure(&state.config.error_rates).map(AlimtalkCode::code),
