@@ -24,14 +24,14 @@ POSTGRES_TEST_USER ?= switchboard
 POSTGRES_TEST_PASSWORD ?= switchboard
 export SWITCHBOARD_TEST_POSTGRES ?= postgres://$(POSTGRES_TEST_USER):$(POSTGRES_TEST_PASSWORD)@127.0.0.1:$(POSTGRES_PORT)/$(POSTGRES_TEST_DB)
 
-.PHONY: demo test example plugins guests host lint fmt bench toolchain services clean-build
+.PHONY: demo test example plugins guests host lint fmt bench toolchain services browser clean-build
 
 ## demo: build everything and run the demo on embedded defaults (prints one JSON line last)
 demo: plugins host
 	$(BIN)/switchboard demo --messages $(MESSAGES)
 
 ## test: unit, integration and end-to-end tests (release profile, the one the lab measures)
-test: plugins guests services
+test: plugins guests services browser
 	cargo test --release --workspace --all-targets
 	cargo test --release --doc -p switchboard-sdk
 	$(MAKE) example
@@ -103,6 +103,12 @@ services:
 	$$psql "SELECT 1 FROM pg_database WHERE datname = '$(POSTGRES_TEST_DB)'" | grep -q 1 || \
 	  $$psql "CREATE DATABASE $(POSTGRES_TEST_DB) OWNER $(POSTGRES_TEST_USER)"; \
 	$$pg_bin/pg_isready -h 127.0.0.1 -p $(POSTGRES_PORT)
+
+## browser: install (from Debian's packages) headless Chromium and chromedriver, which the web
+## console's test drives
+browser:
+	@test -x /usr/bin/chromedriver || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@/usr/bin/chromedriver --version
 
 toolchain:
 	@rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$$' || rustup target add wasm32-wasip2

@@ -1,4 +1,6 @@
-//! The `switchboard` command line: run the host, run the demo, check a plugin component.
+//! The `switchboard` command line: run the host, run the demo, check a plugin component, and
+//! the operator commands that talk to a running host's admin API (`weights`, `plugins`,
+//! `vendors`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -68,6 +70,116 @@ pub enum Command {
         /// Failed sends to list.
         #[arg(long, default_value_t = 20)]
         failures: u32,
+    },
+    /// A running host's channel weights: read, change live, reset to the config file's.
+    Weights {
+        #[command(subcommand)]
+        command: WeightsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A running host's plugin versions: list, upload, activate, roll back, canary.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A running host's vendors: health over the sliding window, and their breakers.
+    Vendors {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin API of a running host is, and how to talk to it.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The admin API's URL. Else derived from --config's `admin.listen`, else
+    /// http://127.0.0.1:8088.
+    #[arg(
+        long = "admin",
+        value_name = "URL",
+        env = "SWITCHBOARD_ADMIN_URL",
+        global = true
+    )]
+    pub url: Option<String>,
+    /// The bearer token changes need. Else the --config file's `admin.token`.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// The host's config file, to find its admin API and token.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WeightsCommand {
+    /// Print a channel's weights in force and the config file's.
+    Get {
+        /// The channel, e.g. `sms`.
+        channel: String,
+    },
+    /// Change some vendors' weights; the vendors not named keep theirs. Kept across restarts.
+    /// A weight of 0 drains a vendor.
+    Set {
+        /// The channel, e.g. `sms`.
+        channel: String,
+        /// New weights, e.g. `sms-twilio=70 sms-nhn=30`.
+        #[arg(required = true, value_name = "VENDOR=WEIGHT", value_parser = crate::admin::client::parse_weight)]
+        weights: Vec<(String, u32)>,
+    },
+    /// Put a channel back on the config file's weights.
+    Reset {
+        /// The channel, e.g. `sms`.
+        channel: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Every plugin's active version, canary, previous and staged versions.
+    List,
+    /// Upload a new version of a plugin and activate it (unless --stage). A version that does
+    /// not load, or serves another channel, is refused and the active version stays.
+    Upload {
+        /// The plugin's configured name, e.g. `fcm`.
+        name: String,
+        /// The component file.
+        file: PathBuf,
+        /// Load it without activating it.
+        #[arg(long)]
+        stage: bool,
+    },
+    /// Make a loaded version active.
+    Activate {
+        /// The plugin's configured name.
+        name: String,
+        /// The version id, as `plugins list` shows it.
+        id: String,
+    },
+    /// End the canary if there is one, else go back to the previous version.
+    Rollback {
+        /// The plugin's configured name.
+        name: String,
+    },
+    /// Send a share of a plugin's calls to a loaded version; --percent 0 ends the canary.
+    Canary {
+        /// The plugin's configured name.
+        name: String,
+        /// The version id, as `plugins list` shows it.
+        #[arg(long)]
+        version: Option<String>,
+        /// Percent of calls, 1 to 99; 0 ends the canary.
+        #[arg(long)]
+        percent: u8,
     },
 }
 
@@ -269,6 +381,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Weights { command, admin } => {
+            telemetry::init(cli.log_format, "warn");
+            let client = admin.client()?;
+            let reply = match &command {
+                WeightsCommand::Get { channel } => client.weights(channel).await?,
+                WeightsCommand::Set { channel, weights } => {
+                    client.set_weights(channel, weights).await?
+                }
+                WeightsCommand::Reset { channel } => client.reset_weights(channel).await?,
+            };
+            admin.print(&reply, crate::admin::client::render_weights)
+        }
+        Command::Plugins { command, admin } => {
+            telemetry::init(cli.log_format, "warn");
+            let client = admin.client()?;
+            match command {
+                PluginsCommand::List => {
+                    let reply = client.plugins().await?;
+                    admin.print(&reply, crate::admin::client::render_plugins)
+                }
+                PluginsCommand::Upload { name, file, stage } => {
+                    let bytes = std::fs::read(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let reply = client.upload(&name, bytes, stage).await?;
+                    admin.print(&reply, crate::admin::client::render_version)
+                }
+                PluginsCommand::Activate { name, id } => {
+                    let reply = client.activate(&name, &id).await?;
+                    admin.print(&reply, crate::admin::client::render_version)
+                }
+                PluginsCommand::Rollback { name } => {
+                    let reply = client.rollback(&name).await?;
+                    admin.print(&reply, crate::admin::client::render_version)
+                }
+                PluginsCommand::Canary {
+                    name,
+                    version,
+                    percent,
+                } => {
+                    let version = match (version, percent) {
+                        (Some(version), _) => version,
+                        (None, 0) => String::new(),
+                        (None, _) => anyhow::bail!(
+                            "--version ID is needed to start a canary (ids: `switchboard plugins list`)"
+                        ),
+                    };
+                    let reply = client.canary(&name, &version, percent).await?;
+                    admin.print(&reply, crate::admin::client::render_canary)
+                }
+            }
+        }
+        Command::Vendors { admin } => {
+            telemetry::init(cli.log_format, "warn");
+            let reply = admin.client()?.vendors().await?;
+            admin.print(&reply, crate::admin::client::render_vendors)
+        }
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => {
@@ -284,6 +452,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  wants-hosts: {}", info.wants_hosts.join(", "));
             Ok(())
         }
+    }
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<crate::admin::client::AdminClient> {
+        crate::admin::client::AdminClient::resolve(
+            self.url.as_deref(),
+            self.token.as_deref(),
+            self.config.as_deref(),
+        )
+    }
+
+    /// Prints `reply` as JSON with --json, else as `render` draws it.
+    fn print(
+        &self,
+        reply: &serde_json::Value,
+        render: fn(&serde_json::Value) -> String,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(reply)?);
+        } else {
+            print!("{}", render(reply));
+        }
+        Ok(())
     }
 }
 

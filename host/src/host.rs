@@ -63,6 +63,8 @@ pub struct RunningHost {
     pub artifacts: Option<Arc<ArtifactCache>>,
     /// The Prometheus metrics; `/metrics` serves [`Metrics::render`].
     pub metrics: Arc<Metrics>,
+    /// Where the admin API listens; `None` when `admin.listen` is empty.
+    pub admin_addr: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// The realtime lane's threads; stopped after the host task.
@@ -298,6 +300,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHost> {
 /// As [`start`], with what an embedding program adds to the config (see [`StartOptions`]).
 pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result<RunningHost> {
     config.validate()?;
+    // Before anything starts: a taken port or an unreadable token stops the start cleanly.
+    let admin_listener = crate::admin::bind(&config.admin).await?;
+    let admin_token = crate::admin::resolve_token(&config)?;
     let (embedded, brokers) = match &config.kafka.brokers {
         Some(brokers) => (None, brokers.clone()),
         None => {
@@ -466,6 +471,24 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
                 .watch_dir(dir, Duration::from_secs(1), shutdown_rx.clone()),
         )
     });
+    let (admin_addr, admin) = match admin_listener {
+        Some(listener) => {
+            let mutations = if admin_token.is_some() { "on" } else { "off" };
+            let state = crate::admin::AdminState::new(
+                &config.admin,
+                router.clone(),
+                registry.clone(),
+                counters.clone(),
+                budget.clone(),
+                admin_token,
+                crate::admin::metrics_renderer(metrics.clone()),
+            );
+            let (addr, task) = crate::admin::spawn(listener, state, shutdown_rx.clone())?;
+            tracing::info!(%addr, mutations, "admin API listening");
+            (Some(addr), Some(task))
+        }
+        None => (None, None),
+    };
     let mut consumers = Vec::new();
     for source in sources {
         let ingest = Ingest::connect(&config.kafka, &config.lanes, &brokers, &shared, source)?;
@@ -508,6 +531,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             outbox.flush_results(RESULTS_FLUSH_TIMEOUT);
         });
         let _ = flushing.await;
+        if let Some(admin) = admin {
+            crate::admin::join(admin).await;
+        }
         // The runtime outlives every call: calls hold the engine, and the ticker stops with it.
         drop(dispatcher);
         drop(runtime);
@@ -529,6 +555,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         budget,
         artifacts,
         metrics,
+        admin_addr,
         shutdown,
         task,
         _realtime: realtime,

@@ -15,11 +15,14 @@
 //!   canaries), and the host capabilities plugins import;
 //! - [`secrets`]: secret values, loaded once and never printed;
 //! - [`telemetry`]: tracing setup, counters, one struct per observable event;
+//! - [`admin`]: the admin API (weights, plugin versions, health, `/metrics`, the console) and the
+//!   operator CLI's client;
 //! - [`host`]: wires the parts into a running host, [`run`] and [`host::start`];
 //! - [`demo`]: the self-contained demo (embedded Kafka, simulated vendors, bundled plugins);
 //! - [`authoring`]: for vendor teams: the plugin scaffold and offline tests;
 //! - [`cli`]: the `switchboard` command line.
 
+pub mod admin;
 pub mod authoring;
 pub mod cli;
 pub mod config;

@@ -286,6 +286,47 @@ impl PluginActivated<'_> {
     }
 }
 
+/// A plugin version was loaded through the admin API without being activated.
+pub struct PluginStaged<'a> {
+    pub plugin: &'a str,
+    pub version: &'a str,
+    pub id: &'a str,
+}
+
+impl PluginStaged<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "plugin_staged",
+            plugin = self.plugin,
+            version = self.version,
+            id = self.id,
+            "plugin version staged; the active version stays"
+        );
+    }
+}
+
+/// The admin API refused a mutation: no or a wrong token, a body over its limit, or a change
+/// the router or the registry refused. Never carries the token.
+pub struct AdminRequestRefused<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub reason: &'a str,
+}
+
+impl AdminRequestRefused<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "admin_request_refused",
+            method = self.method,
+            path = self.path,
+            status = self.status,
+            reason = self.reason,
+            "admin request refused"
+        );
+    }
+}
+
 /// A new plugin version was refused; the active one stays.
 pub struct PluginRefused<'a> {
     pub plugin: &'a str,
