@@ -17,7 +17,9 @@ use switchboard::demo::{DemoVendors, demo_envelope, produce};
 use switchboard::ingest::EmbeddedKafka;
 use switchboard::plugin::registry::version_id;
 use switchboard::route::Router;
-use switchboard_integration_tests::{FcmFixture, plugin_dir, plugin_path, wait_until};
+use switchboard_integration_tests::{
+    FcmFixture, plugin_dir, plugin_path, relabelled_component, wait_until,
+};
 
 const TOKEN: &str = "test-admin-token-5d1f";
 const WAIT: Duration = Duration::from_secs(60);
@@ -135,33 +137,6 @@ fn split(router: &Router) -> BTreeMap<String, u32> {
 
 fn counts(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-}
-
-/// `n` as unsigned LEB128, as the WebAssembly binary format writes sizes.
-fn leb128(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// The component with a custom section (id 0) appended: other bytes, so another version id,
-/// and the same behaviour, since custom sections carry no code.
-fn with_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
-    let mut content = Vec::new();
-    leb128(name.len(), &mut content);
-    content.extend_from_slice(name.as_bytes());
-    content.extend_from_slice(payload);
-    let mut out = component.to_vec();
-    out.push(0x00);
-    leb128(content.len(), &mut out);
-    out.extend_from_slice(&content);
-    out
 }
 
 /// Bytes that are no component: a multiplicative hash of the index.
@@ -461,7 +436,7 @@ async fn a_new_version_swaps_in_under_traffic_and_refusals_keep_the_active_one()
         oversized.body
     );
     assert_eq!(api.active_id("fcm").await, old_id);
-    let v2 = with_custom_section(&original, "switchboard-test", b"v2");
+    let v2 = relabelled_component(&original, "v2");
     let v2_id = version_id(&v2);
     assert_ne!(v2_id, old_id);
     let no_token = upload(v2.clone(), None).await;
@@ -630,7 +605,7 @@ async fn a_version_renamed_into_the_watched_directory_becomes_active() {
     let api = Api::new(&host);
 
     let original = std::fs::read(plugin_path("fcm")).unwrap();
-    let v2 = with_custom_section(&original, "switchboard-test", b"watched v2");
+    let v2 = relabelled_component(&original, "watched v2");
     let v2_id = version_id(&v2);
     // Written under a name the watcher ignores, then renamed in whole.
     let partial: PathBuf = watched.path().join("fcm.wasm.partial");

@@ -24,7 +24,7 @@ use switchboard::RunningHost;
 use switchboard::config::SecretSource;
 use switchboard::demo::{DemoVendors, demo_envelope, produce};
 use switchboard::plugin::registry::version_id;
-use switchboard_integration_tests::{plugin_dir, plugin_path};
+use switchboard_integration_tests::{plugin_dir, plugin_path, relabelled_component};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -289,33 +289,6 @@ async fn until_active(
     .await
 }
 
-/// `n` as unsigned LEB128, as the WebAssembly binary format writes sizes.
-fn leb128(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// The component with a custom section appended: other bytes, so another version id, and the
-/// same behaviour, since custom sections carry no code.
-fn with_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
-    let mut content = Vec::new();
-    leb128(name.len(), &mut content);
-    content.extend_from_slice(name.as_bytes());
-    content.extend_from_slice(payload);
-    let mut out = component.to_vec();
-    out.push(0x00);
-    leb128(content.len(), &mut out);
-    out.extend_from_slice(&content);
-    out
-}
-
 /// How 100 picks of channel `sms` fall between its vendors.
 fn split(host: &RunningHost) -> anyhow::Result<BTreeMap<String, u32>> {
     let mut counts = BTreeMap::new();
@@ -522,7 +495,7 @@ async fn drive(page: &Client, host: &RunningHost, base: &str, topic: &str) -> an
     // A new version uploaded through the page's file field, rolled back with its button, then
     // activated again from the staged list.
     let original = std::fs::read(plugin_path("sms-nhn"))?;
-    let v2 = with_custom_section(&original, "switchboard-console-test", b"v2");
+    let v2 = relabelled_component(&original, "v2");
     let (old_id, new_id) = (version_id(&original), version_id(&v2));
     ensure!(
         active_id(&http, base, "sms-nhn").await? == old_id,
