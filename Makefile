@@ -49,10 +49,14 @@ plugins: toolchain
 	for p in $(PLUGINS); do cp $(WASM_OUT)/$$(echo $$p | tr - _).wasm build/plugins/$$p.wasm; done
 
 ## guests: the misbehaving test components, into build/guests/
+# A target directory of their own: flaky_fcm links the FCM adapter's rlib without its exports,
+# and a cdylib crate's rlib has no hash in its file name, so sharing the plugins' directory would
+# let each build overwrite the other's `libfcm.rlib`.
+GUESTS_TARGET := $(CARGO_TARGET_DIR)/guests
 guests: toolchain
-	cargo build --release --target wasm32-wasip2 --manifest-path tests/guests/Cargo.toml
+	cargo build --release --target wasm32-wasip2 --manifest-path tests/guests/Cargo.toml --target-dir $(GUESTS_TARGET)
 	mkdir -p build/guests
-	for g in $(GUESTS); do cp $(WASM_OUT)/$$g.wasm build/guests/; done
+	for g in $(GUESTS); do cp $(GUESTS_TARGET)/wasm32-wasip2/release/$$g.wasm build/guests/; done
 
 ## host: the host, the lab and the simulators (release)
 host:
