@@ -32,8 +32,11 @@ use crate::secrets::PluginSecrets;
 use crate::state;
 use crate::telemetry::events;
 
-/// Versions kept to roll back to, per plugin.
+/// Versions kept to roll back to, and loaded-but-inactive versions kept to activate, per
+/// plugin. Each holds its compiled code in memory; older ones are let go (their component files
+/// stay in the state directory).
 const KEPT_PREVIOUS: usize = 5;
+const KEPT_STAGED: usize = 5;
 
 /// How a configured plugin's versions are loaded: the same grants, secrets, limits and config
 /// for every version.
@@ -208,6 +211,19 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Makes `lineup` the plugin's versions, letting go of the oldest previous and staged
+    /// versions beyond what is kept.
+    fn replace(&self, mut lineup: Lineup) {
+        for (list, keep) in [
+            (&mut lineup.previous, KEPT_PREVIOUS),
+            (&mut lineup.staged, KEPT_STAGED),
+        ] {
+            let excess = list.len().saturating_sub(keep);
+            list.drain(..excess);
+        }
+        self.lineup.store(Arc::new(lineup));
+    }
+
     /// The version for the next call: the canary for its share of calls, else the active one.
     pub fn choose(&self) -> Arc<Version> {
         let lineup = self.lineup.load();
@@ -484,7 +500,7 @@ impl Registry {
         let version = self.version(id, loaded, source);
         let mut lineup = (*slot.lineup()).clone();
         lineup.staged.push(version.clone());
-        slot.lineup.store(Arc::new(lineup));
+        slot.replace(lineup);
         Ok(version)
     }
 
@@ -538,11 +554,8 @@ impl Registry {
         }
         let mut next = lineup.without(id);
         next.previous.push(lineup.active.clone());
-        if next.previous.len() > KEPT_PREVIOUS {
-            next.previous.remove(0);
-        }
         next.active = version.clone();
-        slot.lineup.store(Arc::new(next));
+        slot.replace(next);
         events::PluginActivated {
             plugin: name,
             version: &version.plugin.info.version,
@@ -572,7 +585,7 @@ impl Registry {
             .ok_or_else(|| SwapError::NothingToRollBack(name.to_string()))?;
         next.staged.push(lineup.active.clone());
         next.active = back.clone();
-        slot.lineup.store(Arc::new(next));
+        slot.replace(next);
         events::PluginActivated {
             plugin: name,
             version: &back.plugin.info.version,
@@ -623,7 +636,7 @@ impl Registry {
             percent,
             started_at_ms: now_ms(),
         });
-        slot.lineup.store(Arc::new(next));
+        slot.replace(next);
         events::CanaryStarted {
             plugin: name,
             id,
@@ -642,7 +655,7 @@ impl Registry {
         let mut next = (*lineup).clone();
         next.canary = None;
         next.staged.push(canary.version.clone());
-        slot.lineup.store(Arc::new(next));
+        slot.replace(next);
         self.note_canary_end(slot, Some(canary), how, reason);
     }
 

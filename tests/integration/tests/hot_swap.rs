@@ -140,6 +140,18 @@ async fn versions_swap_refuse_roll_back_and_survive_a_restart() {
         delivered()
     );
 
+    // Versions held in memory are bounded: the oldest previous and staged ones are let go.
+    for i in 0..7 {
+        let bytes = relabelled_component(&fcm, &format!("staged-{i}"));
+        registry
+            .stage("fcm", &bytes, VersionSource::Upload)
+            .await
+            .unwrap();
+    }
+    let lineup = slot.lineup();
+    assert_eq!(lineup.staged.len(), 5, "staged versions are capped");
+    assert!(lineup.previous.len() <= 5);
+
     // Rollback: back to the config's version.
     let back = registry.rollback("fcm").await.unwrap();
     assert_eq!(back.id, original);
