@@ -26,6 +26,9 @@ use crate::secrets::PluginSecrets;
 use crate::telemetry::Counters;
 use crate::telemetry::metrics::{HostParts, Metrics};
 
+/// How long shutdown waits for the batching queues to let go of the outbox.
+const OUTBOX_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long shutdown waits for in-flight records before committing what is finished.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -526,17 +529,24 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
-        // Results still queued go out before the producer is dropped (which discards them).
-        let flushing = tokio::task::spawn_blocking(move || {
-            outbox.flush_results(RESULTS_FLUSH_TIMEOUT);
-        });
-        let _ = flushing.await;
         if let Some(admin) = admin {
             crate::admin::join(admin).await;
         }
         // The runtime outlives every call: calls hold the engine, and the ticker stops with it.
         drop(dispatcher);
         drop(runtime);
+        // The batching queues end once the dispatcher is gone, each on its own thread pool; the
+        // last of them lets go of the outbox. Waiting for that keeps the producers from
+        // outliving this task, and so the embedded cluster, which stops right after.
+        let waited = std::time::Instant::now();
+        while Arc::strong_count(&outbox) > 1 && waited.elapsed() < OUTBOX_RELEASE_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Results still queued go out before the producer is dropped (which discards them).
+        let flushing = tokio::task::spawn_blocking(move || {
+            outbox.flush_results(RESULTS_FLUSH_TIMEOUT);
+        });
+        let _ = flushing.await;
         if let Some(history) = history {
             let written = history.shutdown().await;
             tracing::info!(
