@@ -18,7 +18,7 @@ use switchboard::ingest::EmbeddedKafka;
 use switchboard::plugin::registry::version_id;
 use switchboard::route::Router;
 use switchboard_integration_tests::{
-    FcmFixture, plugin_dir, plugin_path, relabelled_component, wait_until,
+    CapturedLogs, FcmFixture, plugin_dir, plugin_path, relabelled_component, wait_until,
 };
 
 const TOKEN: &str = "test-admin-token-5d1f";
@@ -153,29 +153,9 @@ fn sms_host_config(vendors: &DemoVendors) -> switchboard::Config {
     config
 }
 
-/// Every log line of this test binary, at every level, to search for the token.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_change_live_with_the_token_and_are_kept_across_a_restart() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let captured = CapturedLogs::install();
     let vendors = DemoVendors::start(Duration::from_millis(1)).await.unwrap();
     let config = sms_host_config(&vendors);
     let host = switchboard::start(config.clone()).await.unwrap();
@@ -384,7 +364,7 @@ async fn weights_change_live_with_the_token_and_are_kept_across_a_restart() {
 
     // The token is a secret: it is in no log line, at any level, and not in the metrics.
     assert!(!metrics.body.to_string().contains(TOKEN));
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(logs.contains("admin API listening"), "the capture works");
     assert!(!logs.contains(TOKEN), "the admin token reached a log line");
 }

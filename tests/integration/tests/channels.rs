@@ -4,40 +4,17 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard::demo::{DemoVendors, demo_request, produce};
 use switchboard::ingest::EmbeddedKafka;
-use switchboard_integration_tests::{plugin_dir, wait_until};
+use switchboard_integration_tests::{CapturedLogs, plugin_dir, wait_until};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// Collects every log line of the process.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_channels_deliver_weights_hold_and_no_secret_reaches_a_log() {
-    // Every level of every crate, the host's and its dependencies' (HTTP, TLS, Kafka).
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let captured = CapturedLogs::install();
 
     let topic = "channels";
     let cluster = EmbeddedKafka::start(1, &[topic.to_string()], 4).unwrap();
@@ -97,7 +74,7 @@ async fn four_channels_deliver_weights_hold_and_no_secret_reaches_a_log() {
         "nhn {nhn} of 10,000 for weight 30"
     );
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(
         logs.len() > 10_000,
         "the capture saw the run ({} bytes)",
