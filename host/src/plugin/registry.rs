@@ -173,6 +173,23 @@ impl Lineup {
             .cloned()
     }
 
+    /// A version an operator named: by id, or by the version its `describe` gives when exactly
+    /// one loaded version has it.
+    fn find_named(&self, name: &str) -> Option<Arc<Version>> {
+        if let Some(version) = self.find(name) {
+            return Some(version);
+        }
+        let mut described = std::iter::once(&self.active)
+            .chain(self.canary.as_ref().map(|c| &c.version))
+            .chain(&self.previous)
+            .chain(&self.staged)
+            .filter(|v| v.plugin.info.version == name);
+        match (described.next(), described.next()) {
+            (Some(version), None) => Some(version.clone()),
+            _ => None,
+        }
+    }
+
     fn without(&self, id: &str) -> Lineup {
         let mut next = self.clone();
         next.previous.retain(|v| v.id != id);
@@ -330,7 +347,9 @@ pub enum SwapError {
         channel: String,
         expected: String,
     },
-    #[error("plugin `{plugin}` has no version `{id}`")]
+    #[error(
+        "plugin `{plugin}` has no loaded version `{id}` (name one by its id, or by a version string only one loaded version has)"
+    )]
     UnknownVersion { plugin: String, id: String },
     #[error("plugin `{0}` has no previous version to roll back to")]
     NothingToRollBack(String),
@@ -542,12 +561,15 @@ impl Registry {
     ) -> Result<Arc<Version>, SwapError> {
         let slot = self.known(name)?;
         let lineup = slot.lineup();
-        let version = lineup.find(id).ok_or_else(|| SwapError::UnknownVersion {
-            plugin: name.to_string(),
-            id: id.to_string(),
-        })?;
+        let version = lineup
+            .find_named(id)
+            .ok_or_else(|| SwapError::UnknownVersion {
+                plugin: name.to_string(),
+                id: id.to_string(),
+            })?;
+        let id = version.id.as_str();
         if lineup.active.id == id {
-            return Ok(version);
+            return Ok(version.clone());
         }
         if lineup.canary.as_ref().is_some_and(|c| c.version.id == id) {
             self.note_canary_end(slot, lineup.canary.as_ref(), "promoted", "activated");
@@ -615,10 +637,13 @@ impl Registry {
             return Err(SwapError::BadPercent(percent));
         }
         let lineup = slot.lineup();
-        let version = lineup.find(id).ok_or_else(|| SwapError::UnknownVersion {
-            plugin: name.to_string(),
-            id: id.to_string(),
-        })?;
+        let version = lineup
+            .find_named(id)
+            .ok_or_else(|| SwapError::UnknownVersion {
+                plugin: name.to_string(),
+                id: id.to_string(),
+            })?;
+        let id = version.id.as_str();
         if lineup.active.id == id {
             return Err(SwapError::AlreadyActive {
                 plugin: name.to_string(),

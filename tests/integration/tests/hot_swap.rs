@@ -118,7 +118,12 @@ async fn versions_swap_refuse_roll_back_and_survive_a_restart() {
         .await
         .unwrap();
     assert_eq!(active(), swapped.id, "staging does not activate");
-    registry.set_canary("fcm", &canary.id, 50).await.unwrap();
+    // Named by the version its `describe` gives, which only this loaded version has.
+    assert_eq!(canary.plugin.info.version, "0.1.0-flaky");
+    registry
+        .set_canary("fcm", &canary.plugin.info.version, 50)
+        .await
+        .unwrap();
     let slot = registry.slot("fcm").unwrap().clone();
     let producer = tokio::spawn({
         let brokers = brokers.clone();
