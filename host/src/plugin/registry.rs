@@ -190,6 +190,15 @@ impl Lineup {
         }
     }
 
+    /// As [`Lineup::find_named`], refusing a name no loaded version of `plugin` answers to.
+    fn named(&self, plugin: &str, name: &str) -> Result<Arc<Version>, SwapError> {
+        self.find_named(name)
+            .ok_or_else(|| SwapError::UnknownVersion {
+                plugin: plugin.to_string(),
+                id: name.to_string(),
+            })
+    }
+
     fn without(&self, id: &str) -> Lineup {
         let mut next = self.clone();
         next.previous.retain(|v| v.id != id);
@@ -561,12 +570,7 @@ impl Registry {
     ) -> Result<Arc<Version>, SwapError> {
         let slot = self.known(name)?;
         let lineup = slot.lineup();
-        let version = lineup
-            .find_named(id)
-            .ok_or_else(|| SwapError::UnknownVersion {
-                plugin: name.to_string(),
-                id: id.to_string(),
-            })?;
+        let version = lineup.named(name, id)?;
         let id = version.id.as_str();
         if lineup.active.id == id {
             return Ok(version.clone());
@@ -637,12 +641,7 @@ impl Registry {
             return Err(SwapError::BadPercent(percent));
         }
         let lineup = slot.lineup();
-        let version = lineup
-            .find_named(id)
-            .ok_or_else(|| SwapError::UnknownVersion {
-                plugin: name.to_string(),
-                id: id.to_string(),
-            })?;
+        let version = lineup.named(name, id)?;
         let id = version.id.as_str();
         if lineup.active.id == id {
             return Err(SwapError::AlreadyActive {
