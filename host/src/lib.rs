@@ -15,6 +15,7 @@
 //!   canaries), and the host capabilities plugins import;
 //! - [`secrets`]: secret values, loaded once and never printed;
 //! - [`telemetry`]: tracing setup, counters, one struct per observable event;
+//! - [`text`]: outside text cut to a known size before it becomes a header or a field;
 //! - [`admin`]: the admin API (weights, plugin versions, health, `/metrics`, the console) and the
 //!   operator CLI's client;
 //! - [`host`]: wires the parts into a running host, [`run`] and [`host::start`];
@@ -37,6 +38,7 @@ pub mod route;
 pub mod secrets;
 pub mod state;
 pub mod telemetry;
+pub mod text;
 
 pub use config::Config;
 pub use host::{RunningHost, StartOptions, run, start, start_with};

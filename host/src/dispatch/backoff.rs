@@ -22,7 +22,7 @@ impl Backoff {
 
     /// The wait after failed attempt number `attempt` (1-based): a uniformly random time up to
     /// `base * 2^(attempt-1)` (capped at `max`), so that retries of one outage spread out, and
-    /// never less than `retry_after`.
+    /// never less than `retry_after`, itself capped at the larger of `max` and the vendor hold.
     pub fn delay(
         &self,
         attempt: u32,
@@ -34,7 +34,13 @@ impl Backoff {
         let jittered = Duration::from_millis(rng.gen_range(0..=ceiling.as_millis() as u64));
         // Half the ceiling at least, so a retry never comes back at once.
         let floor = ceiling / 2;
-        jittered.max(floor).max(retry_after.unwrap_or_default())
+        // A vendor's Retry-After is honoured up to the longest the vendor itself is held: a
+        // vendor asking for hours is treated as down for that long, and the retry may then
+        // fail over, instead of passing `give_up_after` at once or holding its retry partition.
+        let retry_after = retry_after
+            .unwrap_or_default()
+            .min(self.max.max(super::vendor::MAX_HOLD));
+        jittered.max(floor).max(retry_after)
     }
 }
 
@@ -55,5 +61,16 @@ mod tests {
         }
         let d = backoff.delay(1, Some(Duration::from_secs(30)), &mut rng);
         assert_eq!(d, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_far_retry_after_is_honoured_only_up_to_the_vendor_hold() {
+        // A vendor that answers "Retry-After: 7200" must not push the retry past
+        // `give_up_after` (a dead letter at once) nor block the retry partition for hours:
+        // the retry comes back after the vendor hold and may fail over.
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let d = backoff.delay(1, Some(Duration::from_secs(7200)), &mut rng);
+        assert_eq!(d, super::super::vendor::MAX_HOLD);
     }
 }

@@ -87,7 +87,14 @@ impl Job {
         }
     }
 
-    fn retry_record(&self, due_at_ms: u64, last_reason: String, plugin_fault: bool) -> RetryRecord {
+    fn retry_record(
+        &self,
+        due_at_ms: u64,
+        mut last_reason: String,
+        plugin_fault: bool,
+    ) -> RetryRecord {
+        // A trap's message can carry a long backtrace; the record keeps a bounded reason.
+        crate::text::cap_in_place(&mut last_reason, crate::retry::HEADER_REASON_BYTES);
         RetryRecord {
             route: None,
             key: self.delivery.key.clone(),
@@ -218,11 +225,13 @@ impl Dispatcher {
             "no plugin `{plugin}` is running for channel `{}`",
             job.channel
         );
-        let settled = self
+        if let Some(settled) = self
             .settler
             .dead_letter(job, ReasonClass::UnknownChannel, &reason, None, None)
-            .await;
-        self.settler.finish(vec![settled]).await;
+            .await
+        {
+            self.settler.finish(vec![settled]).await;
+        }
     }
 }
 
@@ -343,7 +352,7 @@ impl Settler {
                             Some(&rejection.code),
                             Some(plugin),
                         )
-                        .await
+                        .await?
                     }
                 };
                 self.outbox.publish_result(|| ResultRecord {
@@ -390,7 +399,7 @@ impl Settler {
                     .emit();
                     let job = self
                         .dead_letter(job, class, &info.reason, None, Some(plugin))
-                        .await;
+                        .await?;
                     self.outbox.publish_result(|| ResultRecord {
                         code: Some(class.as_str().to_string()),
                         reason: Some(info.reason.clone()),
@@ -405,7 +414,23 @@ impl Settler {
                     vendor: plugin.name.clone(),
                     timed_out,
                 });
-                self.outbox.retry(&record).await;
+                if let Err(error) = self.outbox.retry(&record).await {
+                    // The retry topic refused it for good: the DLQ keeps it instead, so it is
+                    // never lost and the lane goes on.
+                    let reason = format!(
+                        "{}; the retry topic refused it: {error}",
+                        record.last_reason
+                    );
+                    let class = if plugin_fault {
+                        ReasonClass::PluginFault
+                    } else {
+                        ReasonClass::AttemptsExhausted
+                    };
+                    counters.deliveries_failed.fetch_add(1, Ordering::Relaxed);
+                    return self
+                        .dead_letter(job, class, &reason, None, Some(plugin))
+                        .await;
+                }
                 self.outbox.publish_result(|| ResultRecord {
                     reason: Some(record.last_reason.clone()),
                     ..result(&job, ResultOutcome::Retry)
@@ -446,7 +471,10 @@ impl Settler {
         record.channel = config.channel.clone();
         record.content = content;
         record.attempt = 1;
-        self.outbox.retry(&record).await;
+        if let Err(error) = self.outbox.retry(&record).await {
+            tracing::warn!(key = %job.delivery.key, %error, "no fallback: the retry topic refused it");
+            return None;
+        }
         self.counters
             .deliveries_fallen_back
             .fetch_add(1, Ordering::Relaxed);
@@ -460,7 +488,9 @@ impl Settler {
         Some(config.channel.clone())
     }
 
-    /// Writes the delivery to the DLQ; returns it for marking and finishing.
+    /// Writes the delivery to the DLQ; returns it for marking and finishing. `None` when the
+    /// DLQ refused it for good or shutdown abandoned the write: the job is dropped unfinished,
+    /// so its record's offset never passes it and the record is read again later.
     async fn dead_letter(
         &self,
         mut job: Job,
@@ -468,7 +498,7 @@ impl Settler {
         reason: &str,
         vendor_code: Option<&str>,
         plugin: Option<&LoadedPlugin>,
-    ) -> Job {
+    ) -> Option<Job> {
         let record = job.retry_record(
             now_ms(),
             reason.to_string(),
@@ -483,13 +513,25 @@ impl Settler {
             attempts: job.delivery.attempt,
             first_seen_ms: job.first_seen_ms,
         };
-        self.outbox
+        if let Err(error) = self
+            .outbox
             .dead_letter(&job.delivery.key, &value, &job.origin, &why)
-            .await;
+            .await
+        {
+            self.counters
+                .deliveries_unsettled
+                .fetch_add(1, Ordering::Relaxed);
+            events::DeliveryUnsettled {
+                key: &job.delivery.key,
+                error: &error,
+            }
+            .emit();
+            return None;
+        }
         // Counted once the DLQ holds it, so the count never runs ahead of the topic.
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         job.dead_lettered = true;
-        job
+        Some(job)
     }
 
     /// Marks final deliveries as done, then lets their records finish. The mark comes first:

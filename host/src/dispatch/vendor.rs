@@ -16,7 +16,7 @@ use crate::config::TrafficClass;
 
 /// The longest a Retry-After may hold a vendor; a vendor asking for longer is treated as down
 /// for this long, and its deliveries go on through the retry topic.
-const MAX_HOLD: Duration = Duration::from_secs(60);
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(60);
 
 /// A token bucket over deliveries, with a reserve only realtime may spend.
 #[derive(Debug)]

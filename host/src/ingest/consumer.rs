@@ -108,6 +108,13 @@ const STATISTICS_INTERVAL_MS: &str = "5000";
 pub struct IngestContext {
     book: Arc<OffsetBook>,
     drain: Duration,
+    /// Records held for the budget: those of a revoked partition are dropped, never sent.
+    held: Arc<Mutex<HeldRecords>>,
+    /// Records waiting behind their key: those of a revoked partition are dropped too.
+    order: Arc<KeyOrder>,
+    /// Set once the consumer is closing after its own drain: a revoke then only commits, so
+    /// shutdown never waits for a second drain.
+    closing: std::sync::atomic::AtomicBool,
     /// Records behind the end of the assigned partitions: `switchboard_consumer_lag_records`.
     lag: prometheus_client::metrics::gauge::Gauge,
 }
@@ -122,6 +129,62 @@ impl ClientContext for IngestContext {
             }
             Err(error) => tracing::debug!(%error, "librdkafka statistics without a usable lag"),
         }
+    }
+}
+
+impl IngestContext {
+    /// Drops the records of the revoked partitions that were never handed to the dispatcher
+    /// (held for the budget, or waiting behind their key): the next owner reads them again,
+    /// and sending them now would only send them twice. Returns how many were dropped; their
+    /// tickets stay open, so no offset passes them.
+    fn drop_unsent(&self, tpl: &TopicPartitionList) -> usize {
+        let revoked: std::collections::HashSet<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let mut dropped = 0;
+        {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.retain(|partition, queue| {
+                let keep = !revoked.contains(partition);
+                if !keep {
+                    dropped += queue.len();
+                }
+                keep
+            });
+        }
+        dropped += self
+            .order
+            .drop_where(|ticket| revoked.contains(&(ticket.topic.clone(), ticket.partition)));
+        dropped
+    }
+
+    /// Waits, up to the drain time, until the revoked partitions hold nothing in flight but the
+    /// `dropped` records that will never finish here. Returns the records still in flight.
+    ///
+    /// This runs inside librdkafka's rebalance callback, on the consumer's polling task. The
+    /// records it waits for finish on other tasks, possibly of the same runtime (the realtime
+    /// lane has one thread), so the wait hands this thread's other work to another thread
+    /// first; sleeping here would freeze the very tasks the drain waits for.
+    fn drain_revoked(&self, tpl: &TopicPartitionList, dropped: usize) -> usize {
+        let in_flight = || self.book.open_in(tpl).saturating_sub(dropped);
+        if self.closing.load(Relaxed) || in_flight() == 0 {
+            return in_flight();
+        }
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread {
+            // Nothing could finish while this thread waits: commit what is finished now.
+            return in_flight();
+        }
+        let deadline = Instant::now() + self.drain;
+        tokio::task::block_in_place(|| {
+            while in_flight() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        in_flight()
     }
 }
 
@@ -171,14 +234,8 @@ impl ConsumerContext for IngestContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        // Let the in-flight records of the revoked partitions finish, so their offsets are
-        // committed here and the next owner does not deliver them again. This runs on the
-        // consumer's polling task; the records finish on other tasks.
-        let deadline = Instant::now() + self.drain;
-        while self.book.open_in(tpl) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let open = self.book.open_in(tpl);
+        let dropped = self.drop_unsent(tpl);
+        let open = self.drain_revoked(tpl, dropped);
         if open > 0 {
             tracing::warn!(
                 open_records = open,
@@ -370,15 +427,7 @@ enum Accepted {
     /// Deliveries to send.
     Deliver(Arrival),
     /// A record that will not be delivered: to the DLQ as it is.
-    DeadLetter {
-        key: String,
-        value: Vec<u8>,
-        origin: Origin,
-        class: ReasonClass,
-        reason: String,
-        first_seen_ms: u64,
-        ticket: Arc<RecordTicket>,
-    },
+    DeadLetter(Refused),
     /// A retry record that is not due yet: wait for it without holding it.
     NotDue {
         topic: String,
@@ -435,6 +484,18 @@ impl KeyOrder {
         }
     }
 
+    /// Drops the waiting records whose ticket matches `revoked`; returns how many.
+    fn drop_where(&self, revoked: impl Fn(&RecordTicket) -> bool) -> usize {
+        let mut waiting = self.lock();
+        let mut dropped = 0;
+        for queue in waiting.values_mut() {
+            let before = queue.len();
+            queue.retain(|arrival| !revoked(&arrival.ticket));
+            dropped += before - queue.len();
+        }
+        dropped
+    }
+
     /// Records waiting behind another of their key.
     pub fn waiting(&self) -> usize {
         self.lock().values().map(VecDeque::len).sum()
@@ -453,7 +514,7 @@ struct Feed {
 }
 
 impl Feed {
-    async fn admit(&self, arrival: Arrival) {
+    async fn admit(self: &Arc<Self>, arrival: Arrival) {
         let _ = arrival
             .ticket
             .charge
@@ -465,7 +526,18 @@ impl Feed {
             },
             None => arrival,
         };
-        self.dispatch(arrival).await;
+        self.dispatch_or_spawn(arrival).await;
+    }
+
+    /// Dispatches `arrival` here, or on a task of its own when the dedup look-up goes over
+    /// the network: the consumer loop must never wait one round trip per record.
+    async fn dispatch_or_spawn(self: &Arc<Self>, arrival: Arrival) {
+        if matches!(self.dedup.as_deref(), Some(DedupStore::Redis(_))) {
+            let feed = self.clone();
+            tokio::spawn(async move { feed.dispatch(arrival).await });
+        } else {
+            self.dispatch(arrival).await;
+        }
     }
 
     /// Skips the recipients the dedup store knows as done (a redelivered or replayed request),
@@ -536,6 +608,94 @@ impl Feed {
     }
 }
 
+/// A record that will not be delivered, on its way to the DLQ as it is.
+struct Refused {
+    key: String,
+    value: Vec<u8>,
+    origin: Origin,
+    class: ReasonClass,
+    reason: String,
+    first_seen_ms: u64,
+    ticket: Arc<RecordTicket>,
+}
+
+/// Bytes of refused records on their way to the DLQ at once, per consumer: enough for the
+/// producer to batch thousands of small records, and a bound on what a flood of large ones
+/// holds in memory.
+const REFUSED_IN_FLIGHT_BYTES: usize = 8 << 20;
+
+/// Writes refused records to the DLQ while the consumer keeps polling. Each write runs on a
+/// task of its own and the producer batches them, so a backlog of bad records drains at the
+/// producer's rate, not one acknowledgement at a time; the bytes in flight are bounded.
+struct RefusedRecords {
+    outbox: Arc<Outbox>,
+    counters: Arc<Counters>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl RefusedRecords {
+    /// Starts the write of `refused`; waits only while the bytes in flight are at their bound.
+    async fn write(&self, refused: Refused) {
+        let cost = refused.value.len().clamp(1, REFUSED_IN_FLIGHT_BYTES) as u32;
+        let Ok(permit) = self.in_flight.clone().acquire_many_owned(cost).await else {
+            return;
+        };
+        let (outbox, counters) = (self.outbox.clone(), self.counters.clone());
+        tokio::spawn(async move {
+            let why = DeadLetterReason {
+                class: refused.class,
+                reason: &refused.reason,
+                vendor_code: None,
+                plugin: None,
+                attempts: 0,
+                first_seen_ms: refused.first_seen_ms,
+            };
+            match outbox
+                .dead_letter(&refused.key, &refused.value, &refused.origin, &why)
+                .await
+            {
+                Ok(()) => {
+                    counters.dead_lettered.fetch_add(1, Relaxed);
+                    refused.ticket.complete();
+                }
+                Err(error) => {
+                    // Never finished: the record stays below the committed offset.
+                    counters.deliveries_unsettled.fetch_add(1, Relaxed);
+                    events::DeliveryUnsettled {
+                        key: &refused.key,
+                        error: &error,
+                    }
+                    .emit();
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The consumer's own background tasks (admitting a paused partition's held records, handing
+/// on the next record of a key). Finished ones are reaped whenever one starts, so a long run
+/// of budget pauses leaves no finished task behind.
+#[derive(Default)]
+struct HoldTasks(tokio::task::JoinSet<()>);
+
+impl HoldTasks {
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        while self.0.try_join_next().is_some() {}
+        self.0.spawn(task);
+    }
+
+    /// Tasks started and not yet reaped.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn abort_all(&mut self) {
+        self.0.abort_all();
+    }
+}
+
 /// Records held for the budget, in offset order, by (topic, partition).
 type HeldRecords = HashMap<(String, i32), VecDeque<Arrival>>;
 
@@ -551,7 +711,8 @@ pub struct Ingest {
     ordering: [RecordOrdering; 3],
     /// Records of partitions paused for the budget, in offset order, by partition.
     held: Arc<Mutex<HeldRecords>>,
-    outbox: Arc<Outbox>,
+    /// Where refused records go to the DLQ without holding up the poll loop.
+    refused: RefusedRecords,
     max_record_bytes: usize,
 }
 
@@ -634,9 +795,18 @@ impl Ingest {
         for (k, v) in &kafka.properties {
             client.set(k, v);
         }
+        let (next, released) = mpsc::unbounded_channel();
+        let order = Arc::new(KeyOrder {
+            waiting: Mutex::new(HashMap::new()),
+            next,
+        });
+        let held: Arc<Mutex<HeldRecords>> = Arc::new(Mutex::new(HashMap::new()));
         let context = IngestContext {
             book: book.clone(),
             drain: Duration::from_millis(kafka.rebalance_drain_ms),
+            held: held.clone(),
+            order: order.clone(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             lag: shared.metrics.consumer_lag(source.as_str()),
         };
         let consumer: IngestConsumer = client
@@ -648,7 +818,6 @@ impl Ingest {
             .with_context(|| format!("subscribing to {names:?}"))?;
         let consumer = Arc::new(consumer);
         let _ = book.consumer.set(Arc::downgrade(&consumer));
-        let (next, released) = mpsc::unbounded_channel();
         let ordering = match source {
             // Retries come back in due order, not offset order: there is no order to keep.
             Source::Retries => [RecordOrdering::None; 3],
@@ -660,10 +829,7 @@ impl Ingest {
             source,
             feed: Arc::new(Feed {
                 budget: shared.budget.clone(),
-                order: Arc::new(KeyOrder {
-                    waiting: Mutex::new(HashMap::new()),
-                    next,
-                }),
+                order,
                 dedup: shared.dedup.clone(),
                 router: shared.router.clone(),
                 dispatcher: shared.dispatcher.clone(),
@@ -671,8 +837,12 @@ impl Ingest {
             }),
             released: Mutex::new(Some(released)),
             ordering,
-            held: Arc::new(Mutex::new(HashMap::new())),
-            outbox: shared.outbox.clone(),
+            held,
+            refused: RefusedRecords {
+                outbox: shared.outbox.clone(),
+                counters: shared.counters.clone(),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(REFUSED_IN_FLIGHT_BYTES)),
+            },
             max_record_bytes: shared.max_record_bytes,
         })
     }
@@ -684,7 +854,7 @@ impl Ingest {
         mut shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) -> anyhow::Result<()> {
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut tasks = HoldTasks::default();
         if let Some(mut released) = self
             .released
             .lock()
@@ -694,7 +864,7 @@ impl Ingest {
             let feed = self.feed.clone();
             tasks.spawn(async move {
                 while let Some(next) = released.recv().await {
-                    feed.dispatch(next).await;
+                    feed.dispatch_or_spawn(next).await;
                 }
             });
         }
@@ -717,27 +887,7 @@ impl Ingest {
             drop(message);
             match accepted {
                 Accepted::Deliver(arrival) => self.admit_or_hold(arrival, &mut tasks).await,
-                Accepted::DeadLetter {
-                    key,
-                    value,
-                    origin,
-                    class,
-                    reason,
-                    first_seen_ms,
-                    ticket,
-                } => {
-                    let why = DeadLetterReason {
-                        class,
-                        reason: &reason,
-                        vendor_code: None,
-                        plugin: None,
-                        attempts: 0,
-                        first_seen_ms,
-                    };
-                    self.outbox.dead_letter(&key, &value, &origin, &why).await;
-                    counters.dead_lettered.fetch_add(1, Relaxed);
-                    ticket.complete();
-                }
+                Accepted::DeadLetter(refused) => self.refused.write(refused).await,
                 Accepted::NotDue {
                     topic,
                     partition,
@@ -753,7 +903,7 @@ impl Ingest {
 
     /// Admits `arrival`, unless its lane is over budget or its partition already holds records:
     /// then the partition is paused and the record held until the lane is below low water.
-    async fn admit_or_hold(&self, arrival: Arrival, tasks: &mut tokio::task::JoinSet<()>) {
+    async fn admit_or_hold(&self, arrival: Arrival, tasks: &mut HoldTasks) {
         let partition = (arrival.ticket.topic.clone(), arrival.ticket.partition);
         let class = arrival.class;
         let admit_now = {
@@ -874,7 +1024,7 @@ impl Ingest {
                     reason: &reason,
                 }
                 .emit();
-                Accepted::DeadLetter {
+                Accepted::DeadLetter(Refused {
                     key: message
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -885,7 +1035,7 @@ impl Ingest {
                     reason,
                     first_seen_ms: seen_at,
                     ticket: self.ticket(topic, partition, offset, 1),
-                }
+                })
             };
         if self.source == Source::Retries {
             let record: RetryRecord = match message.payload().map(serde_json::from_slice) {
@@ -1003,6 +1153,8 @@ impl Ingest {
     }
 
     async fn drain_and_commit(&self, drain: Duration) {
+        // The close after this commits in its revoke callback without a second drain.
+        self.consumer.context().closing.store(true, Relaxed);
         let deadline = tokio::time::Instant::now() + drain;
         while self.book.open_records() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1033,6 +1185,170 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn context(drain: Duration) -> IngestContext {
+        let (next, _released) = mpsc::unbounded_channel();
+        IngestContext {
+            book: Arc::new(OffsetBook::new()),
+            drain,
+            held: Arc::new(Mutex::new(HashMap::new())),
+            order: Arc::new(KeyOrder {
+                waiting: Mutex::new(HashMap::new()),
+                next,
+            }),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            lag: crate::telemetry::metrics::Metrics::new().consumer_lag("mixed"),
+        }
+    }
+
+    fn partitions(list: &[(&str, i32)]) -> anyhow::Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in list {
+            tpl.add_partition(topic, *partition);
+        }
+        Ok(tpl)
+    }
+
+    /// A one-recipient record at `offset`, opened in `book`.
+    fn arrival(book: &Arc<OffsetBook>, topic: &str, partition: i32, offset: i64) -> Arrival {
+        book.open(topic, partition, offset);
+        let ticket = Arc::new(RecordTicket {
+            topic: topic.into(),
+            partition,
+            offset,
+            remaining: AtomicUsize::new(1),
+            book: book.clone(),
+            charge: OnceLock::new(),
+            order: OnceLock::new(),
+        });
+        Arrival {
+            deliveries: vec![Delivery {
+                key: format!("r{offset}/0"),
+                recipient: "token".into(),
+                content: "{}".into(),
+                priority: crate::plugin::Priority::Ads,
+                attempt: 1,
+            }],
+            replayed: false,
+            channel: "push".into(),
+            class: TrafficClass::Ads,
+            order_key: None,
+            origin: Arc::new(Origin {
+                topic: topic.into(),
+                partition,
+                offset,
+            }),
+            first_seen_ms: 0,
+            ticket,
+            route: None,
+        }
+    }
+
+    #[test]
+    fn the_rebalance_drain_lets_records_finish_on_the_thread_it_waits_on() -> anyhow::Result<()> {
+        // The realtime lane runs on one thread: its consumer's rebalance callback and the calls
+        // that finish its records share it.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let context = Arc::new(context(Duration::from_secs(5)));
+        context.book.open("t", 0, 10);
+        let revoked = partitions(&[("t", 0)])?;
+        let started = Instant::now();
+        let left = runtime.block_on({
+            let context = context.clone();
+            async move {
+                tokio::spawn(async move {
+                    let finishing = context.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        finishing.book.finish("t", 0, 10);
+                    });
+                    context.drain_revoked(&revoked, 0)
+                })
+                .await
+            }
+        })?;
+        assert_eq!(
+            left, 0,
+            "the record in flight never finished during the drain"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_revoked_partition_drops_its_unsent_records_and_the_drain_does_not_wait_for_them()
+    -> anyhow::Result<()> {
+        let context = context(Duration::from_secs(5));
+        let book = context.book.clone();
+        {
+            let mut held = context.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.insert(
+                ("t".into(), 0),
+                VecDeque::from([arrival(&book, "t", 0, 1), arrival(&book, "t", 0, 2)]),
+            );
+            held.insert(("t".into(), 1), VecDeque::from([arrival(&book, "t", 1, 1)]));
+        }
+        // A record of partition 0 waits behind its key's record, which is in flight elsewhere.
+        context
+            .order
+            .lock()
+            .insert(7, VecDeque::from([arrival(&book, "t", 0, 4)]));
+        let revoked = partitions(&[("t", 0)])?;
+        let dropped = context.drop_unsent(&revoked);
+        assert_eq!(dropped, 3);
+        let held = context.held.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(!held.contains_key(&("t".to_string(), 0)));
+        assert_eq!(
+            held[&("t".to_string(), 1)].len(),
+            1,
+            "another partition keeps its own"
+        );
+        drop(held);
+        assert_eq!(context.order.waiting(), 0);
+        let started = Instant::now();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let left = runtime.block_on(async { context.drain_revoked(&revoked, dropped) });
+        assert_eq!(left, 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "waited for records never sent"
+        );
+        // They stay open: no offset of partition 0 may pass them.
+        assert_eq!(book.open_in(&revoked), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_closing_consumer_commits_on_revoke_without_a_second_drain() -> anyhow::Result<()> {
+        let context = context(Duration::from_secs(5));
+        context.book.open("t", 0, 1);
+        context.closing.store(true, Relaxed);
+        let started = Instant::now();
+        let left = context.drain_revoked(&partitions(&[("t", 0)])?, 0);
+        assert_eq!(left, 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn finished_background_tasks_are_reaped_as_new_ones_start() {
+        let mut tasks = HoldTasks::default();
+        for _ in 0..1000 {
+            tasks.spawn(async {});
+            tokio::task::yield_now().await;
+        }
+        assert!(tasks.len() <= 2, "{} finished tasks kept", tasks.len());
+    }
 
     #[test]
     fn the_lag_sums_assigned_partitions_with_a_known_lag() -> anyhow::Result<()> {
@@ -1075,9 +1391,8 @@ mod tests {
         crate::demo::produce(&brokers, &topic, 10, |i| (i.to_string(), "{}".into())).await?;
         let metrics = crate::telemetry::metrics::Metrics::new();
         let context = IngestContext {
-            book: Arc::new(OffsetBook::new()),
-            drain: Duration::from_millis(10),
             lag: metrics.consumer_lag("mixed"),
+            ..context(Duration::from_millis(10))
         };
         let consumer: BaseConsumer<IngestContext> = ClientConfig::new()
             .set("bootstrap.servers", &brokers)

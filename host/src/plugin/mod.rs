@@ -483,6 +483,24 @@ pub struct CallReport {
     pub unanswered_requests: u32,
 }
 
+/// The most bytes of a plugin's `reason` strings the host keeps.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// The most bytes of a vendor code or a vendor message id the host keeps.
+pub const MAX_CODE_BYTES: usize = 256;
+
+fn cap_outcome_text(outcome: &mut Outcome) {
+    use crate::text::cap_in_place;
+    match outcome {
+        Outcome::Delivered(id) => cap_in_place(id, MAX_CODE_BYTES),
+        Outcome::Retry(info) => cap_in_place(&mut info.reason, MAX_REASON_BYTES),
+        Outcome::Rejected(rejection) => {
+            cap_in_place(&mut rejection.code, MAX_CODE_BYTES);
+            cap_in_place(&mut rejection.reason, MAX_REASON_BYTES);
+        }
+        Outcome::InvalidRecipient(reason) => cap_in_place(reason, MAX_REASON_BYTES),
+    }
+}
+
 fn fit_outcomes(mut outcomes: Vec<Outcome>, expected: usize) -> Vec<Outcome> {
     if outcomes.len() != expected {
         tracing::warn!(
@@ -494,6 +512,11 @@ fn fit_outcomes(mut outcomes: Vec<Outcome>, expected: usize) -> Vec<Outcome> {
     outcomes.truncate(expected);
     // A plugin that returned millions of outcomes must not leave their capacity behind.
     outcomes.shrink_to_fit();
+    // A plugin's strings become DLQ headers, retry records, results and log fields: cut them
+    // here, once, so no plugin can make any of those grow without bound.
+    for outcome in &mut outcomes {
+        cap_outcome_text(outcome);
+    }
     while outcomes.len() < expected {
         outcomes.push(Outcome::Retry(RetryInfo {
             reason: "plugin returned no outcome for this delivery".into(),

@@ -16,6 +16,8 @@
 pub mod replay;
 pub mod results;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -25,6 +27,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::plugin::{Delivery, Priority};
+use crate::telemetry::{Counters, events};
 
 /// Header names on retry and DLQ records.
 pub mod headers {
@@ -39,6 +42,12 @@ pub mod headers {
     pub const ATTEMPTS: &str = "sb-attempts";
     pub const FIRST_SEEN: &str = "sb-first-seen-ms";
     pub const DEAD_AT: &str = "sb-dead-at-ms";
+    /// Present when the DLQ record holds only a prefix of the original value.
+    pub const TRUNCATED: &str = "sb-truncated";
+    /// The original value's size in bytes, on a truncated DLQ record.
+    pub const ORIGINAL_BYTES: &str = "sb-original-bytes";
+    /// The SHA-256 (hex) of the original value, on a truncated DLQ record.
+    pub const ORIGINAL_SHA256: &str = "sb-original-sha256";
 }
 
 /// Why a delivery or record ended up in the DLQ.
@@ -186,10 +195,17 @@ pub struct DeadLetterReason<'a> {
 
 /// The producer of retry and DLQ records, and of the result topics when they are on.
 pub struct Outbox {
-    producer: FutureProducer,
+    /// Replaced after a fatal error of the idempotent producer.
+    producer: std::sync::Mutex<FutureProducer>,
+    /// What a replacement producer is created from.
+    config: ClientConfig,
     retry_topic: String,
     dlq_topic: String,
     results: Option<results::ResultsPublisher>,
+    /// Turns true at shutdown: writes still retrying give up.
+    abandon: tokio::sync::watch::Sender<bool>,
+    /// Where truncated and refused writes are counted.
+    counters: Arc<Counters>,
 }
 
 impl Outbox {
@@ -214,11 +230,20 @@ impl Outbox {
             .create()
             .with_context(|| format!("creating the retry/DLQ producer for {brokers}"))?;
         Ok(Self {
-            producer,
+            producer: std::sync::Mutex::new(producer),
+            config,
             retry_topic: retry_topic.to_string(),
             dlq_topic: dlq_topic.to_string(),
             results: None,
+            abandon: tokio::sync::watch::channel(false).0,
+            counters: Arc::default(),
         })
+    }
+
+    /// Counts truncated and refused writes in `counters` from now on.
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// Publishes settled results through `results` from now on (`None` keeps them off).
@@ -303,7 +328,7 @@ pub async fn ensure_topics(
 
 impl Outbox {
     /// Writes `record` to the retry topic; returns once Kafka acknowledged it.
-    pub async fn retry(&self, record: &RetryRecord) {
+    pub async fn retry(&self, record: &RetryRecord) -> Result<(), OutboxError> {
         let value = serde_json::to_vec(record).unwrap_or_default();
         let headers = origin_headers(&record.origin)
             .insert(header(headers::ATTEMPTS, &record.attempt.to_string()))
@@ -311,58 +336,268 @@ impl Outbox {
                 headers::FIRST_SEEN,
                 &record.first_seen_ms.to_string(),
             ));
-        self.send(&self.retry_topic, &record.key, &value, headers)
-            .await;
+        self.send(&self.retry_topic, &record.key, &value, &headers)
+            .await
     }
 
     /// Writes a DLQ record; returns once Kafka acknowledged it. `value` is the delivery's
     /// [`RetryRecord`] as JSON, or the raw record for records that are not a usable request.
+    ///
+    /// A value the producer or the broker refuses as too large is stored truncated instead,
+    /// with its original size and SHA-256 in headers beside the origin coordinates, so the
+    /// whole record can still be found in its origin topic.
     pub async fn dead_letter(
         &self,
         key: &str,
         value: &[u8],
         origin: &Origin,
         why: &DeadLetterReason<'_>,
-    ) {
+    ) -> Result<(), OutboxError> {
         let mut headers = origin_headers(origin)
             .insert(header(headers::REASON_CLASS, why.class.as_str()))
-            .insert(header(headers::REASON, why.reason))
+            .insert(header(
+                headers::REASON,
+                &crate::text::cap(why.reason, HEADER_REASON_BYTES),
+            ))
             .insert(header(headers::ATTEMPTS, &why.attempts.to_string()))
             .insert(header(headers::FIRST_SEEN, &why.first_seen_ms.to_string()))
             .insert(header(headers::DEAD_AT, &now_ms().to_string()));
         if let Some(code) = why.vendor_code {
-            headers = headers.insert(header(headers::VENDOR_CODE, code));
+            headers = headers.insert(header(
+                headers::VENDOR_CODE,
+                &crate::text::cap(code, HEADER_CODE_BYTES),
+            ));
         }
         if let Some((plugin, version)) = why.plugin {
             headers = headers
                 .insert(header(headers::PLUGIN, plugin))
                 .insert(header(headers::PLUGIN_VERSION, version));
         }
-        self.send(&self.dlq_topic, key, value, headers).await;
+        let key = crate::text::cap(key, MAX_KEY_BYTES);
+        match self.send(&self.dlq_topic, &key, value, &headers).await {
+            Err(OutboxError::Refused {
+                failure: WriteFailure::TooLarge,
+                ..
+            }) => {}
+            other => return other,
+        }
+        // Too large for the producer or the broker: keep a prefix that identifies it, then
+        // nothing but the headers if even that is refused.
+        let truncated = truncated_headers(headers, value);
+        let prefix = &value[..value.len().min(TRUNCATED_VALUE_BYTES)];
+        let counted = |result: Result<(), OutboxError>| {
+            if result.is_ok() {
+                self.counters
+                    .dead_letters_truncated
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                events::DeadLetterTruncated {
+                    topic: &self.dlq_topic,
+                    origin,
+                    original_bytes: value.len(),
+                }
+                .emit();
+            }
+            result
+        };
+        match self.send(&self.dlq_topic, &key, prefix, &truncated).await {
+            Err(OutboxError::Refused {
+                failure: WriteFailure::TooLarge,
+                ..
+            }) => counted(self.send(&self.dlq_topic, &key, &[], &truncated).await),
+            other => counted(other),
+        }
     }
 
     /// Writes a record back to `topic` as it was (a request returning from the DLQ).
-    pub async fn republish(&self, topic: &str, key: &str, value: &[u8]) {
-        self.send(topic, key, value, OwnedHeaders::new()).await;
+    pub async fn republish(&self, topic: &str, key: &str, value: &[u8]) -> Result<(), OutboxError> {
+        self.send(topic, key, value, &OwnedHeaders::new()).await
     }
 
-    async fn send(&self, topic: &str, key: &str, value: &[u8], headers: OwnedHeaders) {
+    /// Ends every write still retrying a transient failure, now and from here on: shutdown
+    /// after its drain, so no task outlives the host retrying a write to a cluster that is
+    /// gone. What such a write carried is not lost: its record was never finished, so its
+    /// offset was not committed and the next owner reads it again.
+    pub fn abandon_retries(&self) {
+        let _ = self.abandon.send(true);
+    }
+
+    /// Sends one record: retries transient failures with backoff, and returns at once on a
+    /// permanent one, which no number of tries would change.
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        headers: &OwnedHeaders,
+    ) -> Result<(), OutboxError> {
         let mut pause = Duration::from_millis(100);
+        let mut abandoned = self.abandon.subscribe();
         loop {
+            if *abandoned.borrow_and_update() {
+                return Err(OutboxError::Abandoned {
+                    topic: topic.to_string(),
+                });
+            }
+            let producer = self.producer();
             let record = FutureRecord::to(topic)
                 .key(key)
                 .payload(value)
                 .headers(headers.clone());
-            match self.producer.send(record, Duration::from_secs(30)).await {
-                Ok(_) => return,
-                Err((error, _)) => {
-                    tracing::error!(event = "outbox_write_failed", topic, error = %error, "retrying the write");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
+            let sent = tokio::select! {
+                sent = producer.send(record, Duration::from_secs(30)) => sent,
+                _ = abandoned.wait_for(|a| *a) => continue,
+            };
+            let error = match sent {
+                Ok(_) => return Ok(()),
+                Err((error, _)) => error,
+            };
+            let failure = classify(&error);
+            match failure {
+                WriteFailure::Transient => {}
+                WriteFailure::Fatal => {
+                    // An idempotent producer that hit a fatal error refuses everything from
+                    // then on: a new one picks up where it left off (the write is retried).
+                    self.replace_producer();
                 }
+                WriteFailure::TooLarge | WriteFailure::Permanent => {
+                    self.counters
+                        .outbox_refused
+                        .fetch_add(1, AtomicOrdering::Relaxed);
+                    events::OutboxWriteRefused {
+                        topic,
+                        bytes: value.len(),
+                        error: &error,
+                    }
+                    .emit();
+                    return Err(OutboxError::Refused {
+                        topic: topic.to_string(),
+                        failure,
+                        error: error.to_string(),
+                    });
+                }
+            }
+            tracing::error!(event = "outbox_write_failed", topic, error = %error, "retrying the write");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = abandoned.wait_for(|a| *a) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace_producer(&self) {
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                *self.producer.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                tracing::warn!(
+                    event = "outbox_producer_replaced",
+                    "the retry/DLQ producer hit a fatal error and was replaced"
+                );
+            }
+            Err(error) => {
+                tracing::error!(event = "outbox_producer_replace_failed", error = %error, "a new retry/DLQ producer could not be created");
             }
         }
     }
+}
+
+/// The most bytes of a reason kept in a DLQ header: a plugin's reason (itself capped at
+/// [`crate::plugin::MAX_REASON_BYTES`]) with room for what the host adds to it.
+pub const HEADER_REASON_BYTES: usize = 2048;
+
+/// The most bytes of a vendor code kept in a DLQ header.
+pub const HEADER_CODE_BYTES: usize = 256;
+
+/// The most bytes of a record key kept on a DLQ record (keys come from producers).
+const MAX_KEY_BYTES: usize = 4096;
+
+/// How much of a value too large for the DLQ is kept: enough to recognise the record, well
+/// under any broker's message size limit.
+pub const TRUNCATED_VALUE_BYTES: usize = 16 * 1024;
+
+/// `headers` plus what tells a truncated DLQ record apart and finds its original.
+fn truncated_headers(headers: OwnedHeaders, value: &[u8]) -> OwnedHeaders {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(value);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    headers
+        .insert(header(headers::TRUNCATED, "true"))
+        .insert(header(headers::ORIGINAL_BYTES, &value.len().to_string()))
+        .insert(header(headers::ORIGINAL_SHA256, &hex))
+}
+
+/// What a failed write means for the next try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The cluster may take it later: a broker down, a full queue, a timeout.
+    Transient,
+    /// The record is larger than the producer or the broker accepts.
+    TooLarge,
+    /// The topic does not exist (auto-creation off), the host may not write to it, or the
+    /// record is refused as invalid: trying again changes nothing.
+    Permanent,
+    /// The idempotent producer itself failed for good and must be replaced.
+    Fatal,
+}
+
+/// Sorts a producer error into what to do about it.
+pub fn classify(error: &rdkafka::error::KafkaError) -> WriteFailure {
+    use rdkafka::error::KafkaError;
+    let code = match error {
+        KafkaError::MessageProduction(code) => *code,
+        KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..) => {
+            return WriteFailure::Permanent;
+        }
+        _ => {
+            return error
+                .rdkafka_error_code()
+                .map_or(WriteFailure::Transient, classify_code);
+        }
+    };
+    classify_code(code)
+}
+
+fn classify_code(code: rdkafka::types::RDKafkaErrorCode) -> WriteFailure {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match code {
+        Code::MessageSizeTooLarge | Code::MessageBatchTooLarge => WriteFailure::TooLarge,
+        Code::UnknownTopic
+        | Code::UnknownTopicOrPartition
+        | Code::UnknownTopicId
+        | Code::InvalidTopic
+        | Code::TopicAuthorizationFailed
+        | Code::ClusterAuthorizationFailed
+        | Code::SaslAuthenticationFailed
+        | Code::Authentication
+        | Code::InvalidRecord
+        | Code::UnsupportedForMessageFormat
+        | Code::InvalidRequiredAcks
+        | Code::BadMessage => WriteFailure::Permanent,
+        Code::Fatal | Code::OutOfOrderSequenceNumber | Code::ProducerFenced => WriteFailure::Fatal,
+        _ => WriteFailure::Transient,
+    }
+}
+
+/// Why a write to the retry topic or the DLQ did not land.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OutboxError {
+    /// Refused for good: the caller must not finish the delivery as if it were stored.
+    #[error("writing to `{topic}` was refused ({failure:?}): {error}")]
+    Refused {
+        topic: String,
+        failure: WriteFailure,
+        error: String,
+    },
+    /// Shutdown ended the write while it was still retrying a transient failure.
+    #[error("writing to `{topic}` was abandoned at shutdown")]
+    Abandoned { topic: String },
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
@@ -415,6 +650,180 @@ mod tests {
                 "attempt {attempt}: not resumed at {wait:?}"
             );
         }
+    }
+
+    /// The records of `topic` (one partition) as (headers, value), read from the start.
+    fn read_all(
+        brokers: &str,
+        topic: &str,
+        expected: usize,
+    ) -> anyhow::Result<Vec<(Vec<(String, String)>, Vec<u8>)>> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "outbox-test-reader")
+            .create()?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        let mut records = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while records.len() < expected && std::time::Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message?;
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                            (h.key.to_string(), value.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push((headers, message.payload().unwrap_or_default().to_vec()));
+        }
+        Ok(records)
+    }
+
+    fn why(reason: &str) -> DeadLetterReason<'_> {
+        DeadLetterReason {
+            class: ReasonClass::Undecodable,
+            reason,
+            vendor_code: None,
+            plugin: None,
+            attempts: 0,
+            first_seen_ms: 1,
+        }
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            topic: "requests".into(),
+            partition: 3,
+            offset: 77,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_letter_too_large_for_the_producer_is_stored_truncated_and_never_retried()
+    -> anyhow::Result<()> {
+        let cluster = crate::ingest::EmbeddedKafka::start(1, &["retry".into(), "dlq".into()], 1)?;
+        let brokers = cluster.bootstrap_servers().to_string();
+        let properties = [("message.max.bytes".to_string(), "50000".to_string())].into();
+        let counters = Arc::new(Counters::default());
+        let outbox =
+            Outbox::connect(&brokers, "retry", "dlq", &properties)?.with_counters(counters.clone());
+        let value = vec![b'x'; 200_000];
+        let long_reason = "r".repeat(100_000);
+        let written = tokio::time::timeout(
+            Duration::from_secs(20),
+            outbox.dead_letter("key-1", &value, &origin(), &why(&long_reason)),
+        )
+        .await;
+        assert!(
+            matches!(written, Ok(Ok(()))),
+            "the write never came back: {written:?}"
+        );
+        assert_eq!(counters.snapshot().dead_letters_truncated, 1);
+        let records = read_all(&brokers, "dlq", 1)?;
+        assert_eq!(records.len(), 1);
+        let (headers, stored) = &records[0];
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(stored.len(), TRUNCATED_VALUE_BYTES);
+        assert_eq!(header(headers::TRUNCATED), "true");
+        assert_eq!(header(headers::ORIGINAL_BYTES), "200000");
+        assert_eq!(header(headers::ORIGIN_OFFSET), "77");
+        assert_eq!(header(headers::ORIGIN_PARTITION), "3");
+        assert_eq!(header(headers::ORIGINAL_SHA256).len(), 64);
+        assert!(header(headers::REASON).len() <= HEADER_REASON_BYTES);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_the_broker_refuses_for_good_returns_at_once_and_shutdown_ends_the_rest()
+    -> anyhow::Result<()> {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let cluster = rdkafka::mocking::MockCluster::new(1)?;
+        cluster.create_topic("dlq", 1, 1)?;
+        let brokers = cluster.bootstrap_servers();
+        let outbox = Outbox::connect(&brokers, "retry", "dlq", &Default::default())?;
+        // Not authorised to write: no number of tries changes that.
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
+        );
+        let written = tokio::time::timeout(
+            Duration::from_secs(20),
+            outbox.dead_letter("key-2", b"{}", &origin(), &why("bad")),
+        )
+        .await;
+        assert!(
+            matches!(
+                written,
+                Ok(Err(OutboxError::Refused {
+                    failure: WriteFailure::Permanent,
+                    ..
+                }))
+            ),
+            "{written:?}"
+        );
+
+        // A broker that is down is a transient failure: retried until shutdown abandons it.
+        let cluster = rdkafka::mocking::MockCluster::new(1)?;
+        cluster.create_topic("dlq", 1, 1)?;
+        let outbox = Outbox::connect(
+            &cluster.bootstrap_servers(),
+            "retry",
+            "dlq",
+            &Default::default(),
+        )?;
+        cluster.broker_down(1)?;
+        let outbox = Arc::new(outbox);
+        let pending = tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                outbox
+                    .dead_letter("key-3", b"{}", &origin(), &why("bad"))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if pending.is_finished() {
+            anyhow::bail!("a transient failure must be retried: {:?}", pending.await);
+        }
+        outbox.abandon_retries();
+        let ended = tokio::time::timeout(Duration::from_secs(10), pending).await;
+        assert!(
+            matches!(ended, Ok(Ok(Err(OutboxError::Abandoned { .. })))),
+            "{ended:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn producer_errors_are_sorted_into_what_to_do_next() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let of = |code| classify(&KafkaError::MessageProduction(code));
+        assert_eq!(of(Code::MessageSizeTooLarge), WriteFailure::TooLarge);
+        assert_eq!(of(Code::UnknownTopicOrPartition), WriteFailure::Permanent);
+        assert_eq!(of(Code::UnknownTopic), WriteFailure::Permanent);
+        assert_eq!(of(Code::TopicAuthorizationFailed), WriteFailure::Permanent);
+        assert_eq!(of(Code::Fatal), WriteFailure::Fatal);
+        assert_eq!(of(Code::QueueFull), WriteFailure::Transient);
+        assert_eq!(of(Code::MessageTimedOut), WriteFailure::Transient);
+        assert_eq!(of(Code::NotEnoughReplicas), WriteFailure::Transient);
     }
 
     #[test]

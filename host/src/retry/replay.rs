@@ -7,7 +7,7 @@
 //! (unknown channel, expired) goes back to its origin topic as it was. Undecodable records
 //! cannot be replayed and are only counted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -74,20 +74,34 @@ pub fn parse_age(text: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(seconds))
 }
 
-/// Replays the DLQ records matching `filter`, reading the DLQ up to its end at the start.
-pub async fn replay(
-    brokers: &str,
-    dlq_topic: &str,
-    outbox: &Outbox,
-    filter: &ReplayFilter,
-) -> anyhow::Result<ReplaySummary> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// The DLQ reader's client settings: `[kafka.properties]` (a secured cluster needs its
+/// `security.protocol`, SASL and TLS settings to be read at all), then the reader's own, which
+/// win: a throwaway group that never commits.
+fn dlq_reader_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
         .set("bootstrap.servers", brokers)
         .set(
             "group.id",
             format!("switchboard-dlq-replay-{}-{}", std::process::id(), now_ms()),
         )
-        .set("enable.auto.commit", "false")
+        .set("enable.auto.commit", "false");
+    config
+}
+
+/// Replays the DLQ records matching `filter`, reading the DLQ up to its end at the start.
+/// `properties` are `[kafka.properties]`, as the host's own clients take them.
+pub async fn replay(
+    brokers: &str,
+    dlq_topic: &str,
+    properties: &BTreeMap<String, String>,
+    outbox: &Outbox,
+    filter: &ReplayFilter,
+) -> anyhow::Result<ReplaySummary> {
+    let consumer: BaseConsumer = dlq_reader_config(brokers, properties)
         .create()
         .context("creating the DLQ reader")?;
     let metadata = consumer
@@ -136,13 +150,19 @@ pub async fn replay(
             continue;
         }
         let payload = message.payload().unwrap_or_default();
-        if let Ok(mut record) = serde_json::from_slice::<RetryRecord>(payload) {
+        if header_value(&message, headers::TRUNCATED).is_some() {
+            // Only a prefix is here; the whole record is at its origin coordinates.
+            summary.not_replayable += 1;
+        } else if let Ok(mut record) = serde_json::from_slice::<RetryRecord>(payload) {
             summary.to_retry_topic += 1;
             if !filter.dry_run {
                 record.due_at_ms = now_ms();
                 record.first_seen_ms = now_ms();
                 record.replayed = true;
-                outbox.retry(&record).await;
+                outbox
+                    .retry(&record)
+                    .await
+                    .with_context(|| format!("replaying `{}` to the retry topic", record.key))?;
             }
         } else if matches!(class, "unknown-channel" | "expired")
             && let Some(topic) = header_value(&message, headers::ORIGIN_TOPIC)
@@ -153,7 +173,10 @@ pub async fn replay(
                     .key()
                     .map(|k| String::from_utf8_lossy(k).into_owned())
                     .unwrap_or_default();
-                outbox.republish(topic, &key, payload).await;
+                outbox
+                    .republish(topic, &key, payload)
+                    .await
+                    .with_context(|| format!("replaying `{key}` to `{topic}`"))?;
             }
         } else {
             summary.not_replayable += 1;
@@ -165,6 +188,26 @@ pub async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dlq_reader_takes_the_kafka_properties() {
+        let properties = BTreeMap::from([
+            ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ("sasl.mechanism".to_string(), "SCRAM-SHA-512".to_string()),
+            // Refused by config validation; if one got here, the reader's own setting still wins.
+            ("enable.auto.commit".to_string(), "true".to_string()),
+        ]);
+        let config = dlq_reader_config("kafka-1:9093", &properties);
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(config.get("bootstrap.servers"), Some("kafka-1:9093"));
+        assert_eq!(config.get("enable.auto.commit"), Some("false"));
+        assert!(
+            config
+                .get("group.id")
+                .is_some_and(|g| g.starts_with("switchboard-dlq-replay-"))
+        );
+    }
 
     #[test]
     fn ages_parse_with_units() -> anyhow::Result<()> {

@@ -58,6 +58,65 @@ impl OffsetStoreFailed<'_> {
     }
 }
 
+/// A write to the retry topic or the DLQ was refused for good (too large, no such topic, not
+/// authorised): it is not tried again, and the record it belongs to stays unfinished.
+pub struct OutboxWriteRefused<'a> {
+    pub topic: &'a str,
+    pub bytes: usize,
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl OutboxWriteRefused<'_> {
+    pub fn emit(self) {
+        tracing::error!(
+            event = "outbox_write_refused",
+            topic = self.topic,
+            bytes = self.bytes,
+            error = %self.error,
+            "write refused for good; not retried"
+        );
+    }
+}
+
+/// A DLQ record was stored with only a prefix of its value: the whole value did not fit.
+pub struct DeadLetterTruncated<'a> {
+    pub topic: &'a str,
+    pub origin: &'a crate::retry::Origin,
+    pub original_bytes: usize,
+}
+
+impl DeadLetterTruncated<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            event = "dead_letter_truncated",
+            topic = self.topic,
+            origin_topic = %self.origin.topic,
+            origin_partition = self.origin.partition,
+            origin_offset = self.origin.offset,
+            original_bytes = self.original_bytes,
+            "DLQ record stored truncated; the whole record is at its origin"
+        );
+    }
+}
+
+/// A record's delivery could not be made durable anywhere (the retry topic and the DLQ both
+/// refused it): the record stays unfinished, so its offset is not committed past it.
+pub struct DeliveryUnsettled<'a> {
+    pub key: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl DeliveryUnsettled<'_> {
+    pub fn emit(self) {
+        tracing::error!(
+            event = "delivery_unsettled",
+            key = self.key,
+            error = %self.error,
+            "delivery left unfinished: its record is read again after a restart or rebalance"
+        );
+    }
+}
+
 /// A plugin call produced no outcomes (trap, deadline, init failure).
 pub struct PluginCallFailed<'a> {
     pub plugin: &'a str,
@@ -464,6 +523,44 @@ impl ArtifactCacheUnavailable<'_> {
             key_file = %self.key_file.display(),
             error = %format!("{:#}", self.error),
             "artifact cache off: every plugin load compiles"
+        );
+    }
+}
+
+/// A dependency stopped answering: a call to it was refused, lost its connection, or passed its
+/// timeout. What needs it waits (with it, consumption) until a probe reaches it again. Logged
+/// once per outage.
+pub struct DependencyDown<'a> {
+    /// `redis`: the Redis dedup store.
+    pub dependency: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl DependencyDown<'_> {
+    pub fn emit(self) {
+        tracing::error!(
+            event = "dependency_down",
+            dependency = self.dependency,
+            error = %self.error,
+            "dependency unavailable: delivery waits for it"
+        );
+    }
+}
+
+/// A dependency that was down answered a probe: what waited for it goes on.
+pub struct DependencyRestored<'a> {
+    pub dependency: &'a str,
+    /// From the first unanswered call to the probe that answered.
+    pub down_for: Duration,
+}
+
+impl DependencyRestored<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "dependency_restored",
+            dependency = self.dependency,
+            down_for_ms = self.down_for.as_millis() as u64,
+            "dependency restored: delivery resumes"
         );
     }
 }

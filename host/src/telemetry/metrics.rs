@@ -4,9 +4,10 @@
 //! Two kinds of series, kept apart so the delivery path stays cheap:
 //!
 //! - Recorded as they happen: each plugin call's outcomes and duration per vendor and plugin
-//!   version ([`Metrics::record_call`], one family lookup per outcome class per call), and each
+//!   version ([`Metrics::record_call`], one family lookup per outcome class per call); each
 //!   consumer's lag, which its statistics callback sets every few seconds
-//!   ([`Metrics::consumer_lag`]).
+//!   ([`Metrics::consumer_lag`]); and each dependency's up gauge, which the store that watches
+//!   the dependency sets when it goes down or comes back ([`Metrics::dependency_up`]).
 //! - Read when rendered, from what already counts them: the host's [`Counters`], the memory
 //!   [`Budget`], the router's weights and the vendors' breakers, and each plugin's call and
 //!   capability counters. Nothing on the delivery path updates a second copy of them.
@@ -110,6 +111,11 @@ struct SourceLabels {
     source: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DependencyLabels {
+    dependency: String,
+}
+
 /// What the render-time series are read from.
 pub struct HostParts {
     pub counters: Arc<Counters>,
@@ -124,6 +130,7 @@ pub struct Metrics {
     outcomes: Family<OutcomeLabels, Counter>,
     call_seconds: Family<VersionLabels, Histogram, fn() -> Histogram>,
     consumer_lag: Family<SourceLabels, Gauge>,
+    dependency_up: Family<DependencyLabels, Gauge>,
     host: Arc<OnceLock<HostParts>>,
 }
 
@@ -153,6 +160,7 @@ impl Metrics {
         let call_seconds: Family<VersionLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(call_histogram);
         let consumer_lag = Family::<SourceLabels, Gauge>::default();
+        let dependency_up = Family::<DependencyLabels, Gauge>::default();
         registry.register(
             "vendor_outcomes",
             "Deliveries per vendor and plugin version (vendor, version = the plugin's describe \
@@ -174,6 +182,13 @@ impl Metrics {
              topics; mixed: kafka.topics; retry: the retry topic)",
             consumer_lag.clone(),
         );
+        registry.register(
+            "dependency_up",
+            "Whether a dependency answers: 1 up, 0 down (a call to it was refused, lost or timed \
+             out; delivery waits for it, and a probe looks for it until it answers). dependency = \
+             redis: the Redis dedup store",
+            dependency_up.clone(),
+        );
         let host = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(HostCollector { host: host.clone() }));
         Self {
@@ -181,6 +196,7 @@ impl Metrics {
             outcomes,
             call_seconds,
             consumer_lag,
+            dependency_up,
             host,
         }
     }
@@ -237,6 +253,13 @@ impl Metrics {
     pub fn consumer_lag(&self, source: &str) -> Gauge {
         self.consumer_lag.get_or_create_owned(&SourceLabels {
             source: source.to_string(),
+        })
+    }
+
+    /// The up gauge of one dependency (`redis`), for the store that watches it to set.
+    pub fn dependency_up(&self, dependency: &str) -> Gauge {
+        self.dependency_up.get_or_create_owned(&DependencyLabels {
+            dependency: dependency.to_string(),
         })
     }
 
@@ -398,6 +421,27 @@ impl HostParts {
             "dead_lettered",
             "DLQ writes: deliveries and records.",
             c.dead_lettered,
+        )?;
+        counter(
+            e,
+            "deliveries_unsettled",
+            "Deliveries and records neither the retry topic nor the DLQ would take for good: \
+             left unfinished, so their offsets stay uncommitted and they are read again later.",
+            c.deliveries_unsettled,
+        )?;
+        counter(
+            e,
+            "dead_letters_truncated",
+            "DLQ records stored with only a prefix of a value too large for the topic; the \
+             whole record stays at its origin coordinates.",
+            c.dead_letters_truncated,
+        )?;
+        counter(
+            e,
+            "outbox_writes_refused",
+            "Writes to the retry topic or the DLQ refused for good (too large, unknown topic, \
+             not authorised); never retried.",
+            c.outbox_refused,
         )?;
         counter(
             e,

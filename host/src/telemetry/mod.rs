@@ -71,6 +71,13 @@ pub struct Counters {
     pub invalidations_published: AtomicU64,
     /// Invalid recipients that never reached the invalidations topic.
     pub invalidations_failed: AtomicU64,
+    /// Deliveries and records that neither the retry topic nor the DLQ would take for good:
+    /// left unfinished, so their offsets are not committed and they are read again later.
+    pub deliveries_unsettled: AtomicU64,
+    /// DLQ records stored with only a prefix of a value too large for the topic.
+    pub dead_letters_truncated: AtomicU64,
+    /// Writes to the retry topic or the DLQ refused for good (too large, no topic, no ACL).
+    pub outbox_refused: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -94,6 +101,9 @@ pub struct CountersSnapshot {
     pub results_failed: u64,
     pub invalidations_published: u64,
     pub invalidations_failed: u64,
+    pub deliveries_unsettled: u64,
+    pub dead_letters_truncated: u64,
+    pub outbox_refused: u64,
 }
 
 impl CountersSnapshot {
@@ -129,6 +139,9 @@ impl Counters {
             results_failed: r(&self.results_failed),
             invalidations_published: r(&self.invalidations_published),
             invalidations_failed: r(&self.invalidations_failed),
+            deliveries_unsettled: r(&self.deliveries_unsettled),
+            dead_letters_truncated: r(&self.dead_letters_truncated),
+            outbox_refused: r(&self.outbox_refused),
         }
     }
 }

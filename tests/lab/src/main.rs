@@ -16,6 +16,7 @@ mod crash;
 mod dedup;
 mod lanes;
 mod operations;
+mod poison;
 mod rebalance;
 mod sandbox;
 mod throughput;
@@ -113,6 +114,23 @@ enum Scenario {
         /// Extra settings for the ads lane, as TOML lines (e.g. "concurrency = 8").
         #[arg(long, default_value = "")]
         ads_lane: String,
+    },
+    /// Hostile records interleaved with valid requests: every valid one delivered once, every
+    /// hostile one in the DLQ, and the valid rate against a clean run in the same process.
+    Poison {
+        #[arg(long, default_value_t = 20_000)]
+        valid: u64,
+        /// How many times each kind of hostile record appears.
+        #[arg(long, default_value_t = 5)]
+        rounds: u64,
+    },
+    /// Expired requests in front of valid ones: how fast they are dead-lettered, and when the
+    /// valid ones behind them are delivered.
+    ExpiredBacklog {
+        #[arg(long, default_value_t = 100_000)]
+        expired: u64,
+        #[arg(long, default_value_t = 2_000)]
+        valid: u64,
     },
     /// A deep backlog drained from the start: drain rate and the host's peak memory.
     Backlog {
@@ -224,6 +242,10 @@ async fn main() -> anyhow::Result<()> {
             serde_json::to_value(summary)?
         }
         Scenario::Runtime { guest, calls } => runtime_cost(&guest, calls).await?,
+        Scenario::Poison { valid, rounds } => poison::poison(valid, rounds).await?,
+        Scenario::ExpiredBacklog { expired, valid } => {
+            poison::expired_backlog(expired, valid).await?
+        }
         Scenario::Dedup {
             keys,
             redis_keys,
