@@ -328,9 +328,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &config.kafka.properties,
             )?;
             eprintln!("reading {} from {brokers}…", config.kafka.dlq_topic);
-            let summary =
-                crate::retry::replay::replay(&brokers, &config.kafka.dlq_topic, &outbox, &filter)
-                    .await?;
+            let summary = crate::retry::replay::replay(
+                &brokers,
+                &config.kafka.dlq_topic,
+                &config.kafka.properties,
+                &outbox,
+                &filter,
+            )
+            .await?;
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }

@@ -60,13 +60,16 @@ pub fn line_of(text: &str, field: &str) -> Option<usize> {
         let Some(key) = parts.get(split) else {
             return Some(header + 1);
         };
+        // A quoted key may hold dots itself: `"enable.auto.commit"` in `[kafka.properties]`.
+        let whole_key = parts[split..].join(".");
         let section_end = lines[header + 1..]
             .iter()
             .position(|l| l.trim_start().starts_with('['))
             .map_or(lines.len(), |i| header + 1 + i);
+        let in_section = |key: &str| (header + 1..section_end).find(|i| key_at(lines[*i], key));
         return Some(
-            (header + 1..section_end)
-                .find(|i| key_at(lines[*i], key))
+            in_section(&whole_key)
+                .or_else(|| in_section(key))
                 .map_or(header + 1, |i| i + 1),
         );
     }
@@ -152,7 +155,10 @@ pub struct KafkaConfig {
     /// Partitions of each topic the host creates: all of them on the embedded cluster, and the
     /// retry, DLQ and result topics on a real one when they do not exist yet.
     pub new_topic_partitions: i32,
-    /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`).
+    /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`) to
+    /// every Kafka client: consumers, producers, the admin client and the DLQ replay reader.
+    /// Properties the host sets itself for at-least-once delivery, or that another field owns,
+    /// are refused (see [`HOST_OWNED_KAFKA_PROPERTIES`]).
     pub properties: BTreeMap<String, String>,
     /// Where `retry` outcomes wait for their due time.
     pub retry_topic: String,
@@ -188,6 +194,64 @@ impl Default for KafkaConfig {
     }
 }
 
+/// librdkafka properties the host sets itself, or that another field owns, with why; refused in
+/// `[kafka.properties]`, which is applied after the host's own settings and would otherwise
+/// silently override them.
+///
+/// Left to operators, on purpose: `isolation.level` (the host's producers are not
+/// transactional; `read_uncommitted` only lets it also see requests of an uncommitted or aborted
+/// transaction, it never makes it skip a committed one) and `enable.gapless.guarantee` (it only
+/// makes the idempotent producer stricter).
+pub const HOST_OWNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "enable.auto.offset.store",
+        "the host stores a record's offset only once all its deliveries are settled (at-least-once)",
+    ),
+    (
+        "enable.auto.commit",
+        "the host commits the offsets it stored every kafka.commit_interval_ms",
+    ),
+    (
+        "auto.commit.enable",
+        "the host commits the offsets it stored every kafka.commit_interval_ms",
+    ),
+    (
+        "auto.commit.interval.ms",
+        "set kafka.commit_interval_ms instead",
+    ),
+    (
+        "auto.offset.reset",
+        "a new group, or one whose offsets expired, must start at the earliest record, or requests are skipped",
+    ),
+    (
+        "acks",
+        "a retry or DLQ write counts as done only once every in-sync replica holds it (acks=all)",
+    ),
+    (
+        "request.required.acks",
+        "a retry or DLQ write counts as done only once every in-sync replica holds it (acks=all)",
+    ),
+    (
+        "enable.idempotence",
+        "the retry/DLQ producer is idempotent, so a retried write never lands twice",
+    ),
+    ("group.id", "set kafka.group_id instead"),
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    ("metadata.broker.list", "set kafka.brokers instead"),
+    (
+        "session.timeout.ms",
+        "set kafka.session_timeout_ms instead, which is checked against kafka.rebalance_drain_ms",
+    ),
+];
+
+/// librdkafka's default `message.max.bytes`: the largest record the retry/DLQ producer sends
+/// unless `[kafka.properties]` raises it.
+pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room kept beside a refused record's value when it is written whole to the DLQ: its key, the
+/// reason headers and Kafka's record framing. Reasons are short; 64 KiB leaves a wide margin.
+pub const DLQ_HEADER_ALLOWANCE_BYTES: usize = 64 * 1024;
+
 /// Batching, concurrency and retries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -202,6 +266,12 @@ pub struct DispatchConfig {
     /// Longest backoff between two tries, in milliseconds.
     pub retry_max_ms: u64,
     /// Largest record value accepted, in bytes; larger records are counted as undecodable.
+    ///
+    /// A refused request is written whole to the DLQ, so this plus
+    /// [`DLQ_HEADER_ALLOWANCE_BYTES`] must fit the producer's `message.max.bytes`
+    /// (librdkafka's default is 1,000,000 bytes; raise it in `[kafka.properties]`, and the
+    /// topics' `max.message.bytes` on the brokers, to accept larger records). The default,
+    /// 900 KiB, fits librdkafka's and Kafka's default limits as they are.
     pub max_record_bytes: usize,
     /// A delivery still not done this many seconds after its request was first seen goes to the
     /// DLQ with reason `expired` instead of being retried again.
@@ -215,7 +285,9 @@ impl Default for DispatchConfig {
             retry_max_attempts: 5,
             retry_base_ms: 200,
             retry_max_ms: 30_000,
-            max_record_bytes: 1024 * 1024,
+            // 900 KiB + the 64 KiB header allowance stays under librdkafka's default
+            // `message.max.bytes` (1,000,000): a valid request always fits the DLQ.
+            max_record_bytes: 900 * 1024,
             // A notification an hour late is rarely still wanted; operators of batch traffic
             // raise it.
             give_up_after_s: 3600,
@@ -781,6 +853,66 @@ impl Config {
         }
     }
 
+    /// The first cycle in the fallback graph, as the channels along it with the first repeated
+    /// at the end (`alimtalk → sms → alimtalk`). Each channel has at most one fallback, so a
+    /// walk from each channel either ends or comes back to a channel it already passed.
+    fn fallback_cycle(&self) -> Option<Vec<&str>> {
+        for start in self.fallback.keys() {
+            let mut path: Vec<&str> = vec![start];
+            let mut next = self.fallback.get(start).map(|f| f.channel.as_str());
+            while let Some(channel) = next {
+                if let Some(at) = path.iter().position(|c| *c == channel) {
+                    let mut cycle = path.split_off(at);
+                    cycle.push(channel);
+                    return Some(cycle);
+                }
+                path.push(channel);
+                next = self.fallback.get(channel).map(|f| f.channel.as_str());
+            }
+        }
+        None
+    }
+
+    /// A refused request is written whole to the DLQ: the largest accepted record plus its
+    /// headers must fit the producer's `message.max.bytes`, or the DLQ write itself fails.
+    fn check_record_fits_the_dlq(
+        &self,
+        invalid: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let set = self
+            .kafka
+            .properties
+            .iter()
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("message.max.bytes"));
+        let (limit, whose) = match set {
+            Some((name, value)) => match value.trim().parse::<usize>() {
+                Ok(limit) => (limit, "set in [kafka.properties]"),
+                Err(_) => {
+                    return Err(invalid(
+                        format!("kafka.properties.{name}"),
+                        format!("`{value}` is not a number of bytes"),
+                    ));
+                }
+            },
+            None => (LIBRDKAFKA_MESSAGE_MAX_BYTES, "librdkafka's default"),
+        };
+        let needed = self
+            .dispatch
+            .max_record_bytes
+            .saturating_add(DLQ_HEADER_ALLOWANCE_BYTES);
+        if needed > limit {
+            return Err(invalid(
+                "dispatch.max_record_bytes".into(),
+                format!(
+                    "{} bytes plus {DLQ_HEADER_ALLOWANCE_BYTES} for the DLQ record's key and headers exceed the producer's message.max.bytes ({limit}, {whose}), so a refused record could not be dead-lettered: lower dispatch.max_record_bytes to at most {}, or raise \"message.max.bytes\" in [kafka.properties] to at least {needed} (and the topics' max.message.bytes on the brokers)",
+                    self.dispatch.max_record_bytes,
+                    limit.saturating_sub(DLQ_HEADER_ALLOWANCE_BYTES),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks what parsing cannot: references between sections and values out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: String, message: String| ConfigError::Invalid {
@@ -860,6 +992,18 @@ impl Config {
                 ),
             ));
         }
+        for name in self.kafka.properties.keys() {
+            if let Some((_, why)) = HOST_OWNED_KAFKA_PROPERTIES
+                .iter()
+                .find(|(owned, _)| name.trim().eq_ignore_ascii_case(owned))
+            {
+                return Err(invalid(
+                    format!("kafka.properties.{name}"),
+                    format!("`{name}` cannot be set here: {why}"),
+                ));
+            }
+        }
+        self.check_record_fits_the_dlq(&invalid)?;
         for special in [&self.kafka.retry_topic, &self.kafka.dlq_topic] {
             if self.kafka.topics.contains(special)
                 || TrafficClass::ALL
@@ -958,6 +1102,15 @@ impl Config {
                     "a channel cannot fall back to itself".into(),
                 ));
             }
+        }
+        if let Some(cycle) = self.fallback_cycle() {
+            return Err(invalid(
+                format!("fallback.{}.channel", cycle[0]),
+                format!(
+                    "fallback channels form a cycle ({}): a delivery would be re-sent around it forever",
+                    cycle.join(" → ")
+                ),
+            ));
         }
         let health = &self.health;
         if health.window_s == 0 || health.window_s > 600 {
@@ -1103,6 +1256,154 @@ mod tests {
         assert!(err.contains("runtime.artifact_key_file"), "{err}");
         let off = text.replace("[runtime]\n", "[runtime]\nartifact_cache = false\n");
         Config::parse(&off, Path::new("t.toml"))?.validate()?;
+        Ok(())
+    }
+
+    /// `MINIMAL` plus channels `a`, `b`, `c` and the given `[fallback.X] channel = "Y"` edges.
+    fn with_fallbacks(edges: &[(&str, &str)]) -> String {
+        let mut text = format!(
+            "{MINIMAL}\n[channels.a]\nfcm = 1\n[channels.b]\nfcm = 1\n[channels.c]\nfcm = 1\n"
+        );
+        for (from, to) in edges {
+            text.push_str(&format!("[fallback.{from}]\nchannel = \"{to}\"\n"));
+        }
+        text
+    }
+
+    fn validation_error(text: &str) -> anyhow::Result<String> {
+        Ok(Config::parse(text, Path::new("t.toml"))?
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default())
+    }
+
+    #[test]
+    fn fallback_cycles_of_any_length_are_refused_naming_the_cycle() -> anyhow::Result<()> {
+        let err = validation_error(&with_fallbacks(&[("a", "b"), ("b", "a")]))?;
+        assert!(
+            err.contains("fallback.a.channel") && err.contains("a → b → a"),
+            "{err}"
+        );
+        let err = validation_error(&with_fallbacks(&[("a", "b"), ("b", "c"), ("c", "a")]))?;
+        assert!(
+            err.contains("fallback.a.channel") && err.contains("a → b → c → a"),
+            "{err}"
+        );
+        // A chain that ends is fine, and so are two chains into one channel.
+        Config::parse(
+            &with_fallbacks(&[("a", "b"), ("b", "c")]),
+            Path::new("t.toml"),
+        )?
+        .validate()?;
+        Config::parse(
+            &with_fallbacks(&[("a", "c"), ("b", "c")]),
+            Path::new("t.toml"),
+        )?
+        .validate()?;
+        Ok(())
+    }
+
+    #[test]
+    fn fallback_cycle_errors_name_the_line() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("fcm.wasm"), b"\0asm")?;
+        let path = dir.path().join("switchboard.toml");
+        let text = with_fallbacks(&[("b", "c"), ("c", "b")]);
+        std::fs::write(&path, &text)?;
+        let err = Config::load(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let expected = text
+            .lines()
+            .position(|l| l.trim() == "[fallback.b]")
+            .map_or(0, |i| i + 2);
+        assert!(
+            err.contains(&format!("line {expected}")) && err.contains("b → c → b"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn kafka_properties_that_weaken_delivery_or_belong_to_other_fields_are_refused()
+    -> anyhow::Result<()> {
+        for (property, value) in [
+            ("enable.auto.commit", "false"),
+            ("auto.commit.enable", "false"),
+            ("enable.auto.offset.store", "true"),
+            ("acks", "1"),
+            ("request.required.acks", "0"),
+            ("enable.idempotence", "false"),
+            ("auto.offset.reset", "latest"),
+            ("group.id", "other"),
+            ("bootstrap.servers", "elsewhere:9092"),
+            ("metadata.broker.list", "elsewhere:9092"),
+            ("session.timeout.ms", "5000"),
+            ("auto.commit.interval.ms", "60000"),
+        ] {
+            let text = format!("[kafka.properties]\n\"{property}\" = \"{value}\"\n{MINIMAL}");
+            let err = validation_error(&text)?;
+            assert!(
+                err.contains(&format!("kafka.properties.{property}")),
+                "{property}: {err}"
+            );
+        }
+        // Properties the host does not own still pass through.
+        let fine = format!("[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n{MINIMAL}");
+        Config::parse(&fine, Path::new("t.toml"))?.validate()?;
+        Ok(())
+    }
+
+    #[test]
+    fn refused_kafka_properties_name_their_line() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("fcm.wasm"), b"\0asm")?;
+        let path = dir.path().join("switchboard.toml");
+        let text = format!(
+            "[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"enable.auto.offset.store\" = \"true\"\n{MINIMAL}"
+        );
+        std::fs::write(&path, &text)?;
+        let err = Config::load(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("line 3") && err.contains("kafka.properties.enable.auto.offset.store"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn max_record_bytes_must_fit_the_producers_message_max_bytes() -> anyhow::Result<()> {
+        // The defaults fit librdkafka's default `message.max.bytes` with the header allowance.
+        let defaults = Config::parse(MINIMAL, Path::new("t.toml"))?;
+        assert!(
+            defaults.dispatch.max_record_bytes + DLQ_HEADER_ALLOWANCE_BYTES
+                <= LIBRDKAFKA_MESSAGE_MAX_BYTES,
+            "default max_record_bytes {} does not fit",
+            defaults.dispatch.max_record_bytes
+        );
+        defaults.validate()?;
+
+        let one_mib = format!("[dispatch]\nmax_record_bytes = 1048576\n{MINIMAL}");
+        let err = validation_error(&one_mib)?;
+        assert!(
+            err.contains("dispatch.max_record_bytes") && err.contains("message.max.bytes"),
+            "{err}"
+        );
+        let raised = format!(
+            "[kafka.properties]\n\"message.max.bytes\" = \"2000000\"\n[dispatch]\nmax_record_bytes = 1048576\n{MINIMAL}"
+        );
+        Config::parse(&raised, Path::new("t.toml"))?.validate()?;
+        let lowered = format!("[kafka.properties]\n\"message.max.bytes\" = \"500000\"\n{MINIMAL}");
+        let err = validation_error(&lowered)?;
+        assert!(err.contains("message.max.bytes"), "{err}");
+        let garbled = format!("[kafka.properties]\n\"message.max.bytes\" = \"lots\"\n{MINIMAL}");
+        let err = validation_error(&garbled)?;
+        assert!(err.contains("kafka.properties.message.max.bytes"), "{err}");
         Ok(())
     }
 

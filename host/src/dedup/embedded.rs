@@ -9,6 +9,10 @@
 //! Durability: a mark is written to the bucket's file with one `write` before `mark` returns. A
 //! kill -9 of the host cannot lose it, since the data is in the kernel then. Losing power can lose
 //! what was not yet synced; the store syncs when it rotates a bucket and on `flush`.
+//!
+//! Alignment: a bucket file is a run of fixed-size records. A crash or a failed write mid-record
+//! leaves a torn tail; it is cut off when the file is loaded and before it is appended to, since
+//! marks appended after it would be read shifted — lost, with garbage fingerprints in their place.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -19,6 +23,9 @@ use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::DedupError;
+
+/// One mark on disk: a fingerprint, little-endian.
+const RECORD_BYTES: u64 = 8;
 
 /// Buckets per retention window: lookups probe this many sets, and expiry frees memory in
 /// steps of retention / BUCKETS.
@@ -149,20 +156,19 @@ impl EmbeddedDedup {
             file: None,
         });
         if bucket.file.is_none() {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| DedupError::io(&path, e))?;
-            bucket.file = Some(file);
+            bucket.file = Some(open_for_append(&path)?);
         }
-        let mut record = Vec::with_capacity(fresh.len() * 8);
+        let mut record = Vec::with_capacity(fresh.len() * RECORD_BYTES as usize);
         for f in &fresh {
             record.extend_from_slice(&f.to_le_bytes());
         }
-        if let Some(file) = bucket.file.as_mut() {
-            file.write_all(&record)
-                .map_err(|e| DedupError::io(&path, e))?;
+        if let Some(file) = bucket.file.as_mut()
+            && let Err(e) = file.write_all(&record)
+        {
+            // The write may have stopped mid-record: reopen before the next append, which cuts
+            // the torn tail off.
+            bucket.file = None;
+            return Err(DedupError::io(&path, e));
         }
         bucket.keys.extend(fresh);
         Ok(())
@@ -224,15 +230,52 @@ fn bucket_start_of(path: &Path) -> Option<u64> {
         .ok()
 }
 
+/// Opens a bucket file for appending, on a record boundary.
+fn open_for_append(path: &Path) -> Result<File, DedupError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| DedupError::io(path, e))?;
+    let len = file.metadata().map_err(|e| DedupError::io(path, e))?.len();
+    cut_torn_tail(&file, path, len)?;
+    Ok(file)
+}
+
+/// Truncates `file` (of `len` bytes) to its last whole record. The torn record was never
+/// acknowledged (a mark returns only after its whole write), so nothing done is forgotten.
+fn cut_torn_tail(file: &File, path: &Path, len: u64) -> Result<(), DedupError> {
+    let torn = len % RECORD_BYTES;
+    if torn == 0 {
+        return Ok(());
+    }
+    file.set_len(len - torn)
+        .map_err(|e| DedupError::io(path, e))?;
+    tracing::warn!(
+        event = "dedup_torn_record_cut",
+        path = %path.display(),
+        torn_bytes = torn,
+        kept_bytes = len - torn,
+        "dedup bucket file ended in a partial record (a crash mid-write); cut it off"
+    );
+    Ok(())
+}
+
 fn load_bucket(path: &Path) -> Result<FingerprintSet, DedupError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| DedupError::io(path, e))?;
-    // A crash mid-write can leave a partial last record; it was never acknowledged, so drop it.
+    if !(bytes.len() as u64).is_multiple_of(RECORD_BYTES) {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| DedupError::io(path, e))?;
+        cut_torn_tail(&file, path, bytes.len() as u64)?;
+    }
     let mut keys = FingerprintSet::default();
-    keys.reserve(bytes.len() / 8);
-    for chunk in bytes.chunks_exact(8) {
+    keys.reserve(bytes.len() / RECORD_BYTES as usize);
+    for chunk in bytes.chunks_exact(RECORD_BYTES as usize) {
         let mut raw = [0u8; 8];
         raw.copy_from_slice(chunk);
         keys.insert(u64::from_le_bytes(raw));
@@ -266,6 +309,47 @@ mod tests {
         let reopened = EmbeddedDedup::open(dir.path(), Duration::from_secs(3600))?;
         assert_eq!(reopened.seen(&[1, 2, 3, 4]), vec![true, true, true, false]);
         assert_eq!(reopened.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn marks_after_a_torn_record_stay_aligned_across_restarts() -> Result<(), DedupError> {
+        let dir = tempfile::tempdir().map_err(|e| DedupError::io(Path::new("tmp"), e))?;
+        let retention = Duration::from_secs(3600);
+        // One fixed time, so every mark lands in the same bucket file.
+        let now = now_s();
+        let before: Vec<u64> = (1..=5).map(|i| i * 0x0101_0101_0101_0101).collect();
+        let after: Vec<u64> = (6..=9).map(|i| i * 0x0101_0101_0101_0101).collect();
+        let store = EmbeddedDedup::open(dir.path(), retention)?;
+        store.mark_at(&before, now)?;
+        drop(store);
+        let file = std::fs::read_dir(dir.path())
+            .map_err(|e| DedupError::io(dir.path(), e))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| bucket_start_of(p).is_some())
+            .unwrap_or_default();
+        OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| f.write_all(&[0xAB, 0xCD, 0xEF]))
+            .map_err(|e| DedupError::io(&file, e))?;
+
+        let reopened = EmbeddedDedup::open(dir.path(), retention)?;
+        reopened.mark_at(&after, now)?;
+        drop(reopened);
+        let again = EmbeddedDedup::open(dir.path(), retention)?;
+        let all: Vec<u64> = before.iter().chain(&after).copied().collect();
+        assert_eq!(again.seen(&all), vec![true; all.len()], "a mark was lost");
+        assert_eq!(again.len(), all.len(), "a spurious mark was loaded");
+        let size = std::fs::metadata(&file)
+            .map_err(|e| DedupError::io(&file, e))?
+            .len();
+        assert_eq!(
+            size,
+            8 * all.len() as u64,
+            "the file holds whole records only"
+        );
         Ok(())
     }
 

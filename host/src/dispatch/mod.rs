@@ -446,6 +446,10 @@ impl Settler {
     /// configured for this outcome: through the retry topic, due now, under its own key.
     /// Returns the fallback channel once the retry topic holds it.
     async fn fall_back(&self, job: &Job, outcome: &Outcome, reason: &str) -> Option<String> {
+        // A delivery that already came through a fallback ends in the DLQ: every chain ends.
+        if fallback::is_fallback_key(&job.delivery.key) {
+            return None;
+        }
         let config = self.fallback.get(&*job.channel)?;
         if !fallback::applies(config, outcome) {
             return None;

@@ -653,11 +653,10 @@ mod tests {
     }
 
     /// The records of `topic` (one partition) as (headers, value), read from the start.
-    fn read_all(
-        brokers: &str,
-        topic: &str,
-        expected: usize,
-    ) -> anyhow::Result<Vec<(Vec<(String, String)>, Vec<u8>)>> {
+    /// A record read back: its headers as (name, value), and its value.
+    type ReadRecord = (Vec<(String, String)>, Vec<u8>);
+
+    fn read_all(brokers: &str, topic: &str, expected: usize) -> anyhow::Result<Vec<ReadRecord>> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::message::{Headers, Message};
         let consumer: BaseConsumer = ClientConfig::new()

@@ -3,7 +3,8 @@
 //!
 //! Owns turning the failed delivery's content into the fallback channel's content. The fallback
 //! delivery gets its own idempotency key (`{key}~{channel}`), so it is deduplicated on its own:
-//! a redelivered request re-sends neither the Alimtalk message nor its SMS twice.
+//! a redelivered request re-sends neither the Alimtalk message nor its SMS twice. A fallback
+//! delivery never falls back again ([`is_fallback_key`]): its permanent failure goes to the DLQ.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,17 @@ use crate::plugin::Outcome;
 /// The fallback delivery's idempotency key.
 pub fn fallback_key(key: &str, channel: &str) -> String {
     format!("{key}~{channel}")
+}
+
+/// True when `key` was made by [`fallback_key`]: the delivery already came through a fallback
+/// and must not fall back again, so every chain ends in the DLQ after one hop, even if a cycle
+/// got past config validation. Delivery keys end in `/{index}` (`Envelope::delivery_key`), so a
+/// `~` after the last `/` can only come from [`fallback_key`], whatever the request id holds
+/// (a fallback channel named with a `/` would hide it; channel names are plain words).
+pub fn is_fallback_key(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains('~'))
 }
 
 /// True when `outcome` sends a delivery of a channel with `fallback` to the fallback channel.
@@ -141,5 +153,20 @@ mod tests {
         config.on = vec![FallbackOn::InvalidRecipient];
         assert!(!applies(&config, &rejected));
         assert_eq!(fallback_key("req-1/0", "sms"), "req-1/0~sms");
+    }
+
+    #[test]
+    fn fallback_keys_are_told_from_delivery_keys() {
+        for (key, channel) in [
+            ("req-1", "sms"),
+            ("a~b/c", "sms"),
+            ("x", "123"),
+            ("o~1/2", "lms"),
+        ] {
+            let delivery = format!("{key}/0");
+            assert!(!is_fallback_key(&delivery), "{delivery} is a delivery key");
+            let fell_back = fallback_key(&delivery, channel);
+            assert!(is_fallback_key(&fell_back), "{fell_back} is a fallback key");
+        }
     }
 }

@@ -142,9 +142,15 @@ async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once
         since_ms: 0,
         dry_run: false,
     };
-    let summary = replay(&brokers, &config.kafka.dlq_topic, &outbox, &filter)
-        .await
-        .unwrap();
+    let summary = replay(
+        &brokers,
+        &config.kafka.dlq_topic,
+        &config.kafka.properties,
+        &outbox,
+        &filter,
+    )
+    .await
+    .unwrap();
     assert_eq!(summary.scanned, 3);
     assert_eq!(summary.to_retry_topic, 1);
     let stats = fixture.sim.stats.clone();
@@ -155,9 +161,15 @@ async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once
     );
 
     // Replaying it again sends nothing: the dedup store knows it as delivered.
-    replay(&brokers, &config.kafka.dlq_topic, &outbox, &filter)
-        .await
-        .unwrap();
+    replay(
+        &brokers,
+        &config.kafka.dlq_topic,
+        &config.kafka.properties,
+        &outbox,
+        &filter,
+    )
+    .await
+    .unwrap();
     assert!(
         wait_until(WAIT, || counters.snapshot().deliveries_skipped_done >= 1).await,
         "{:?}",
@@ -173,8 +185,14 @@ async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once
         since_ms: 0,
         dry_run: true,
     };
-    let dry = replay(&brokers, &config.kafka.dlq_topic, &outbox, &all)
-        .await
-        .unwrap();
+    let dry = replay(
+        &brokers,
+        &config.kafka.dlq_topic,
+        &config.kafka.properties,
+        &outbox,
+        &all,
+    )
+    .await
+    .unwrap();
     assert_eq!(dry.not_replayable, 1);
 }

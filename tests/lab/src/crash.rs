@@ -307,7 +307,11 @@ async fn dlq_records(brokers: &str, outbox: &Outbox) -> anyhow::Result<u64> {
         since_ms: 0,
         dry_run: true,
     };
-    Ok(replay(brokers, DLQ_TOPIC, outbox, &filter).await?.scanned)
+    Ok(
+        replay(brokers, DLQ_TOPIC, &Default::default(), outbox, &filter)
+            .await?
+            .scanned,
+    )
 }
 
 pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
