@@ -485,13 +485,16 @@ pub struct CallReport {
 
 /// The most bytes of a plugin's `reason` strings the host keeps.
 pub const MAX_REASON_BYTES: usize = 1024;
-/// The most bytes of a vendor code or a vendor message id the host keeps.
+/// The most bytes of a vendor code the host keeps.
 pub const MAX_CODE_BYTES: usize = 256;
+/// The most bytes of a vendor message id the host keeps: ids are short, but some adapters
+/// return a small JSON document as the id.
+pub const MAX_MESSAGE_ID_BYTES: usize = 4096;
 
 fn cap_outcome_text(outcome: &mut Outcome) {
     use crate::text::cap_in_place;
     match outcome {
-        Outcome::Delivered(id) => cap_in_place(id, MAX_CODE_BYTES),
+        Outcome::Delivered(id) => cap_in_place(id, MAX_MESSAGE_ID_BYTES),
         Outcome::Retry(info) => cap_in_place(&mut info.reason, MAX_REASON_BYTES),
         Outcome::Rejected(rejection) => {
             cap_in_place(&mut rejection.code, MAX_CODE_BYTES);
