@@ -525,6 +525,13 @@ pub struct DedupConfig {
     /// SETs per time bucket in Redis. Keep (deliveries per bucket / shards) under 512, Redis's
     /// `set-max-intset-entries`, so each SET stays a compact intset.
     pub redis_shards: u64,
+    /// Longest wait for a connection to Redis, handshake included, in milliseconds.
+    pub redis_connect_timeout_ms: u64,
+    /// Longest wait for Redis's answer to one look-up or mark, in milliseconds. Past it Redis
+    /// counts as down: delivery waits (partitions pause) until a probe finds it answering again.
+    pub redis_response_timeout_ms: u64,
+    /// How often a Redis marked down is probed, in milliseconds.
+    pub redis_probe_interval_ms: u64,
 }
 
 /// The dedup backend.
@@ -546,6 +553,11 @@ impl Default for DedupConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "switchboard:dedup".into(),
             redis_shards: 16_384,
+            redis_connect_timeout_ms: crate::dedup::redis::DEFAULT_CONNECT_TIMEOUT.as_millis()
+                as u64,
+            redis_response_timeout_ms: crate::dedup::redis::DEFAULT_RESPONSE_TIMEOUT.as_millis()
+                as u64,
+            redis_probe_interval_ms: crate::dedup::redis::DEFAULT_PROBE_INTERVAL.as_millis() as u64,
         }
     }
 }
@@ -952,6 +964,27 @@ impl Config {
                 return Err(invalid(
                     field,
                     format!("topic `{topic}` is already read by {first}; a topic feeds one lane"),
+                ));
+            }
+        }
+        for (field, value) in [
+            (
+                "dedup.redis_connect_timeout_ms",
+                self.dedup.redis_connect_timeout_ms,
+            ),
+            (
+                "dedup.redis_response_timeout_ms",
+                self.dedup.redis_response_timeout_ms,
+            ),
+            (
+                "dedup.redis_probe_interval_ms",
+                self.dedup.redis_probe_interval_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    field.into(),
+                    "must be above 0: without it a hung Redis would stall delivery".into(),
                 ));
             }
         }

@@ -270,8 +270,8 @@ async fn open_history(
     Ok(store.map(|store| switchboard_history::HistoryWriter::start(store, Default::default())))
 }
 
-/// Opens the configured dedup store.
-async fn open_dedup(config: &Config) -> anyhow::Result<Option<Arc<DedupStore>>> {
+/// Opens the configured dedup store; a Redis store reports whether it answers on `metrics`.
+async fn open_dedup(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Arc<DedupStore>>> {
     let dedup = &config.dedup;
     let retention = Duration::from_secs(dedup.retention_hours.max(1) * 3600);
     let store = match dedup.backend {
@@ -283,11 +283,17 @@ async fn open_dedup(config: &Config) -> anyhow::Result<Option<Arc<DedupStore>>> 
             DedupStore::Embedded(store)
         }
         DedupBackend::Redis => DedupStore::Redis(
-            RedisDedup::connect(
+            RedisDedup::connect_with(
                 &dedup.redis_url,
                 &dedup.redis_prefix,
                 retention,
                 dedup.redis_shards,
+                crate::dedup::RedisTimeouts {
+                    connect: Duration::from_millis(dedup.redis_connect_timeout_ms),
+                    response: Duration::from_millis(dedup.redis_response_timeout_ms),
+                    probe_interval: Duration::from_millis(dedup.redis_probe_interval_ms),
+                },
+                metrics.dependency_up("redis"),
             )
             .await
             .with_context(|| format!("dedup.redis_url: connecting to {}", dedup.redis_url))?,
@@ -400,7 +406,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             }
         });
     }
-    let dedup = open_dedup(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let dedup = open_dedup(&config, &metrics).await?;
     let results = crate::retry::results::ResultsPublisher::connect(
         &brokers,
         &config.kafka.results_topic,
@@ -418,7 +425,6 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         .with_counters(counters.clone())
         .with_results(results),
     );
-    let metrics = Arc::new(Metrics::new());
     let history = open_history(&config).await?;
     let dispatcher = Arc::new(Dispatcher::start(
         lanes,

@@ -38,12 +38,12 @@ use crate::config::{DispatchConfig, FallbackConfig, LanesConfig, TrafficClass};
 use crate::dedup::DedupStore;
 use crate::ingest::consumer::RecordTicket;
 use crate::plugin::registry::{Slot, Version};
-use crate::plugin::{CallError, Delivery, LoadedPlugin, Outcome};
+use crate::plugin::{CallError, LoadedPlugin, Outcome, SharedDelivery};
 use crate::retry::results::{Invalidation, ResultOutcome, ResultRecord, invalid_since_ms};
 use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
-use crate::route::RouteHint;
 use crate::route::fallback;
 use crate::route::health::{CallTally, Health};
+use crate::route::{Pinning, RouteHint, retry_pinning};
 use crate::telemetry::metrics::{CallOutcome, Metrics};
 use crate::telemetry::{Counters, events};
 use backoff::Backoff;
@@ -52,7 +52,7 @@ use vendor::VendorGate;
 
 /// One delivery on its way, with the record it belongs to.
 pub struct Job {
-    delivery: Delivery,
+    delivery: SharedDelivery,
     /// The lane it runs in.
     class: TrafficClass,
     ticket: Arc<RecordTicket>,
@@ -64,12 +64,15 @@ pub struct Job {
     first_seen_ms: u64,
     /// Set once the DLQ holds the delivery: it is marked as dead, not as delivered.
     dead_lettered: bool,
+    /// Where the delivery's last try went, when it is a retry: a try that reaches nothing
+    /// leaves its retry as pinned as this says ([`RouteHint::after`]).
+    route: Option<RouteHint>,
 }
 
 impl Job {
     /// A delivery of a request on `channel` first read at `origin`.
     pub fn new(
-        delivery: Delivery,
+        delivery: SharedDelivery,
         class: TrafficClass,
         ticket: Arc<RecordTicket>,
         channel: Arc<str>,
@@ -84,7 +87,14 @@ impl Job {
             origin,
             first_seen_ms,
             dead_lettered: false,
+            route: None,
         }
+    }
+
+    /// The same job, retried after a try that went where `route` says.
+    pub fn retried_after(mut self, route: Option<RouteHint>) -> Self {
+        self.route = route;
+        self
     }
 
     fn retry_record(
@@ -100,7 +110,7 @@ impl Job {
             key: self.delivery.key.clone(),
             channel: self.channel.to_string(),
             recipient: self.delivery.recipient.clone(),
-            content: self.delivery.content.clone(),
+            content: self.delivery.content.to_string(),
             priority: self.delivery.priority.into(),
             attempt: self.delivery.attempt + 1,
             due_at_ms,
@@ -258,7 +268,7 @@ impl Settler {
             plugin,
             gate,
             plugin_fault,
-            timed_out,
+            pinning,
             elapsed,
         } = *call;
         let counters = &self.counters;
@@ -410,10 +420,7 @@ impl Settler {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 record(&job, OutcomeClass::Retry);
                 let mut record = job.retry_record(due_at_ms, info.reason, plugin_fault);
-                record.route = Some(RouteHint {
-                    vendor: plugin.name.clone(),
-                    timed_out,
-                });
+                record.route = Some(RouteHint::after(&plugin.name, pinning, job.route.as_ref()));
                 if let Err(error) = self.outbox.retry(&record).await {
                     // The retry topic refused it for good: the DLQ keeps it instead, so it is
                     // never lost and the lane goes on.
@@ -553,9 +560,12 @@ impl Settler {
                 })
                 .collect();
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            if let Err(error) = dedup.mark(&keys).await {
-                // The deliveries are done either way; an unrecorded mark only means a
-                // redelivery of the record could send them again (at least once).
+            // While the store is down this waits for it: a record's offset may pass its
+            // deliveries only once they are known as done.
+            if let Err(error) = dedup.mark_waiting(&keys).await {
+                // The store answered with an error, not an outage: waiting would not change
+                // it. The deliveries are done; a redelivery could send them again (at least
+                // once), and the error is counted and logged.
                 self.counters.dedup_errors.fetch_add(1, Ordering::Relaxed);
                 events::DedupFailed { error: &error }.emit();
             }
@@ -585,9 +595,9 @@ struct CallContext<'a> {
     gate: &'a VendorGate,
     /// The call failed as a whole (trap, timeout, failed init).
     plugin_fault: bool,
-    /// The call passed its deadline, or one of its requests got no answer in time: the vendor
-    /// may have delivered, so a retry stays on this vendor.
-    timed_out: bool,
+    /// Whether the vendor may have acted on the call, which decides where its retries may go
+    /// ([`crate::route::retry_pinning`]).
+    pinning: Pinning,
     elapsed: Duration,
 }
 
@@ -645,12 +655,14 @@ impl LaneRunner {
             TrafficClass::Realtime => &version.realtime,
             _ => &version.plugin,
         };
-        let deliveries: Vec<Delivery> = batch.iter().map(|j| j.delivery.clone()).collect();
+        // Cheap: the content is shared, only keys and recipients are copied.
+        let deliveries: Vec<SharedDelivery> = batch.iter().map(|j| j.delivery.clone()).collect();
         let started = std::time::Instant::now();
-        let result = plugin.deliver_reporting(&deliveries).await;
+        let report = plugin.deliver_reporting(&deliveries).await;
         let elapsed = started.elapsed();
-        let (outcomes, plugin_fault, timed_out) = match result {
-            Ok(report) => (report.outcomes, false, report.unanswered_requests > 0),
+        let pinning = retry_pinning(&report);
+        let (outcomes, plugin_fault, timed_out) = match report.outcomes {
+            Ok(outcomes) => (outcomes, false, report.exchanges.unanswered > 0),
             Err(error) => {
                 events::PluginCallFailed {
                     plugin: &plugin.name,
@@ -694,7 +706,7 @@ impl LaneRunner {
             plugin,
             gate: &self.gate,
             plugin_fault,
-            timed_out,
+            pinning,
             elapsed,
         };
         let settling = batch

@@ -42,7 +42,7 @@ use super::watermark::OffsetWatermark;
 use crate::config::{KafkaConfig, LanesConfig, Ordering as RecordOrdering, TrafficClass};
 use crate::dedup::DedupStore;
 use crate::dispatch::{Dispatcher, Job};
-use crate::plugin::Delivery;
+use crate::plugin::SharedDelivery;
 use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
 use crate::route::Router;
 use crate::telemetry::{Counters, events};
@@ -398,7 +398,8 @@ impl RecordTicket {
 
 /// The deliveries of one record, on their way to the dispatcher.
 struct Arrival {
-    deliveries: Vec<Delivery>,
+    /// One per recipient, all sharing the request's content.
+    deliveries: Vec<SharedDelivery>,
     /// A DLQ replay: skip only what was delivered, not what was dead-lettered.
     replayed: bool,
     channel: Arc<str>,
@@ -413,12 +414,16 @@ struct Arrival {
 }
 
 impl Arrival {
-    /// What the record costs in memory while the host holds it.
+    /// What the record costs in memory while the host holds it: its one content, and each
+    /// recipient's key, address and bookkeeping.
     fn cost(&self) -> usize {
-        self.deliveries
-            .iter()
-            .map(|d| d.key.len() + d.recipient.len() + d.content.len() + PER_DELIVERY_OVERHEAD)
-            .sum()
+        let content = self.deliveries.first().map_or(0, |d| d.content.len());
+        content
+            + self
+                .deliveries
+                .iter()
+                .map(|d| d.key.len() + d.recipient.len() + PER_DELIVERY_OVERHEAD)
+                .sum::<usize>()
     }
 }
 
@@ -514,6 +519,12 @@ struct Feed {
 }
 
 impl Feed {
+    /// False while the dedup store is down: consumption pauses rather than sending without
+    /// knowing what is done, or piling records up in memory behind the look-up.
+    fn dedup_available(&self) -> bool {
+        self.dedup.as_ref().is_none_or(|dedup| dedup.is_available())
+    }
+
     async fn admit(self: &Arc<Self>, arrival: Arrival) {
         let _ = arrival
             .ticket
@@ -568,13 +579,16 @@ impl Feed {
                     }
                 }
                 let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                match dedup.seen(&refs).await {
+                // While the store is down this waits for it: a look-up never answers "not seen"
+                // for a key it could not look up.
+                match dedup.seen_waiting(&refs).await {
                     Ok(seen) => seen
                         .chunks(per_delivery)
                         .map(|c| c.iter().any(|s| *s))
                         .collect(),
                     Err(error) => {
-                        // Unanswered means "not known as done": sending again is at least once.
+                        // The store answered with an error, not an outage: waiting would not
+                        // change it. Sent at least once, and counted and logged.
                         counters.dedup_errors.fetch_add(1, Relaxed);
                         events::DedupFailed { error: &error }.emit();
                         vec![false; deliveries.len()]
@@ -602,7 +616,8 @@ impl Feed {
                 channel.clone(),
                 origin.clone(),
                 first_seen_ms,
-            );
+            )
+            .retried_after(route.clone());
             self.dispatcher.submit(&plugin, job).await;
         }
     }
@@ -901,8 +916,9 @@ impl Ingest {
         Ok(())
     }
 
-    /// Admits `arrival`, unless its lane is over budget or its partition already holds records:
-    /// then the partition is paused and the record held until the lane is below low water.
+    /// Admits `arrival`, unless its lane is over budget, the dedup store is down, or its
+    /// partition already holds records: then the partition is paused and the record held until
+    /// the lane is below low water and the store answers again.
     async fn admit_or_hold(&self, arrival: Arrival, tasks: &mut HoldTasks) {
         let partition = (arrival.ticket.topic.clone(), arrival.ticket.partition);
         let class = arrival.class;
@@ -913,7 +929,7 @@ impl Ingest {
                 queue.push_back(arrival);
                 return;
             }
-            if self.feed.budget.is_over(class) {
+            if self.feed.budget.is_over(class) || !self.feed.dedup_available() {
                 held.insert(partition.clone(), VecDeque::from([arrival]));
                 None
             } else {
@@ -940,6 +956,9 @@ impl Ingest {
         let (feed, held, consumer) = (self.feed.clone(), self.held.clone(), self.consumer.clone());
         tasks.spawn(async move {
             feed.budget.wait_below_low_water(class).await;
+            if let Some(dedup) = &feed.dedup {
+                dedup.wait_available().await;
+            }
             loop {
                 let batch: Vec<Arrival> = {
                     let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
@@ -1105,7 +1124,7 @@ impl Ingest {
             );
         }
         let class = self.class_of(envelope.priority);
-        let deliveries: Vec<Delivery> = envelope.deliveries().collect();
+        let deliveries: Vec<SharedDelivery> = envelope.deliveries().collect();
         Accepted::Deliver(Arrival {
             route: None,
             ticket: self.ticket(topic, partition, offset, deliveries.len()),
@@ -1222,7 +1241,7 @@ mod tests {
             order: OnceLock::new(),
         });
         Arrival {
-            deliveries: vec![Delivery {
+            deliveries: vec![SharedDelivery {
                 key: format!("r{offset}/0"),
                 recipient: "token".into(),
                 content: "{}".into(),

@@ -6,7 +6,9 @@
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::plugin::{Delivery, Priority};
+use std::sync::Arc;
+
+use crate::plugin::{Priority, SharedDelivery};
 
 /// The most recipients one request may hold.
 pub const MAX_RECIPIENTS: usize = 1000;
@@ -67,8 +69,8 @@ pub struct Envelope {
     pub channel: String,
     pub priority: Priority,
     pub recipients: Vec<String>,
-    /// The channel content, re-serialised once for all recipients.
-    pub content: String,
+    /// The channel content, re-serialised once and shared by every recipient's delivery.
+    pub content: Arc<str>,
     pub expires_at: Option<OffsetDateTime>,
 }
 
@@ -105,7 +107,7 @@ impl Envelope {
                 WirePriority::Ads => Priority::Ads,
             },
             recipients: wire.recipients.into_iter().map(|r| r.to).collect(),
-            content: wire.content.to_string(),
+            content: wire.content.to_string().into(),
             expires_at: wire.expires_at,
         })
     }
@@ -120,15 +122,18 @@ impl Envelope {
         format!("{}/{}", self.id, index)
     }
 
-    /// One delivery per recipient, first attempt.
-    pub fn deliveries(&self) -> impl Iterator<Item = Delivery> + '_ {
-        self.recipients.iter().enumerate().map(|(i, to)| Delivery {
-            key: self.delivery_key(i),
-            recipient: to.clone(),
-            content: self.content.clone(),
-            priority: self.priority,
-            attempt: 1,
-        })
+    /// One delivery per recipient, first attempt, all sharing the request's one content.
+    pub fn deliveries(&self) -> impl Iterator<Item = SharedDelivery> + '_ {
+        self.recipients
+            .iter()
+            .enumerate()
+            .map(|(i, to)| SharedDelivery {
+                key: self.delivery_key(i),
+                recipient: to.clone(),
+                content: self.content.clone(),
+                priority: self.priority,
+                attempt: 1,
+            })
     }
 }
 
@@ -198,6 +203,26 @@ mod tests {
             decode(&text).err(),
             Some(EnvelopeError::TooManyRecipients(MAX_RECIPIENTS + 1))
         );
+    }
+
+    #[test]
+    fn every_recipient_shares_the_one_content() -> Result<(), EnvelopeError> {
+        // A 100 KiB content for 1,000 recipients is held once, not 1,000 times (100 MB).
+        let body = "b".repeat(100 << 10);
+        let recipients = vec![r#"{"to":"1"}"#; MAX_RECIPIENTS].join(",");
+        let text = format!(
+            r#"{{"id":"a","channel":"sms","recipients":[{recipients}],"content":{{"body":"{body}"}}}}"#
+        );
+        let env = Envelope::decode(Some(text.as_bytes()), 1 << 20)?;
+        let deliveries: Vec<SharedDelivery> = env.deliveries().collect();
+        assert_eq!(deliveries.len(), MAX_RECIPIENTS);
+        assert!(
+            deliveries
+                .iter()
+                .all(|d| Arc::ptr_eq(&d.content, &env.content)),
+            "a recipient got a content copy of its own"
+        );
+        Ok(())
     }
 
     #[test]

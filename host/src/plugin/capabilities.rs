@@ -4,6 +4,10 @@
 //! [`CallCapabilities`] does the work of every import, for a component's `Store` and for an
 //! adapter linked natively (`native.rs`) alike, so both go through the same checks.
 //!
+//! It also keeps what each call's requests came to ([`ExchangeTally`]): answered, sent without
+//! an answer, or never sent (the connection could not be made). Only a request that reached the
+//! vendor can have been acted on, so only such a request keeps a retry on the same vendor.
+//!
 //! Must never: let a plugin reach a host it was not granted, hand it a secret value, or let one
 //! plugin's cache or secrets be seen by another.
 
@@ -211,6 +215,70 @@ impl Capabilities {
     }
 }
 
+/// What one call's HTTP requests came to, as far as the vendor is concerned: whether it may have
+/// acted on them decides where the call's retries may go (`route::retry_pinning`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeTally {
+    /// Requests whose whole response the plugin got.
+    pub answered: u32,
+    /// Requests that reached the vendor, or may have, without the plugin getting the answer:
+    /// sent and then timed out, cut off mid-response, or still in flight when the call ended
+    /// (a trap or the deadline). The vendor may have acted on each of them.
+    pub unanswered: u32,
+    /// Requests that never reached the vendor: the name did not resolve, or the connection was
+    /// refused, timed out or failed its TLS handshake. The vendor cannot have acted on them.
+    pub never_sent: u32,
+}
+
+impl ExchangeTally {
+    /// True when a request of the call reached the vendor, or may have.
+    pub fn reached_vendor(&self) -> bool {
+        self.answered > 0 || self.unanswered > 0
+    }
+}
+
+/// The live counts behind a call's [`ExchangeTally`]. A request is counted as started before it
+/// goes to the transport, and as answered or never sent once that is known; whatever started
+/// and is neither is unanswered. So a request cut off by a trap or the deadline, whose future is
+/// dropped before it ends, counts as unanswered without any code running for it.
+#[derive(Debug, Default)]
+struct ExchangeCounts {
+    started: AtomicU32,
+    answered: AtomicU32,
+    never_sent: AtomicU32,
+}
+
+impl ExchangeCounts {
+    fn start(&self) {
+        self.started.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts how a started request ended. A `Denied` answer only comes from an offline
+    /// script (a live request is refused before it starts), and it never left the host either.
+    fn end<T>(&self, result: &Result<T, http::HttpError>) {
+        let counter = match result {
+            Ok(_) => &self.answered,
+            Err(http::HttpError::Connect(_) | http::HttpError::Denied(_)) => &self.never_sent,
+            // Sent, and then no whole answer: it stays counted as unanswered.
+            Err(http::HttpError::Timeout | http::HttpError::Protocol(_)) => return,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn tally(&self) -> ExchangeTally {
+        // `started` is read last: every request already counted as ended was started before,
+        // so the difference never goes below zero while requests are still ending.
+        let answered = self.answered.load(Ordering::SeqCst);
+        let never_sent = self.never_sent.load(Ordering::SeqCst);
+        let started = self.started.load(Ordering::SeqCst);
+        ExchangeTally {
+            answered,
+            unanswered: started.saturating_sub(answered.saturating_add(never_sent)),
+            never_sent,
+        }
+    }
+}
+
 /// What one call may use: the plugin's capabilities, with the call's deadline. Every import of
 /// the world is a method here; the component's host traits and the native backend both call
 /// these, so the allow-list, the secret placeholders, signing and the cache bounds exist once.
@@ -219,9 +287,9 @@ pub(crate) struct CallCapabilities {
     caps: Arc<Capabilities>,
     /// When the whole call must be over; HTTP requests get only what is left.
     deadline: Instant,
-    /// Requests of this call that timed out: the vendor may have acted on them without
-    /// answering, which decides where a retry may go (see `route::RouteHint`).
-    unanswered: Arc<AtomicU32>,
+    /// What this call's requests came to. Shared by the clones of one call, so the caller can
+    /// read it after the call is over, however it ended.
+    exchanges: Arc<ExchangeCounts>,
 }
 
 impl CallCapabilities {
@@ -229,28 +297,20 @@ impl CallCapabilities {
         Self {
             caps,
             deadline,
-            unanswered: Arc::default(),
+            exchanges: Arc::default(),
         }
     }
 
-    /// Requests of this call that timed out so far.
-    pub(crate) fn unanswered(&self) -> u32 {
-        self.unanswered.load(Ordering::Relaxed)
-    }
-
-    fn count_unanswered<T>(&self, result: &Result<T, http::HttpError>) {
-        if matches!(result, Err(http::HttpError::Timeout)) {
-            self.unanswered.fetch_add(1, Ordering::Relaxed);
-        }
+    /// What this call's requests came to so far.
+    pub(crate) fn exchanges(&self) -> ExchangeTally {
+        self.exchanges.tally()
     }
 
     pub(crate) async fn send(
         &self,
         request: http::Request,
     ) -> Result<http::Response, http::HttpError> {
-        let result = send_one(self.caps.clone(), self.deadline, request).await;
-        self.count_unanswered(&result);
-        result
+        send_one(&self.caps, self.deadline, &self.exchanges, request).await
     }
 
     pub(crate) async fn send_all(
@@ -259,10 +319,8 @@ impl CallCapabilities {
     ) -> Vec<Result<http::Response, http::HttpError>> {
         let sends = requests
             .into_iter()
-            .map(|r| send_one(self.caps.clone(), self.deadline, r));
-        let results = futures::future::join_all(sends).await;
-        results.iter().for_each(|r| self.count_unanswered(r));
-        results
+            .map(|r| send_one(&self.caps, self.deadline, &self.exchanges, r));
+        futures::future::join_all(sends).await
     }
 
     pub(crate) fn sign(&self, key: &str, alg: &str, data: &[u8]) -> Result<Vec<u8>, String> {
@@ -315,13 +373,13 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    /// Requests of this call that timed out.
-    pub(crate) fn unanswered_requests(&self) -> u32 {
-        self.call.unanswered()
-    }
-
     /// State for one call that must finish by `deadline`.
     pub fn new(caps: Arc<Capabilities>, limits: StoreLimits, deadline: Instant) -> Self {
+        Self::for_call(CallCapabilities::new(caps, deadline), limits)
+    }
+
+    /// State for the call `call`, whose clones see what its requests came to.
+    pub(crate) fn for_call(call: CallCapabilities, limits: StoreLimits) -> Self {
         // Nothing is granted: no preopened directories, no environment, no arguments, no
         // inherited stdio, no sockets and no name lookups. Clocks and random stay, as WASI has them.
         let wasi = WasiCtx::builder()
@@ -333,7 +391,7 @@ impl PluginState {
             wasi,
             table: ResourceTable::new(),
             limits,
-            call: CallCapabilities::new(caps, deadline),
+            call,
         }
     }
 }
@@ -347,9 +405,13 @@ impl WasiView for PluginState {
     }
 }
 
+/// Sends one request of a call, counting in `exchanges` whether it reached the vendor. A
+/// request refused here (bad URL, host not granted, secret not owned) is not counted at all:
+/// nothing left the host.
 async fn send_one(
-    caps: Arc<Capabilities>,
+    caps: &Capabilities,
     deadline: Instant,
+    exchanges: &ExchangeCounts,
     request: http::Request,
 ) -> Result<http::Response, http::HttpError> {
     use http::HttpError;
@@ -370,7 +432,10 @@ async fn send_one(
                 )));
             }
         }
-        return script.answer(&request);
+        exchanges.start();
+        let result = script.answer(&request);
+        exchanges.end(&result);
+        return result;
     }
     if !caps.permits(&url) {
         caps.counters.denied_hosts.fetch_add(1, Ordering::Relaxed);
@@ -391,14 +456,20 @@ async fn send_one(
         })?;
         builder = builder.header(name.as_str(), value);
     }
+    // Built here, so a malformed header is refused before anything is sent.
+    let outgoing = builder
+        .body(request.body)
+        .build()
+        .map_err(|e| HttpError::Protocol(error_chain(&e)))?;
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {
         return Err(HttpError::Timeout);
     }
+    exchanges.start();
     let exchange = async {
-        let mut response = builder
-            .body(request.body)
-            .send()
+        let mut response = caps
+            .client
+            .execute(outgoing)
             .await
             .map_err(transport_error)?;
         let status = response.status().as_u16();
@@ -428,10 +499,14 @@ async fn send_one(
         })
     };
     // The deadline covers the whole exchange, body included, so a vendor that trickles bytes
-    // cannot hold the call past it.
+    // cannot hold the call past it. When it passes while the connection is still being made,
+    // reqwest cannot tell us so, and the request counts as one the vendor may have acted on:
+    // a retry pinned for nothing is slower, one failed over wrongly may be sent twice. The
+    // client's own connect timeout (shorter than a call's) is what tells a dead vendor apart.
     let result = tokio::time::timeout(remaining, exchange)
         .await
         .unwrap_or(Err(HttpError::Timeout));
+    exchanges.end(&result);
     if let (Some(recorder), Some(request), Ok(response)) = (&caps.recorder, &recorded, &result) {
         recorder.record(request, response);
     }
@@ -440,10 +515,12 @@ async fn send_one(
 
 fn transport_error(e: reqwest::Error) -> http::HttpError {
     // reqwest errors carry the URL, never headers, so no secret can leak through them.
-    if e.is_timeout() {
-        http::HttpError::Timeout
-    } else if e.is_connect() {
+    // A connection that could not be made is `Connect` even when it timed out (reqwest says
+    // both): nothing was sent, which is what decides where a retry may go.
+    if e.is_connect() {
         http::HttpError::Connect(error_chain(&e))
+    } else if e.is_timeout() {
+        http::HttpError::Timeout
     } else {
         http::HttpError::Protocol(error_chain(&e))
     }
@@ -530,6 +607,146 @@ mod tests {
             .map(|e| cache_bytes(&e))
             .unwrap_or(usize::MAX);
         assert!(total <= MAX_CACHE_TOTAL_BYTES, "{total}");
+    }
+
+    /// A listener whose accept queue is full: the kernel drops further SYNs, so a connection
+    /// to it is neither made nor refused, as with a vendor behind a black-holed route. The
+    /// returned stream is the one connection that fills the queue; keep it alive.
+    fn black_hole() -> std::io::Result<(tokio::net::TcpListener, std::net::TcpStream)> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        // A backlog of 0 queues one connection; the next SYNs are dropped.
+        let listener = socket.listen(0)?;
+        let filler =
+            std::net::TcpStream::connect_timeout(&listener.local_addr()?, Duration::from_secs(1))?;
+        Ok((listener, filler))
+    }
+
+    /// A vendor that reads each request and answers it with `reply`, or never when `None`.
+    async fn vendor(reply: Option<&'static [u8]>) -> std::io::Result<std::net::SocketAddr> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    match reply {
+                        Some(reply) => {
+                            let _ = stream.write_all(reply).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                });
+            }
+        });
+        Ok(addr)
+    }
+
+    fn post_to(addr: std::net::SocketAddr) -> http::Request {
+        http::Request {
+            method: "POST".into(),
+            url: format!("http://{addr}/send"),
+            headers: Vec::new(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    fn call_to(addr: std::net::SocketAddr, client: reqwest::Client) -> CallCapabilities {
+        let caps = Capabilities::new(
+            "p".into(),
+            vec![AllowedHost::parse(&addr.to_string())],
+            PluginSecrets::default(),
+            Arc::default(),
+            client,
+            Arc::default(),
+        );
+        CallCapabilities::new(Arc::new(caps), Instant::now() + Duration::from_secs(10))
+    }
+
+    fn tally(answered: u32, unanswered: u32, never_sent: u32) -> ExchangeTally {
+        ExchangeTally {
+            answered,
+            unanswered,
+            never_sent,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connect_timeout_is_a_connect_error_and_never_reached_the_vendor()
+    -> anyhow::Result<()> {
+        let (listener, _filler) = black_hole()?;
+        let addr = listener.local_addr()?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(200))
+            .build()?;
+        let call = call_to(addr, client);
+        let result = call.send(post_to(addr)).await;
+        assert!(
+            matches!(result, Err(http::HttpError::Connect(_))),
+            "{result:?}"
+        );
+        assert_eq!(call.exchanges(), tally(0, 0, 1), "nothing was sent");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn requests_count_as_answered_unanswered_or_never_sent() -> anyhow::Result<()> {
+        let answering = vendor(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).await?;
+        let silent = vendor(None).await?;
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            listener.local_addr()?
+        };
+        let caps = Arc::new(Capabilities::new(
+            "p".into(),
+            [answering, silent, closed]
+                .iter()
+                .map(|a| AllowedHost::parse(&a.to_string()))
+                .collect(),
+            PluginSecrets::default(),
+            Arc::default(),
+            reqwest::Client::new(),
+            Arc::default(),
+        ));
+        // A short deadline, so the silent vendor's request times out within the test.
+        let call = CallCapabilities::new(caps, Instant::now() + Duration::from_millis(500));
+        let results = call
+            .send_all(vec![post_to(answering), post_to(closed), post_to(silent)])
+            .await;
+        assert!(
+            matches!(results[0], Ok(ref r) if r.status == 200),
+            "{results:?}"
+        );
+        assert!(
+            matches!(results[1], Err(http::HttpError::Connect(_))),
+            "{results:?}"
+        );
+        assert!(
+            matches!(results[2], Err(http::HttpError::Timeout)),
+            "{results:?}"
+        );
+        assert_eq!(call.exchanges(), tally(1, 1, 1));
+        // Refused before it left the host: not counted at all.
+        let denied = call.send(post_to("127.0.0.1:9".parse()?)).await;
+        assert!(
+            matches!(denied, Err(http::HttpError::Denied(_))),
+            "{denied:?}"
+        );
+        assert_eq!(call.exchanges(), tally(1, 1, 1));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_request_cut_off_in_flight_counts_as_unanswered() -> anyhow::Result<()> {
+        let silent = vendor(None).await?;
+        let call = call_to(silent, reqwest::Client::new());
+        // As when a trap or the call's deadline drops the call while its request is out.
+        let cut_off = tokio::time::timeout(Duration::from_millis(300), call.send(post_to(silent)));
+        assert!(cut_off.await.is_err(), "the silent vendor never answers");
+        assert_eq!(call.exchanges(), tally(0, 1, 0));
+        Ok(())
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod artifacts;
 mod bindings;
 pub mod capabilities;
+pub mod delivery;
 mod native;
 pub mod registry;
 mod signing;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Linker};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
 };
@@ -29,7 +30,8 @@ use artifacts::ArtifactCache;
 use bindings::AdapterPre;
 pub use bindings::http as bindings_http;
 pub use bindings::{Delivery, Outcome, PluginInfo, Priority, Rejection, RetryInfo};
-use capabilities::{CallCapabilities, Capabilities, PluginState};
+use capabilities::{CallCapabilities, Capabilities, ExchangeTally, PluginState};
+pub use delivery::SharedDelivery;
 pub use native::NativePlugins;
 pub use switchboard_sdk::native::NativeAdapter;
 
@@ -213,6 +215,14 @@ impl PluginRuntime {
         let plugin = name.to_string();
         limits.memory_bytes = limits.memory_bytes.min(self.max_memory_bytes);
         let pre = self.compile(&plugin, bytes).await?;
+        let deliver = pre
+            .instance_pre()
+            .component()
+            .get_export_index(None, "deliver")
+            .ok_or_else(|| LoadError::WrongWorld {
+                plugin: plugin.clone(),
+                reason: "no `deliver` export".into(),
+            })?;
         let info = self
             .describe(&plugin, &pre, caps.client.clone(), limits)
             .await?;
@@ -224,6 +234,7 @@ impl PluginRuntime {
             backend: Backend::Component {
                 engine: engine.clone(),
                 pre: pre.clone(),
+                deliver,
             },
             caps: Arc::new(caps),
             limits,
@@ -320,14 +331,23 @@ impl PluginRuntime {
 }
 
 fn new_store(engine: &Engine, caps: Arc<Capabilities>, limits: PluginLimits) -> Store<PluginState> {
+    let deadline = Instant::now() + limits.timeout;
+    store_for_call(engine, CallCapabilities::new(caps, deadline), limits)
+}
+
+/// A fresh `Store` whose imports are served by `call`.
+fn store_for_call(
+    engine: &Engine,
+    call: CallCapabilities,
+    limits: PluginLimits,
+) -> Store<PluginState> {
     let store_limits = StoreLimitsBuilder::new()
         .memory_size(limits.memory_bytes)
         // A failed memory.grow traps at once with a clear reason, instead of leaving the guest's
         // allocator to abort with a less useful one.
         .trap_on_grow_failure(true)
         .build();
-    let deadline = Instant::now() + limits.timeout;
-    let mut store = Store::new(engine, PluginState::new(caps, store_limits, deadline));
+    let mut store = Store::new(engine, PluginState::for_call(call, store_limits));
     store.limiter(|state| &mut state.limits);
     // Yield to the executor at every epoch tick, so a guest spinning on CPU neither blocks a
     // worker thread nor outlives the call's deadline (the timeout fires at the yield).
@@ -356,6 +376,8 @@ enum Backend {
     Component {
         engine: Engine,
         pre: AdapterPre<PluginState>,
+        /// Where `deliver` is among the component's exports, looked up once at load.
+        deliver: ComponentExportIndex,
     },
     /// An adapter crate linked into the host, for measuring the sandbox (see `native.rs`).
     Native(NativeAdapter),
@@ -410,45 +432,54 @@ impl LoadedPlugin {
     /// one outcome per delivery; a plugin that returns too few gets `retry` for the rest, and
     /// extra outcomes are dropped.
     pub async fn deliver(&self, batch: &[Delivery]) -> Result<Vec<Outcome>, CallError> {
-        self.deliver_reporting(batch).await.map(|r| r.outcomes)
+        let shared: Vec<SharedDelivery> = batch.iter().map(SharedDelivery::from).collect();
+        self.deliver_reporting(&shared).await.outcomes
     }
 
-    /// As [`LoadedPlugin::deliver`], with what the call's HTTP requests came to.
-    pub async fn deliver_reporting(&self, batch: &[Delivery]) -> Result<CallReport, CallError> {
+    /// As [`LoadedPlugin::deliver`], for deliveries that share their request's content, with
+    /// what the call's HTTP requests came to, however the call ended.
+    pub async fn deliver_reporting(&self, batch: &[SharedDelivery]) -> CallReport {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
+        // Made here rather than inside the call, so what its requests came to can still be read
+        // when a trap or the deadline cuts the call off.
+        let capabilities = CallCapabilities::new(self.caps.clone(), started + self.limits.timeout);
         let call = async {
             match &self.backend {
-                Backend::Component { engine, pre } => self.call_component(engine, pre, batch).await,
+                Backend::Component {
+                    engine,
+                    pre,
+                    deliver,
+                } => {
+                    self.call_component(engine, pre, deliver, capabilities.clone(), batch)
+                        .await
+                }
                 Backend::Native(adapter) => {
-                    let deadline = Instant::now() + self.limits.timeout;
-                    let call = CallCapabilities::new(self.caps.clone(), deadline);
-                    let outcomes =
-                        native::call_deliver(*adapter, call.clone(), &self.init_config, batch)
-                            .await?;
-                    Ok((outcomes, call.unanswered()))
+                    native::call_deliver(*adapter, capabilities.clone(), &self.init_config, batch)
+                        .await
                 }
             }
         };
-        let (outcomes, unanswered_requests) =
-            match tokio::time::timeout(self.limits.timeout, call).await {
-                Ok(Ok(outcomes)) => outcomes,
-                Ok(Err(error)) => {
-                    if let CallError::Trap(_) = error {
-                        self.counters.traps.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Err(error);
+        let outcomes = match tokio::time::timeout(self.limits.timeout, call).await {
+            Ok(Ok(outcomes)) => {
+                self.counters.record_duration(started.elapsed());
+                Ok(fit_outcomes(outcomes, batch.len()))
+            }
+            Ok(Err(error)) => {
+                if let CallError::Trap(_) = error {
+                    self.counters.traps.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => {
-                    self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(CallError::Timeout(self.limits.timeout));
-                }
-            };
-        self.counters.record_duration(started.elapsed());
-        Ok(CallReport {
-            outcomes: fit_outcomes(outcomes, batch.len()),
-            unanswered_requests,
-        })
+                Err(error)
+            }
+            Err(_) => {
+                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(CallError::Timeout(self.limits.timeout))
+            }
+        };
+        CallReport {
+            outcomes,
+            exchanges: capabilities.exchanges(),
+        }
     }
 
     /// One call on a fresh component instance: instantiate, `init`, `deliver`.
@@ -456,31 +487,41 @@ impl LoadedPlugin {
         &self,
         engine: &Engine,
         pre: &AdapterPre<PluginState>,
-        batch: &[Delivery],
-    ) -> Result<(Vec<Outcome>, u32), CallError> {
-        let mut store = new_store(engine, self.caps.clone(), self.limits);
+        deliver: &ComponentExportIndex,
+        capabilities: CallCapabilities,
+        batch: &[SharedDelivery],
+    ) -> Result<Vec<Outcome>, CallError> {
+        let mut store = store_for_call(engine, capabilities, self.limits);
         let call = async {
-            let adapter = pre.instantiate_async(&mut store).await?;
+            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+            let adapter = bindings::Adapter::new(&mut store, &instance)?;
             if let Err(reason) = adapter.call_init(&mut store, &self.init_config).await? {
                 return Ok(Err(CallError::Init(reason)));
             }
-            adapter.call_deliver(&mut store, batch).await.map(Ok)
+            // `deliver` through a typed function of the host's own record, so the shared
+            // content is copied once per delivery into the guest's memory and nowhere else
+            // (the generated binding would need an owned `String` per delivery).
+            let typed = instance
+                .get_typed_func::<(&[SharedDelivery],), (Vec<Outcome>,)>(&mut store, deliver)?;
+            let (outcomes,) = typed.call_async(&mut store, (batch,)).await?;
+            Ok::<_, wasmtime::Error>(Ok(outcomes))
         };
-        let result = match call.await {
+        match call.await {
             Ok(outcomes) => outcomes,
             Err(trap) => Err(CallError::Trap(format!("{trap:#}"))),
-        };
-        result.map(|outcomes| (outcomes, store.data().unanswered_requests()))
+        }
     }
 }
 
 /// What one call came to.
 #[derive(Debug)]
 pub struct CallReport {
-    /// One outcome per delivery, in order.
-    pub outcomes: Vec<Outcome>,
-    /// HTTP requests of the call that timed out: the vendor may have acted on them.
-    pub unanswered_requests: u32,
+    /// One outcome per delivery, in order; or why the call produced none.
+    pub outcomes: Result<Vec<Outcome>, CallError>,
+    /// What the call's HTTP requests came to, those cut off by a trap or the deadline included.
+    /// Whether the vendor may have acted on the call decides where its retries may go
+    /// ([`crate::route::retry_pinning`]).
+    pub exchanges: ExchangeTally,
 }
 
 /// The most bytes of a plugin's `reason` strings the host keeps.

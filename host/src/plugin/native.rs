@@ -23,8 +23,8 @@ use tokio::runtime::Handle;
 use super::bindings::{http, log};
 use super::capabilities::{CallCapabilities, Capabilities};
 use super::{
-    Backend, CallCounters, CallError, Delivery, LoadError, LoadedPlugin, Outcome, PluginInfo,
-    PluginLimits, PluginRuntime, Priority, Rejection, RetryInfo,
+    Backend, CallCounters, CallError, LoadError, LoadedPlugin, Outcome, PluginInfo, PluginLimits,
+    PluginRuntime, Priority, Rejection, RetryInfo, SharedDelivery,
 };
 
 /// Adapters to run natively, by the configured plugin name they serve. Given to
@@ -132,7 +132,7 @@ pub(super) async fn call_deliver(
     adapter: NativeAdapter,
     call: CallCapabilities,
     init_config: &[(String, String)],
-    batch: &[Delivery],
+    batch: &[SharedDelivery],
 ) -> Result<Vec<Outcome>, CallError> {
     let config = init_config.to_vec();
     let batch = batch.iter().map(delivery_to_sdk).collect();
@@ -242,11 +242,11 @@ impl NativeHost for NativeCall {
 // The conversions between the SDK's generated types (wit-bindgen, guest side) and the host's
 // (wasmtime bindgen). Both come from the same WIT, so each is a field-by-field move.
 
-fn delivery_to_sdk(delivery: &Delivery) -> switchboard_sdk::Delivery {
+fn delivery_to_sdk(delivery: &SharedDelivery) -> switchboard_sdk::Delivery {
     switchboard_sdk::Delivery {
         key: delivery.key.clone(),
         recipient: delivery.recipient.clone(),
-        content: delivery.content.clone(),
+        content: delivery.content.to_string(),
         priority: match delivery.priority {
             Priority::Realtime => switchboard_sdk::Priority::Realtime,
             Priority::Batch => switchboard_sdk::Priority::Batch,

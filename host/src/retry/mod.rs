@@ -26,7 +26,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::{Delivery, Priority};
+use crate::plugin::{Priority, SharedDelivery};
 use crate::telemetry::{Counters, events};
 
 /// Header names on retry and DLQ records.
@@ -151,11 +151,11 @@ impl From<WirePriority> for Priority {
 
 impl RetryRecord {
     /// The delivery this record stands for.
-    pub fn delivery(&self) -> Delivery {
-        Delivery {
+    pub fn delivery(&self) -> SharedDelivery {
+        SharedDelivery {
             key: self.key.clone(),
             recipient: self.recipient.clone(),
-            content: self.content.clone(),
+            content: self.content.as_str().into(),
             priority: self.priority.into(),
             attempt: self.attempt,
         }

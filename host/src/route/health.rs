@@ -37,7 +37,8 @@ pub struct Bucket {
     pub ok: u64,
     /// Deliveries that failed in a way worth retrying, or trapped the plugin.
     pub errors: u64,
-    /// Deliveries whose call passed its deadline, or whose request got no answer in time.
+    /// Deliveries whose call passed its deadline, or whose request was sent and got no answer
+    /// in time. A connection that could not be made (even by timing out) counts as an error.
     pub timeouts: u64,
     /// Calls finished, and the sum and maximum of their durations.
     pub calls: u64,

@@ -10,8 +10,9 @@
 //!   ignores health: the deliveries still go out by weight and their retries back off, rather
 //!   than waiting in memory for a vendor to come back.
 //! - **failover**: a delivery retried after a vendor's `retry` answer goes to another vendor of
-//!   its channel when one is healthy (same idempotency key). A delivery whose last try timed
-//!   out stays on the same vendor (see [`RouteHint`]).
+//!   its channel when one is healthy (same idempotency key). A delivery the vendor may have
+//!   acted on without the host learning the result stays on the same vendor (see [`RouteHint`]);
+//!   [`retry_pinning`] decides which is which, from what the call's requests came to.
 //!
 //! The choice is smooth weighted round-robin (as nginx balances upstreams): exact proportions
 //! over any window of one cycle, and no burst of one vendor, which a random choice would give at
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::plugin::{CallError, CallReport};
 use crate::telemetry::events;
 use health::Health;
 
@@ -35,11 +37,75 @@ use health::Health;
 pub struct RouteHint {
     /// The vendor (plugin name) of the last try.
     pub vendor: String,
-    /// The last try timed out: the vendor may have delivered it. Such a delivery is tried again
-    /// on the same vendor with the same idempotency key, so a vendor that deduplicates by key
-    /// (or the recipient's device) sees one message, never two from two vendors. It moves only
-    /// once that vendor is drained (weight 0) or gone from the channel.
+    /// The vendor may have delivered the last try without the host learning it (a request
+    /// sent and not answered, or a call that trapped or passed its deadline after its requests
+    /// reached the vendor; see [`retry_pinning`]). Such a delivery is tried again on the same
+    /// vendor with the same idempotency key, so a vendor that deduplicates by key (or the
+    /// recipient's device) sees one message, never two from two vendors. It moves only once
+    /// that vendor is drained (weight 0) or gone from the channel. The name is kept from when
+    /// only timeouts set it: retry records already in the topic carry it.
     pub timed_out: bool,
+}
+
+/// What one try tells about where the delivery's retry may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinning {
+    /// The vendor answered, and the plugin judged the answer: the retry may fail over to
+    /// another healthy vendor, whatever an earlier try left open.
+    Free,
+    /// Nothing of the try reached the vendor (no request, or only connections never made), so
+    /// it settles nothing: the retry stays as free, or as pinned, as the try before left it.
+    Unchanged,
+    /// The vendor may have acted on the try without the host learning the result: the retry
+    /// stays on it ([`RouteHint::timed_out`]).
+    Pinned,
+}
+
+/// What the tries of one call's deliveries tell about their retries, from how the call ended and
+/// what its HTTP requests came to. The requests are counted per call, not per delivery, so one
+/// request the vendor may have acted on pins every retry of the call: doubling one message
+/// across vendors is what this must never do, and a slower retry is the price.
+///
+/// - The call returned outcomes: a request sent and unanswered (timed out, cut off) pins.
+///   Otherwise each `retry` is the plugin's reading of the vendor's answers, which frees it;
+///   with no answer at all (no request, or connections never made) nothing reached the vendor.
+/// - The call trapped or passed its deadline: the plugin said nothing of any delivery. If any
+///   request reached the vendor, answered or not, any delivery may have been delivered. If
+///   none did, none was.
+/// - `init` failed: `deliver` never ran, so no delivery was sent, whatever `init` requested.
+pub fn retry_pinning(report: &CallReport) -> Pinning {
+    let exchanges = &report.exchanges;
+    match &report.outcomes {
+        Ok(_) if exchanges.unanswered > 0 => Pinning::Pinned,
+        Ok(_) if exchanges.answered > 0 => Pinning::Free,
+        Ok(_) => Pinning::Unchanged,
+        Err(CallError::Trap(_) | CallError::Timeout(_)) if exchanges.reached_vendor() => {
+            Pinning::Pinned
+        }
+        Err(CallError::Trap(_) | CallError::Timeout(_) | CallError::Init(_)) => Pinning::Unchanged,
+    }
+}
+
+impl RouteHint {
+    /// The hint for the retry of a delivery just tried on `vendor`, whose try came to
+    /// `pinning`; `previous` is the hint the delivery arrived with, when it was a retry.
+    ///
+    /// A pin outlives tries that reached nothing: after a request that timed out on `vendor`,
+    /// a retry that trapped before sending, or could not connect, still does not know whether
+    /// the first was delivered. Only an answer the plugin judged frees it.
+    pub fn after(vendor: &str, pinning: Pinning, previous: Option<&RouteHint>) -> RouteHint {
+        let timed_out = match pinning {
+            Pinning::Pinned => true,
+            Pinning::Free => false,
+            // Pinned to another vendor, and tried here: that vendor was drained or removed,
+            // which is when a pin may move, so it does not carry over.
+            Pinning::Unchanged => previous.is_some_and(|p| p.timed_out && p.vendor == vendor),
+        };
+        RouteHint {
+            vendor: vendor.to_string(),
+            timed_out,
+        }
+    }
 }
 
 /// Why weights could not be changed.
@@ -206,7 +272,9 @@ impl Router {
     }
 
     /// The vendor for the next delivery of `channel`; `hint` says where it went last, if it is
-    /// a retry. `None` only for an unknown channel.
+    /// a retry. A pinned hint keeps the vendor while it has weight; any other retry goes to
+    /// another healthy vendor when there is one, and back to the same one only when there is
+    /// not. `None` only for an unknown channel.
     pub fn pick(&self, channel: &str, hint: Option<&RouteHint>) -> Option<String> {
         let mut channel = self.channel(channel)?;
         let health = &self.health;
@@ -413,6 +481,107 @@ mod tests {
         assert_eq!(counts.get("a"), None, "ejected");
         assert_eq!(counts.get("b"), Some(&600), "b keeps 30:20 against c");
         assert_eq!(counts.get("c"), Some(&400));
+    }
+
+    fn report(outcomes: Result<(), CallError>, exchanges: [u32; 3]) -> CallReport {
+        let [answered, unanswered, never_sent] = exchanges;
+        let retry = crate::plugin::Outcome::Retry(crate::plugin::RetryInfo {
+            reason: "http connect error".into(),
+            after_ms: None,
+        });
+        CallReport {
+            outcomes: outcomes.map(|()| vec![retry]),
+            exchanges: crate::plugin::capabilities::ExchangeTally {
+                answered,
+                unanswered,
+                never_sent,
+            },
+        }
+    }
+
+    #[test]
+    fn only_a_call_the_vendor_may_have_acted_on_pins_its_retries() {
+        use Pinning::{Free, Pinned, Unchanged};
+        let trap = || Err(CallError::Trap("wasm trap".into()));
+        let deadline = || Err(CallError::Timeout(std::time::Duration::from_secs(1)));
+        let init = || Err(CallError::Init("refused".into()));
+        // Exchanges are [answered, unanswered, never sent].
+        let cases = [
+            ("outcomes, answered", report(Ok(()), [1, 0, 0]), Free),
+            (
+                "outcomes, answered + not sent",
+                report(Ok(()), [1, 0, 1]),
+                Free,
+            ),
+            ("outcomes, not sent", report(Ok(()), [0, 0, 1]), Unchanged),
+            ("outcomes, no request", report(Ok(()), [0, 0, 0]), Unchanged),
+            ("outcomes, unanswered", report(Ok(()), [1, 1, 0]), Pinned),
+            ("trap, no request", report(trap(), [0, 0, 0]), Unchanged),
+            ("trap, not sent", report(trap(), [0, 0, 2]), Unchanged),
+            ("trap, answered", report(trap(), [1, 0, 0]), Pinned),
+            ("trap, unanswered", report(trap(), [0, 1, 0]), Pinned),
+            (
+                "deadline, no request",
+                report(deadline(), [0, 0, 0]),
+                Unchanged,
+            ),
+            ("deadline, in flight", report(deadline(), [0, 1, 0]), Pinned),
+            ("deadline, answered", report(deadline(), [1, 0, 1]), Pinned),
+            ("init refused", report(init(), [1, 1, 0]), Unchanged),
+        ];
+        for (case, report, expected) in cases {
+            assert_eq!(retry_pinning(&report), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_pin_outlives_tries_that_reached_nothing() {
+        let hint = |vendor: &str, timed_out| RouteHint {
+            vendor: vendor.into(),
+            timed_out,
+        };
+        let pinned_to_a = hint("a", true);
+        let free_from_a = hint("a", false);
+        let cases = [
+            (Pinning::Pinned, None, true),
+            (Pinning::Free, Some(&pinned_to_a), false),
+            (Pinning::Unchanged, None, false),
+            (Pinning::Unchanged, Some(&free_from_a), false),
+            (Pinning::Unchanged, Some(&pinned_to_a), true),
+        ];
+        for (pinning, previous, pinned) in cases {
+            assert_eq!(
+                RouteHint::after("a", pinning, previous),
+                hint("a", pinned),
+                "{pinning:?} after {previous:?}"
+            );
+        }
+        // Tried on b, pinned to a: a was drained, and the pin does not follow to b.
+        assert_eq!(
+            RouteHint::after("b", Pinning::Unchanged, Some(&pinned_to_a)),
+            hint("b", false)
+        );
+    }
+
+    /// Where the router sends the retry of a first try on vendor `a` that came to `report`.
+    fn next_vendor_after(router: &Router, report: &CallReport) -> Option<String> {
+        let hint = RouteHint::after("a", retry_pinning(report), None);
+        router.pick("sms", Some(&hint))
+    }
+
+    #[test]
+    fn a_retry_fails_over_unless_the_vendor_may_have_acted_on_it() {
+        let (router, _) = router(&[("a", 50), ("b", 50)], None);
+        let connect_failed = report(Ok(()), [0, 0, 1]);
+        assert_eq!(
+            next_vendor_after(&router, &connect_failed).as_deref(),
+            Some("b")
+        );
+        let trapped_after_answer = report(Err(CallError::Trap("wasm trap".into())), [1, 0, 0]);
+        assert_eq!(
+            next_vendor_after(&router, &trapped_after_answer).as_deref(),
+            Some("a")
+        );
     }
 
     #[test]

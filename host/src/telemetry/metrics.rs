@@ -446,7 +446,9 @@ impl HostParts {
         counter(
             e,
             "dedup_errors",
-            "Dedup lookups or marks that failed (the delivery went ahead: at least once).",
+            "Dedup look-ups or marks the store answered with an error (the delivery went ahead: at \
+             least once). An outage is not counted here: delivery waits for the store, and \
+             switchboard_dependency_up shows it.",
             c.dedup_errors,
         )?;
         let stream = |s| [("stream", s)];

@@ -57,7 +57,7 @@ pub struct Counters {
     pub retries: AtomicU64,
     /// Deliveries skipped because the dedup store knew them as done.
     pub deliveries_skipped_done: AtomicU64,
-    /// Dedup lookups or marks that failed.
+    /// Dedup look-ups or marks the store answered with an error (an outage is waited out).
     pub dedup_errors: AtomicU64,
     /// Permanently failed deliveries re-sent on their channel's fallback channel.
     pub deliveries_fallen_back: AtomicU64,
