@@ -362,3 +362,74 @@ async fn a_waiting_mark_can_be_dropped_and_nothing_retries_it_behind_the_caller(
         "a cancelled mark was not recorded later behind the caller's back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_pauses_while_redis_is_down_and_delivers_everything_once_when_it_returns() {
+    let _serial = SERIAL.lock().await;
+    let proxy = SwitchProxy::start(redis_addr()).await;
+    let topic = "outage-requests";
+    let cluster = switchboard::ingest::EmbeddedKafka::start(1, &[topic.to_string()], 2).unwrap();
+    let brokers = cluster.bootstrap_servers().to_string();
+    let fixture = switchboard_integration_tests::FcmFixture::start(|_| {}).await;
+    let mut config = fixture.host_config(&brokers, topic, "g-redis-outage");
+    config.dedup.backend = switchboard::config::DedupBackend::Redis;
+    config.dedup.redis_url = proxy.url();
+    config.dedup.redis_prefix = run_prefix("host");
+    config.dedup.redis_connect_timeout_ms = 500;
+    config.dedup.redis_response_timeout_ms = 300;
+    config.dedup.redis_probe_interval_ms = 100;
+    let host = switchboard::start(config).await.unwrap();
+    let stats = fixture.sim.stats.clone();
+    let produce = |from: u64| {
+        let brokers = brokers.clone();
+        async move {
+            switchboard::demo::produce(&brokers, topic, 200, |i| {
+                (
+                    format!("k{}", from + i),
+                    switchboard::demo::demo_envelope(from + i),
+                )
+            })
+            .await
+            .unwrap();
+        }
+    };
+    produce(0).await;
+    assert!(
+        wait_until(Duration::from_secs(60), || stats.snapshot().delivered >= 200).await,
+        "{:?}",
+        stats.snapshot()
+    );
+
+    // Redis goes away: nothing more is delivered without a look-up, and the gauge says why.
+    proxy.set(ProxyMode::Refuse);
+    produce(1_000).await;
+    let up = |host: &switchboard::RunningHost| {
+        host.metrics
+            .render()
+            .contains("switchboard_dependency_up{dependency=\"redis\"} 1")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || !up(&host)).await,
+        "{}",
+        host.metrics.render()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stats.snapshot().delivered,
+        200,
+        "delivered while the dedup store was down"
+    );
+
+    // It returns: the held requests go out by themselves, each once.
+    proxy.set(ProxyMode::Pass);
+    assert!(
+        wait_until(Duration::from_secs(60), || stats.snapshot().delivered >= 400).await,
+        "{:?} {:?}",
+        stats.snapshot(),
+        host.counters.snapshot()
+    );
+    assert!(up(&host), "{}", host.metrics.render());
+    host.stop().await.unwrap();
+    assert_eq!(stats.snapshot().delivered, 400);
+    assert_eq!(stats.snapshot().duplicates, 0);
+}
