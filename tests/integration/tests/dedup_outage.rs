@@ -395,7 +395,9 @@ async fn a_host_pauses_while_redis_is_down_and_delivers_everything_once_when_it_
     };
     produce(0).await;
     assert!(
-        wait_until(Duration::from_secs(60), || stats.snapshot().delivered >= 200).await,
+        wait_until(Duration::from_secs(60), || stats.snapshot().delivered
+            >= 200)
+        .await,
         "{:?}",
         stats.snapshot()
     );
@@ -423,7 +425,9 @@ async fn a_host_pauses_while_redis_is_down_and_delivers_everything_once_when_it_
     // It returns: the held requests go out by themselves, each once.
     proxy.set(ProxyMode::Pass);
     assert!(
-        wait_until(Duration::from_secs(60), || stats.snapshot().delivered >= 400).await,
+        wait_until(Duration::from_secs(60), || stats.snapshot().delivered
+            >= 400)
+        .await,
         "{:?} {:?}",
         stats.snapshot(),
         host.counters.snapshot()
