@@ -251,3 +251,20 @@ impl std::io::Write for CapturedLogs {
         Ok(())
     }
 }
+
+/// A Kafka record's headers as (name, value) pairs, values read as UTF-8 (lossily): what the
+/// DLQ tests look at.
+pub fn headers_of(message: &impl rdkafka::Message) -> Vec<(String, String)> {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                    (h.key.to_string(), value.into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

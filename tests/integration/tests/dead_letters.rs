@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use switchboard::demo::{demo_envelope, produce};
 use switchboard::ingest::EmbeddedKafka;
 use switchboard::retry::replay::{ReplayFilter, replay};
 use switchboard::retry::{Outbox, ReasonClass};
-use switchboard_integration_tests::{FcmFixture, wait_until};
+use switchboard_integration_tests::{FcmFixture, headers_of, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -48,19 +48,7 @@ fn read_dlq(brokers: &str, topic: &str) -> Vec<(HashMap<String, String>, Vec<u8>
             continue;
         };
         let message = message.unwrap();
-        let headers = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = headers_of(&message).into_iter().collect();
         records.push((headers, message.payload().unwrap_or_default().to_vec()));
         remaining -= 1;
     }

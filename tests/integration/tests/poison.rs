@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchboard::demo::demo_envelope;
 use switchboard::ingest::EmbeddedKafka;
-use switchboard_integration_tests::{FcmFixture, wait_until};
+use switchboard_integration_tests::{FcmFixture, headers_of, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -42,19 +41,7 @@ fn dlq_headers(brokers: &str, topic: &str, expected: usize) -> Vec<Vec<(String, 
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let message = message.unwrap();
-        let headers = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        let value = String::from_utf8_lossy(h.value.unwrap_or_default());
-                        (h.key.to_string(), value.into_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        records.push(headers);
+        records.push(headers_of(&message.unwrap()));
     }
     records
 }

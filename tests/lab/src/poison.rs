@@ -108,6 +108,41 @@ async fn send_all(brokers: &str, records: Vec<(String, Vec<u8>)>) -> anyhow::Res
     Ok(())
 }
 
+/// A fresh cluster holding a produced backlog, the FCM simulator (20 ms) and a host config for
+/// both, without dedup: what both scenarios start a host on.
+struct Backlog {
+    /// Kept alive for the host's run.
+    _cluster: EmbeddedKafka,
+    fixture: FcmFixture,
+    config: switchboard::Config,
+    partitions: i32,
+}
+
+impl Backlog {
+    async fn produce(records: Vec<(String, Vec<u8>)>, group: &str) -> anyhow::Result<Self> {
+        let bytes: usize = records.iter().map(|(_, v)| v.len()).sum();
+        // The mock cluster keeps about 5 MiB per partition: spread the backlog so none is
+        // dropped.
+        let partitions = ((bytes >> 20) as i32 / 2).max(12);
+        let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
+        let brokers = cluster.bootstrap_servers().to_string();
+        send_all(&brokers, records).await?;
+        crate::lanes::check_nothing_dropped(&brokers, TOPIC, partitions)?;
+        let fixture = FcmFixture::start(|sim| {
+            sim.faults.latency = vendorsim::Latency::fixed(Duration::from_millis(20))
+        })
+        .await;
+        let mut config = fixture.host_config(&brokers, TOPIC, group);
+        config.dedup.backend = switchboard::config::DedupBackend::Off;
+        Ok(Self {
+            _cluster: cluster,
+            fixture,
+            config,
+            partitions,
+        })
+    }
+}
+
 /// What one host run saw.
 struct Run {
     delivered: u64,
@@ -125,19 +160,11 @@ async fn run_host(
     dead: u64,
     timeout: Duration,
 ) -> anyhow::Result<Run> {
-    let bytes: usize = records.iter().map(|(_, v)| v.len()).sum();
-    // The mock cluster keeps about 5 MiB per partition: spread the backlog so none is dropped.
-    let partitions = ((bytes >> 20) as i32 / 2).max(12);
-    let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
-    let brokers = cluster.bootstrap_servers().to_string();
-    send_all(&brokers, records).await?;
-    crate::lanes::check_nothing_dropped(&brokers, TOPIC, partitions)?;
-    let fixture = FcmFixture::start(|sim| {
-        sim.faults.latency = vendorsim::Latency::fixed(Duration::from_millis(20))
-    })
-    .await;
-    let mut config = fixture.host_config(&brokers, TOPIC, "lab-poison");
-    config.dedup.backend = switchboard::config::DedupBackend::Off;
+    let backlog = Backlog::produce(records, "lab-poison").await?;
+    let Backlog {
+        fixture, config, ..
+    } = &backlog;
+    let config = config.clone();
     let started = Instant::now();
     let host = switchboard::start(config).await?;
     let stats = fixture.sim.stats.clone();
@@ -226,21 +253,15 @@ pub async fn expired_backlog(
         .map(|i| (format!("old{i}"), expired(i).into_bytes()))
         .collect();
     records.extend((0..valid_count).map(|i| (format!("k{i}"), valid_bytes(i))));
-    let bytes: usize = records.iter().map(|(_, v)| v.len()).sum();
-    let partitions = ((bytes >> 20) as i32 / 2).max(12);
-    let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
-    let brokers = cluster.bootstrap_servers().to_string();
-    send_all(&brokers, records).await?;
-    crate::lanes::check_nothing_dropped(&brokers, TOPIC, partitions)?;
+    let backlog = Backlog::produce(records, "lab-expired").await?;
     eprintln!(
-        "[expired-backlog] {expired_count} expired, then {valid_count} valid, on {partitions} partitions"
+        "[expired-backlog] {expired_count} expired, then {valid_count} valid, on {} partitions",
+        backlog.partitions
     );
-    let fixture = FcmFixture::start(|sim| {
-        sim.faults.latency = vendorsim::Latency::fixed(Duration::from_millis(20))
-    })
-    .await;
-    let mut config = fixture.host_config(&brokers, TOPIC, "lab-expired");
-    config.dedup.backend = switchboard::config::DedupBackend::Off;
+    let Backlog {
+        fixture, config, ..
+    } = &backlog;
+    let config = config.clone();
     let started = Instant::now();
     let host = switchboard::start(config).await?;
     let (stats, counters) = (fixture.sim.stats.clone(), host.counters.clone());
