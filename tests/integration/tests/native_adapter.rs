@@ -277,7 +277,15 @@ async fn a_native_call_past_its_deadline_is_a_timeout_and_the_next_call_works() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_panic_fails_that_call_only_as_a_trap() {
     let rt = runtime();
-    let plugin = misbehaving(&rt, Default::default()).await;
+    // The panic hook runs inside the call, before the unwind reaches the host. With
+    // RUST_BACKTRACE set it symbolizes a backtrace, which took more than the default 5 s
+    // deadline on a loaded machine, and the call came back as a timeout. This test is about
+    // the panic, so the deadline is out of its way.
+    let options = LoadOptions {
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let plugin = misbehaving(&rt, options).await;
     let panicked = plugin
         .deliver(&[delivery("k/0", "ok", "{}"), delivery("k/1", "panic", "{}")])
         .await;
