@@ -569,6 +569,12 @@ pub struct HttpConfig {
     /// PEM files of extra root certificates to trust besides the built-in web roots, e.g. a
     /// vendor sandbox's or a corporate proxy's CA.
     pub extra_root_certs: Vec<PathBuf>,
+    /// Host names a plugin may reach although they resolve to a loopback, private, link-local
+    /// or otherwise non-public address, e.g. a vendor gateway inside the operator's network.
+    /// Every other granted name must resolve to public addresses only, so a name whose DNS
+    /// answer changes cannot take a plugin into the host's own network (SECURITY.md). A grant
+    /// of an IP address, or of `localhost`, names the address itself and needs no entry here.
+    pub private_names: Vec<String>,
 }
 
 /// One vendor adapter.
@@ -606,6 +612,47 @@ pub struct PluginConfig {
     /// Secrets the plugin may use by name, through `sign` and `{{secret:NAME}}` placeholders.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretSource>,
+    /// What one call, and the plugin as a whole, may make the host do besides CPU and memory:
+    /// HTTP requests, bytes transferred, log lines.
+    #[serde(default)]
+    pub bounds: PluginBounds,
+}
+
+/// What a plugin's calls may make the host do, beyond its deadline and memory cap. Each bound
+/// has a counter (`/metrics`, `plugin_*`) and a clear outcome when it is reached; the defaults
+/// are far above what the bundled adapters need for a batch of 500.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginBounds {
+    /// HTTP requests one call may make, `send` and `send_all` together. Past it a request is
+    /// refused (`denied`, "request limit") without being sent.
+    pub requests_per_call: u32,
+    /// Requests of one call in flight at once: `send-all` sends this many at a time.
+    pub requests_in_flight_per_call: u32,
+    /// Requests of the plugin in flight at once, over all its calls; a request waits for a
+    /// slot within its call's deadline.
+    pub requests_in_flight: u32,
+    /// Bytes one call may send and receive over HTTP (request and response bodies). Past it the
+    /// request fails with a protocol error naming the budget.
+    pub transfer_bytes_per_call: u64,
+    /// Log lines the plugin may emit per second (also the burst); the rest are dropped and
+    /// counted, with one warning per second saying how many.
+    pub log_lines_per_s: u32,
+    /// Log bytes the plugin may emit per second (also the burst).
+    pub log_bytes_per_s: u64,
+}
+
+impl Default for PluginBounds {
+    fn default() -> Self {
+        Self {
+            requests_per_call: 1000,
+            requests_in_flight_per_call: 64,
+            requests_in_flight: 512,
+            transfer_bytes_per_call: 64 << 20,
+            log_lines_per_s: 200,
+            log_bytes_per_s: 256 << 10,
+        }
+    }
 }
 
 impl PluginConfig {
@@ -1096,6 +1143,25 @@ impl Config {
                     field("max_batch/concurrency"),
                     "must be at least 1".into(),
                 ));
+            }
+            let bounds = &plugin.bounds;
+            for (bound, value) in [
+                ("requests_per_call", u64::from(bounds.requests_per_call)),
+                (
+                    "requests_in_flight_per_call",
+                    u64::from(bounds.requests_in_flight_per_call),
+                ),
+                ("requests_in_flight", u64::from(bounds.requests_in_flight)),
+                ("transfer_bytes_per_call", bounds.transfer_bytes_per_call),
+                ("log_lines_per_s", u64::from(bounds.log_lines_per_s)),
+                ("log_bytes_per_s", bounds.log_bytes_per_s),
+            ] {
+                if value == 0 {
+                    return Err(invalid(
+                        field(&format!("bounds.{bound}")),
+                        "must be at least 1".into(),
+                    ));
+                }
             }
         }
         for (channel, weights) in &self.channels {

@@ -107,6 +107,7 @@ pub fn demo_config(
             )]
             .into_iter()
             .collect(),
+            bounds: Default::default(),
         },
     );
     config.channels.insert(
@@ -293,6 +294,7 @@ impl DemoVendors {
                     .iter()
                     .map(|(k, v)| (k.to_string(), SecretSource::Value(v.clone())))
                     .collect(),
+                bounds: Default::default(),
             }
         };
         config.plugins.insert(

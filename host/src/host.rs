@@ -16,7 +16,7 @@ use crate::ingest::EmbeddedKafka;
 use crate::ingest::budget::Budget;
 use crate::ingest::consumer::{Ingest, IngestShared, Source};
 use crate::plugin::artifacts::ArtifactCache;
-use crate::plugin::capabilities::AllowedHost;
+use crate::plugin::capabilities::{AllowedHost, PluginQuotas};
 use crate::plugin::registry::{PluginSpec, Registry};
 use crate::plugin::{NativePlugins, PluginLimits, PluginRuntime};
 use crate::retry::Outbox;
@@ -194,6 +194,8 @@ async fn load_plugins(
                 .collect(),
             max_batch: plugin.max_batch,
             capability_counters: Default::default(),
+            bounds: plugin.bounds,
+            quotas: PluginQuotas::new(&plugin.bounds),
         };
         let caps = spec.capabilities(client.clone());
         let (loaded, bytes) = match native.get(name) {
@@ -232,10 +234,25 @@ async fn load_plugins(
 /// offers it (APNs accepts nothing else). `extra_root_pems` are CA certificates to trust besides
 /// the built-in web roots.
 pub fn http_client(extra_root_pems: &[String]) -> anyhow::Result<reqwest::Client> {
+    http_client_with(extra_root_pems, &[])
+}
+
+/// As [`http_client`], letting `private_names` resolve to non-public addresses
+/// (`http.private_names`). Every other name reaches public addresses only, and redirects are
+/// never followed by the client: the plugin's request path follows them, checking each hop
+/// against the plugin's grants (`plugin/outbound.rs`).
+pub fn http_client_with(
+    extra_root_pems: &[String],
+    private_names: &[String],
+) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .pool_idle_timeout(Duration::from_secs(90))
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(crate::plugin::resolver::PublicOnlyResolver::new(
+            private_names,
+        ));
     for pem in extra_root_pems {
         let cert = reqwest::Certificate::from_pem(pem.as_bytes())
             .context("an extra root certificate is not valid PEM")?;
@@ -341,12 +358,13 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         runtime = runtime.with_artifact_cache(cache.clone());
     }
     let runtime = Arc::new(runtime);
-    let client = http_client(&extra_root_pems(&config)?)?;
+    let private_names = &config.http.private_names;
+    let client = http_client_with(&extra_root_pems(&config)?, private_names)?;
     let realtime = RealtimeThreads::start(config.runtime.realtime_threads)?;
     // The realtime lane's HTTP pool of its own: a pooled connection is driven by the threads
     // that opened it.
     let realtime_client = match realtime.0 {
-        Some(_) => Some(http_client(&extra_root_pems(&config)?)?),
+        Some(_) => Some(http_client_with(&extra_root_pems(&config)?, private_names)?),
         None => None,
     };
     let registry = Arc::new(

@@ -117,6 +117,16 @@ impl PluginSecrets {
 /// Replaces every `{{secret:NAME}}` in `text` with the plugin's secret NAME. Returns the name of
 /// the first placeholder the plugin owns no secret for.
 pub fn fill_placeholders(text: &str, secrets: &PluginSecrets) -> Result<String, String> {
+    fill_placeholders_noting(text, secrets, &mut Vec::new())
+}
+
+/// As [`fill_placeholders`], adding the name of every secret it filled in to `filled`, so the
+/// caller can scrub those values out of whatever comes back.
+pub fn fill_placeholders_noting(
+    text: &str,
+    secrets: &PluginSecrets,
+    filled: &mut Vec<String>,
+) -> Result<String, String> {
     const OPEN: &str = "{{secret:";
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -129,7 +139,12 @@ pub fn fill_placeholders(text: &str, secrets: &PluginSecrets) -> Result<String, 
         };
         let name = &after[..end];
         match secrets.get(name) {
-            Some(value) => out.push_str(value.expose()),
+            Some(value) => {
+                out.push_str(value.expose());
+                if !filled.iter().any(|f| f == name) {
+                    filled.push(name.to_string());
+                }
+            }
             None => return Err(name.to_string()),
         }
         rest = &after[end + 2..];

@@ -661,6 +661,9 @@ impl LaneRunner {
         let report = plugin.deliver_reporting(&deliveries).await;
         let elapsed = started.elapsed();
         let pinning = retry_pinning(&report);
+        // The host could not run the call (no instance slot): the vendor was never asked, so
+        // nothing of it counts for or against the vendor.
+        let host_busy = matches!(report.outcomes, Err(CallError::HostBusy(_)));
         let (outcomes, plugin_fault, timed_out) = match report.outcomes {
             Ok(outcomes) => (outcomes, false, report.exchanges.unanswered > 0),
             Err(error) => {
@@ -682,10 +685,12 @@ impl LaneRunner {
                     })
                 };
                 let timed_out = matches!(error, CallError::Timeout(_));
-                ((0..batch.len()).map(retry).collect(), true, timed_out)
+                ((0..batch.len()).map(retry).collect(), !host_busy, timed_out)
             }
         };
-        self.record_health(&version, &outcomes, timed_out, elapsed);
+        if !host_busy {
+            self.record_health(&version, &outcomes, timed_out, elapsed);
+        }
         self.settler.metrics.record_call(
             &self.slot.name,
             &version.plugin.info.version,

@@ -16,17 +16,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{cache, http, log, secrets};
-use super::signing::Signer256;
-use crate::secrets::{PluginSecrets, fill_placeholders};
+use futures::StreamExt as _;
 
-/// Largest vendor response body a plugin may receive; a larger one is a protocol error rather
-/// than a way to exhaust host memory.
-const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+use super::bindings::{cache, http, log, secrets};
+use super::outbound::send_one;
+use super::signing::Signer256;
+use crate::config::PluginBounds;
+use crate::secrets::PluginSecrets;
 /// Cache bounds per plugin, so a plugin cannot grow host memory through the cache.
 const MAX_CACHE_ENTRIES: usize = 4096;
 const MAX_CACHE_VALUE_BYTES: usize = 64 * 1024;
@@ -41,24 +40,40 @@ const MAX_LOG_BYTES: usize = 4096;
 pub struct AllowedHost {
     host: String,
     port: Option<u16>,
+    /// Written `http://host[:port]`: a redirect from https may step down to plain http here.
+    plain_http: bool,
 }
 
 impl AllowedHost {
-    /// Parses `host` or `host:port`.
+    /// Parses `host`, `host:port`, or either after `http://` (which also lets a redirect from
+    /// https step down to plain http on this host) or `https://`.
     pub fn parse(s: &str) -> Self {
-        match s.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Self {
-                host: host.to_ascii_lowercase(),
-                port: port.parse().ok(),
-            },
-            _ => Self {
-                host: s.to_ascii_lowercase(),
-                port: None,
-            },
+        let (s, plain_http) = match s.split_once("://") {
+            Some((scheme, rest)) => (
+                rest.trim_end_matches('/'),
+                scheme.eq_ignore_ascii_case("http"),
+            ),
+            None => (s, false),
+        };
+        let (host, port) = match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                (host, port.parse().ok())
+            }
+            _ => (s, None),
+        };
+        Self {
+            // An IPv6 address is granted in brackets, as a URL writes it.
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
+            port,
+            plain_http,
         }
     }
 
     fn permits(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| p == port)
     }
 }
@@ -70,6 +85,104 @@ pub struct CapabilityCounters {
     pub denied_hosts: AtomicU64,
     /// Placeholders or signatures naming a secret the plugin does not own.
     pub denied_secrets: AtomicU64,
+    /// Redirects from https to plain http on a host whose grant does not name plain http.
+    pub denied_downgrades: AtomicU64,
+    /// Requests to a granted name that resolved only to non-public addresses.
+    pub denied_addresses: AtomicU64,
+    /// Requests past a call's `bounds.requests_per_call`.
+    pub denied_requests: AtomicU64,
+    /// Requests that failed because their call spent `bounds.transfer_bytes_per_call`.
+    pub over_transfer: AtomicU64,
+    /// Occurrences of a filled secret value scrubbed from a vendor's answer.
+    pub scrubbed_secrets: AtomicU64,
+    /// Log lines dropped past `bounds.log_lines_per_s` or `bounds.log_bytes_per_s`.
+    pub dropped_logs: AtomicU64,
+}
+
+/// What a plugin's calls share of its bounds: its requests in flight and its log budget. One per
+/// plugin, over all its versions and both lanes.
+#[derive(Debug)]
+pub struct PluginQuotas {
+    pub(super) in_flight: tokio::sync::Semaphore,
+    log: Mutex<LogBudget>,
+}
+
+impl PluginQuotas {
+    /// Quotas sized by `bounds`.
+    pub fn new(bounds: &PluginBounds) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: tokio::sync::Semaphore::new(bounds.requests_in_flight as usize),
+            log: Mutex::new(LogBudget::full(bounds)),
+        })
+    }
+}
+
+impl Default for PluginQuotas {
+    fn default() -> Self {
+        let bounds = PluginBounds::default();
+        Self {
+            in_flight: tokio::sync::Semaphore::new(bounds.requests_in_flight as usize),
+            log: Mutex::new(LogBudget::full(&bounds)),
+        }
+    }
+}
+
+/// A token bucket of log lines and bytes per second, with the drops not yet reported.
+#[derive(Debug)]
+struct LogBudget {
+    lines: f64,
+    bytes: f64,
+    refilled: Instant,
+    dropped_unreported: u64,
+    reported: Instant,
+}
+
+/// What the log budget says of one line.
+enum LogVerdict {
+    /// Emit it; `dropped` lines before it went unreported.
+    Emit { dropped: u64 },
+    /// Drop it; report `dropped` lines now (once a second at most).
+    Drop { report: Option<u64> },
+}
+
+impl LogBudget {
+    fn full(bounds: &PluginBounds) -> Self {
+        let now = Instant::now();
+        Self {
+            lines: f64::from(bounds.log_lines_per_s),
+            bytes: bounds.log_bytes_per_s as f64,
+            refilled: now,
+            dropped_unreported: 0,
+            reported: now,
+        }
+    }
+
+    fn admit(&mut self, bytes: usize, bounds: &PluginBounds) -> LogVerdict {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        let (max_lines, max_bytes) = (
+            f64::from(bounds.log_lines_per_s),
+            bounds.log_bytes_per_s as f64,
+        );
+        self.lines = (self.lines + elapsed * max_lines).min(max_lines);
+        self.bytes = (self.bytes + elapsed * max_bytes).min(max_bytes);
+        if self.lines >= 1.0 && self.bytes >= bytes as f64 {
+            self.lines -= 1.0;
+            self.bytes -= bytes as f64;
+            return LogVerdict::Emit {
+                dropped: std::mem::take(&mut self.dropped_unreported),
+            };
+        }
+        self.dropped_unreported += 1;
+        if now.duration_since(self.reported) >= Duration::from_secs(1) {
+            self.reported = now;
+            return LogVerdict::Drop {
+                report: Some(std::mem::take(&mut self.dropped_unreported)),
+            };
+        }
+        LogVerdict::Drop { report: None }
+    }
 }
 
 /// The plugin-scoped cache. Shared by every version of one plugin, so tokens survive a swap.
@@ -132,6 +245,8 @@ pub struct Capabilities {
     pub cache: Arc<PluginCache>,
     pub client: reqwest::Client,
     pub counters: Arc<CapabilityCounters>,
+    bounds: PluginBounds,
+    quotas: Arc<PluginQuotas>,
     signer: Signer256,
     /// Offline tests: answers requests from a script instead of the network.
     script: Option<Arc<dyn ExchangeScript>>,
@@ -171,10 +286,19 @@ impl Capabilities {
             cache,
             client,
             counters,
+            bounds: PluginBounds::default(),
+            quotas: Arc::default(),
             signer: Signer256::default(),
             script: None,
             recorder: None,
         }
+    }
+
+    /// The same capabilities under `bounds`, sharing `quotas` with the plugin's other versions.
+    pub fn with_bounds(mut self, bounds: PluginBounds, quotas: Arc<PluginQuotas>) -> Self {
+        self.bounds = bounds;
+        self.quotas = quotas;
+        self
     }
 
     /// The same capabilities (secrets, cache, counters, allow-list) over another HTTP client:
@@ -189,6 +313,8 @@ impl Capabilities {
             cache: self.cache.clone(),
             client,
             counters: self.counters.clone(),
+            bounds: self.bounds,
+            quotas: self.quotas.clone(),
             signer: Signer256::default(),
             script: self.script.clone(),
             recorder: self.recorder.clone(),
@@ -207,11 +333,37 @@ impl Capabilities {
         self
     }
 
-    fn permits(&self, url: &reqwest::Url) -> bool {
+    pub(super) fn permits(&self, url: &reqwest::Url) -> bool {
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return false;
         };
         self.allowed_hosts.iter().any(|a| a.permits(host, port))
+    }
+
+    /// True when a grant for `url`'s host is written `http://…`: plain http was granted.
+    pub(super) fn permits_plain_http(&self, url: &reqwest::Url) -> bool {
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return false;
+        };
+        self.allowed_hosts
+            .iter()
+            .any(|a| a.plain_http && a.permits(host, port))
+    }
+
+    pub(super) fn bounds(&self) -> PluginBounds {
+        self.bounds
+    }
+
+    pub(super) fn quotas(&self) -> &PluginQuotas {
+        &self.quotas
+    }
+
+    pub(super) fn script(&self) -> Option<&Arc<dyn ExchangeScript>> {
+        self.script.as_ref()
+    }
+
+    pub(super) fn recorder(&self) -> Option<&Arc<dyn ExchangeRecorder>> {
+        self.recorder.as_ref()
     }
 }
 
@@ -242,22 +394,40 @@ impl ExchangeTally {
 /// and is neither is unanswered. So a request cut off by a trap or the deadline, whose future is
 /// dropped before it ends, counts as unanswered without any code running for it.
 #[derive(Debug, Default)]
-struct ExchangeCounts {
+pub(super) struct ExchangeCounts {
     started: AtomicU32,
     answered: AtomicU32,
     never_sent: AtomicU32,
+    /// Requests the call asked for, sent or not: the call's request limit.
+    requested: AtomicU32,
+    /// Body bytes the call sent and received: its transfer budget.
+    transferred: AtomicU64,
 }
 
 impl ExchangeCounts {
-    fn start(&self) {
+    pub(super) fn start(&self) {
         self.started.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Counts how a started request ended. A `Denied` answer only comes from an offline
-    /// script (a live request is refused before it starts), and it never left the host either.
-    fn end<T>(&self, result: &Result<T, http::HttpError>) {
+    /// Takes one of the call's `limit` requests; false when none is left.
+    pub(super) fn take_request(&self, limit: u32) -> bool {
+        self.requested.fetch_add(1, Ordering::Relaxed) < limit
+    }
+
+    /// Takes `bytes` of the call's transfer `budget`; false when they do not fit.
+    pub(super) fn take_transfer(&self, bytes: u64, budget: u64) -> bool {
+        self.transferred.fetch_add(bytes, Ordering::Relaxed) + bytes <= budget
+    }
+
+    /// Counts how a started request ended; `vendor_answered` when a hop of it was answered (a
+    /// redirect) before it failed. A `Denied` failure comes from an offline script or a
+    /// refused hop or address: that hop never left the host either.
+    pub(super) fn end<T>(&self, result: &Result<T, http::HttpError>, vendor_answered: bool) {
         let counter = match result {
             Ok(_) => &self.answered,
+            Err(http::HttpError::Connect(_) | http::HttpError::Denied(_)) if vendor_answered => {
+                &self.answered
+            }
             Err(http::HttpError::Connect(_) | http::HttpError::Denied(_)) => &self.never_sent,
             // Sent, and then no whole answer: it stays counted as unanswered.
             Err(http::HttpError::Timeout | http::HttpError::Protocol(_)) => return,
@@ -313,14 +483,18 @@ impl CallCapabilities {
         send_one(&self.caps, self.deadline, &self.exchanges, request).await
     }
 
+    /// Sends `requests` at most `bounds.requests_in_flight_per_call` at a time, and answers in
+    /// their order.
     pub(crate) async fn send_all(
         &self,
         requests: Vec<http::Request>,
     ) -> Vec<Result<http::Response, http::HttpError>> {
-        let sends = requests
-            .into_iter()
-            .map(|r| send_one(&self.caps, self.deadline, &self.exchanges, r));
-        futures::future::join_all(sends).await
+        let at_once = self.caps.bounds.requests_in_flight_per_call.max(1) as usize;
+        futures::stream::iter(requests)
+            .map(|r| send_one(&self.caps, self.deadline, &self.exchanges, r))
+            .buffered(at_once)
+            .collect()
+            .await
     }
 
     pub(crate) fn sign(&self, key: &str, alg: &str, data: &[u8]) -> Result<Vec<u8>, String> {
@@ -353,6 +527,32 @@ impl CallCapabilities {
             message.truncate(cut);
         }
         let (plugin, version) = (&self.caps.plugin, &self.caps.version);
+        let verdict = self
+            .caps
+            .quotas
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(message.len(), &self.caps.bounds);
+        let (emit, unreported) = match verdict {
+            LogVerdict::Emit { dropped } => (true, dropped),
+            LogVerdict::Drop { report } => (false, report.unwrap_or(0)),
+        };
+        if unreported > 0 {
+            tracing::warn!(
+                plugin,
+                version,
+                dropped = unreported,
+                "plugin log lines dropped over bounds.log_lines_per_s or bounds.log_bytes_per_s"
+            );
+        }
+        if !emit {
+            self.caps
+                .counters
+                .dropped_logs
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match level {
             log::Level::Trace => tracing::trace!(plugin, version, "{message}"),
             log::Level::Debug => tracing::debug!(plugin, version, "{message}"),
@@ -368,18 +568,22 @@ pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     /// Memory cap for this call.
-    pub limits: StoreLimits,
+    pub limits: super::limiter::CallLimiter,
     call: CallCapabilities,
 }
 
 impl PluginState {
     /// State for one call that must finish by `deadline`.
-    pub fn new(caps: Arc<Capabilities>, limits: StoreLimits, deadline: Instant) -> Self {
+    pub fn new(
+        caps: Arc<Capabilities>,
+        limits: super::limiter::CallLimiter,
+        deadline: Instant,
+    ) -> Self {
         Self::for_call(CallCapabilities::new(caps, deadline), limits)
     }
 
     /// State for the call `call`, whose clones see what its requests came to.
-    pub(crate) fn for_call(call: CallCapabilities, limits: StoreLimits) -> Self {
+    pub(crate) fn for_call(call: CallCapabilities, limits: super::limiter::CallLimiter) -> Self {
         // Nothing is granted: no preopened directories, no environment, no arguments, no
         // inherited stdio, no sockets and no name lookups. Clocks and random stay, as WASI has them.
         let wasi = WasiCtx::builder()
@@ -403,138 +607,6 @@ impl WasiView for PluginState {
             table: &mut self.table,
         }
     }
-}
-
-/// Sends one request of a call, counting in `exchanges` whether it reached the vendor. A
-/// request refused here (bad URL, host not granted, secret not owned) is not counted at all:
-/// nothing left the host.
-async fn send_one(
-    caps: &Capabilities,
-    deadline: Instant,
-    exchanges: &ExchangeCounts,
-    request: http::Request,
-) -> Result<http::Response, http::HttpError> {
-    use http::HttpError;
-    let url = reqwest::Url::parse(&request.url)
-        .map_err(|e| HttpError::Protocol(format!("bad url: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(HttpError::Denied(format!(
-            "scheme `{}` is not allowed",
-            url.scheme()
-        )));
-    }
-    if let Some(script) = &caps.script {
-        // Offline: placeholders must still name the plugin's own secrets.
-        for (_, value) in &request.headers {
-            if let Err(missing) = fill_placeholders(value, &caps.secrets) {
-                return Err(HttpError::Denied(format!(
-                    "secret `{missing}` is not granted to this plugin"
-                )));
-            }
-        }
-        exchanges.start();
-        let result = script.answer(&request);
-        exchanges.end(&result);
-        return result;
-    }
-    if !caps.permits(&url) {
-        caps.counters.denied_hosts.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(plugin = %caps.plugin, host = url.host_str().unwrap_or(""), "plugin tried a host it was not granted");
-        return Err(HttpError::Denied(format!(
-            "host `{}` is not granted to this plugin",
-            url.host_str().unwrap_or("")
-        )));
-    }
-    let recorded = caps.recorder.as_ref().map(|_| request.clone());
-    let method = reqwest::Method::from_bytes(request.method.as_bytes())
-        .map_err(|_| HttpError::Protocol(format!("bad method `{}`", request.method)))?;
-    let mut builder = caps.client.request(method, url);
-    for (name, value) in &request.headers {
-        let value = fill_placeholders(value, &caps.secrets).map_err(|missing| {
-            caps.counters.denied_secrets.fetch_add(1, Ordering::Relaxed);
-            HttpError::Denied(format!("secret `{missing}` is not granted to this plugin"))
-        })?;
-        builder = builder.header(name.as_str(), value);
-    }
-    // Built here, so a malformed header is refused before anything is sent.
-    let outgoing = builder
-        .body(request.body)
-        .build()
-        .map_err(|e| HttpError::Protocol(error_chain(&e)))?;
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if remaining.is_zero() {
-        return Err(HttpError::Timeout);
-    }
-    exchanges.start();
-    let exchange = async {
-        let mut response = caps
-            .client
-            .execute(outgoing)
-            .await
-            .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(HttpError::Protocol(format!(
-                    "response body over {MAX_RESPONSE_BYTES} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(http::Response {
-            status,
-            headers,
-            body,
-        })
-    };
-    // The deadline covers the whole exchange, body included, so a vendor that trickles bytes
-    // cannot hold the call past it. When it passes while the connection is still being made,
-    // reqwest cannot tell us so, and the request counts as one the vendor may have acted on:
-    // a retry pinned for nothing is slower, one failed over wrongly may be sent twice. The
-    // client's own connect timeout (shorter than a call's) is what tells a dead vendor apart.
-    let result = tokio::time::timeout(remaining, exchange)
-        .await
-        .unwrap_or(Err(HttpError::Timeout));
-    exchanges.end(&result);
-    if let (Some(recorder), Some(request), Ok(response)) = (&caps.recorder, &recorded, &result) {
-        recorder.record(request, response);
-    }
-    result
-}
-
-fn transport_error(e: reqwest::Error) -> http::HttpError {
-    // reqwest errors carry the URL, never headers, so no secret can leak through them.
-    // A connection that could not be made is `Connect` even when it timed out (reqwest says
-    // both): nothing was sent, which is what decides where a retry may go.
-    if e.is_connect() {
-        http::HttpError::Connect(error_chain(&e))
-    } else if e.is_timeout() {
-        http::HttpError::Timeout
-    } else {
-        http::HttpError::Protocol(error_chain(&e))
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 impl http::Host for PluginState {

@@ -12,8 +12,11 @@ pub mod artifacts;
 mod bindings;
 pub mod capabilities;
 pub mod delivery;
+mod limiter;
 mod native;
+mod outbound;
 pub mod registry;
+pub mod resolver;
 mod signing;
 
 use std::path::Path;
@@ -22,9 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, ComponentExportIndex, Linker};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
-};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use artifacts::ArtifactCache;
 use bindings::AdapterPre;
@@ -65,6 +66,10 @@ pub enum CallError {
     Timeout(Duration),
     #[error("plugin `init` failed: {0}")]
     Init(String),
+    /// The host, not the plugin, could not run the call: no instance slot came free within the
+    /// call's deadline. Never counted against the vendor's health.
+    #[error("host busy: {0}")]
+    HostBusy(String),
 }
 
 /// Counters of call faults, and call durations, per plugin.
@@ -73,6 +78,8 @@ pub struct CallCounters {
     pub calls: AtomicU64,
     pub traps: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Calls the host could not run for want of an instance slot (`CallError::HostBusy`).
+    pub host_busy: AtomicU64,
     /// Durations of calls that returned outcomes, in microseconds.
     durations: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
@@ -114,6 +121,9 @@ pub struct PluginRuntime {
     linker: Linker<PluginState>,
     /// The largest memory cap the pool can give; a plugin asking for more is clamped to it.
     max_memory_bytes: usize,
+    /// One permit per component instance the pool holds: a call waits here for a slot (within
+    /// its deadline) instead of failing to instantiate when every slot is taken.
+    slots: Arc<tokio::sync::Semaphore>,
     ticker_stop: Arc<AtomicBool>,
     /// Compiled components on disk; `None` compiles on every load.
     artifacts: Option<Arc<ArtifactCache>>,
@@ -131,11 +141,17 @@ impl PluginRuntime {
     pub fn new(config: &RuntimeConfig, max_memory_bytes: usize) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
         let instances = config.max_instances.max(1);
+        // Each component may take only its share of the pool's core instances, memories and
+        // tables, and `slots` admits at most `instances` components at once: so the pool never
+        // runs out under one plugin's greed, and a component that needs more than its share is
+        // refused at load, not at a neighbour's call.
         pool.total_component_instances(instances)
-            // A Rust component has a main module plus a few shim modules.
-            .total_core_instances(instances * 8)
-            .total_memories(instances * 2)
-            .total_tables(instances * 4)
+            .total_core_instances(instances * limiter::CORE_INSTANCES_PER_COMPONENT)
+            .max_core_instances_per_component(limiter::CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(instances * limiter::MEMORIES_PER_COMPONENT)
+            .max_memories_per_component(limiter::MEMORIES_PER_COMPONENT)
+            .total_tables(instances * limiter::TABLES_PER_COMPONENT)
+            .max_tables_per_component(limiter::TABLES_PER_COMPONENT)
             .total_stacks(instances)
             .max_memory_size(max_memory_bytes);
         let mut wasm_config = wasmtime::Config::new();
@@ -167,6 +183,7 @@ impl PluginRuntime {
             engine,
             linker,
             max_memory_bytes,
+            slots: Arc::new(tokio::sync::Semaphore::new(instances as usize)),
             ticker_stop,
             artifacts: None,
         })
@@ -235,6 +252,7 @@ impl PluginRuntime {
                 engine: engine.clone(),
                 pre: pre.clone(),
                 deliver,
+                slots: self.slots.clone(),
             },
             caps: Arc::new(caps),
             limits,
@@ -244,6 +262,7 @@ impl PluginRuntime {
         // Running init once here refuses a bad config at load time, not on the first delivery.
         let mut store = new_store(&engine, loaded.caps.clone(), limits);
         let init = async {
+            let _slot = self.slots.acquire().await;
             let adapter = pre.instantiate_async(&mut store).await?;
             adapter.call_init(&mut store, &loaded.init_config).await
         };
@@ -312,6 +331,7 @@ impl PluginRuntime {
         ));
         let mut store = self.store(caps, limits);
         let describe = async {
+            let _slot = self.slots.acquire().await;
             let adapter = pre.instantiate_async(&mut store).await?;
             adapter.call_describe(&mut store).await
         };
@@ -341,12 +361,7 @@ fn store_for_call(
     call: CallCapabilities,
     limits: PluginLimits,
 ) -> Store<PluginState> {
-    let store_limits = StoreLimitsBuilder::new()
-        .memory_size(limits.memory_bytes)
-        // A failed memory.grow traps at once with a clear reason, instead of leaving the guest's
-        // allocator to abort with a less useful one.
-        .trap_on_grow_failure(true)
-        .build();
+    let store_limits = limiter::CallLimiter::new(limits.memory_bytes);
     let mut store = Store::new(engine, PluginState::for_call(call, store_limits));
     store.limiter(|state| &mut state.limits);
     // Yield to the executor at every epoch tick, so a guest spinning on CPU neither blocks a
@@ -378,6 +393,8 @@ enum Backend {
         pre: AdapterPre<PluginState>,
         /// Where `deliver` is among the component's exports, looked up once at load.
         deliver: ComponentExportIndex,
+        /// The runtime's instance slots.
+        slots: Arc<tokio::sync::Semaphore>,
     },
     /// An adapter crate linked into the host, for measuring the sandbox (see `native.rs`).
     Native(NativeAdapter),
@@ -440,6 +457,28 @@ impl LoadedPlugin {
     /// what the call's HTTP requests came to, however the call ended.
     pub async fn deliver_reporting(&self, batch: &[SharedDelivery]) -> CallReport {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        // A component call first waits for an instance slot, for as long as its deadline; the
+        // deadline of the call itself starts once it has one. Waiting out the deadline is the
+        // host's failure, never the vendor's.
+        let _slot = match &self.backend {
+            Backend::Component { slots, .. } => {
+                match tokio::time::timeout(self.limits.timeout, slots.clone().acquire_owned()).await
+                {
+                    Ok(Ok(slot)) => Some(slot),
+                    _ => {
+                        self.counters.host_busy.fetch_add(1, Ordering::Relaxed);
+                        return CallReport {
+                            outcomes: Err(CallError::HostBusy(format!(
+                                "no instance slot came free within {:?} (runtime.max_instances)",
+                                self.limits.timeout
+                            ))),
+                            exchanges: ExchangeTally::default(),
+                        };
+                    }
+                }
+            }
+            Backend::Native(_) => None,
+        };
         let started = Instant::now();
         // Made here rather than inside the call, so what its requests came to can still be read
         // when a trap or the deadline cuts the call off.
@@ -450,6 +489,7 @@ impl LoadedPlugin {
                     engine,
                     pre,
                     deliver,
+                    ..
                 } => {
                     self.call_component(engine, pre, deliver, capabilities.clone(), batch)
                         .await
@@ -466,9 +506,13 @@ impl LoadedPlugin {
                 Ok(fit_outcomes(outcomes, batch.len()))
             }
             Ok(Err(error)) => {
-                if let CallError::Trap(_) = error {
-                    self.counters.traps.fetch_add(1, Ordering::Relaxed);
-                }
+                match error {
+                    CallError::Trap(_) => self.counters.traps.fetch_add(1, Ordering::Relaxed),
+                    CallError::HostBusy(_) => {
+                        self.counters.host_busy.fetch_add(1, Ordering::Relaxed)
+                    }
+                    CallError::Timeout(_) | CallError::Init(_) => 0,
+                };
                 Err(error)
             }
             Err(_) => {
@@ -508,6 +552,11 @@ impl LoadedPlugin {
         };
         match call.await {
             Ok(outcomes) => outcomes,
+            // The pool had no slot although the slots said it had: the host's accounting, not
+            // the plugin's fault.
+            Err(error) if error.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                Err(CallError::HostBusy(format!("{error:#}")))
+            }
             Err(trap) => Err(CallError::Trap(format!("{trap:#}"))),
         }
     }

@@ -23,9 +23,11 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use super::capabilities::{AllowedHost, Capabilities, CapabilityCounters, PluginCache};
+use super::capabilities::{
+    AllowedHost, Capabilities, CapabilityCounters, PluginCache, PluginQuotas,
+};
 use super::{LoadError, LoadedPlugin, PluginLimits, PluginRuntime};
-use crate::config::CanaryConfig;
+use crate::config::{CanaryConfig, PluginBounds};
 use crate::retry::now_ms;
 use crate::route::health::{Bucket, CallTally, Window};
 use crate::secrets::PluginSecrets;
@@ -51,6 +53,10 @@ pub struct PluginSpec {
     pub max_batch: u32,
     /// Denied hosts and secrets, over all versions.
     pub capability_counters: Arc<CapabilityCounters>,
+    /// What each call, and the plugin as a whole, may make the host do.
+    pub bounds: PluginBounds,
+    /// The plugin's requests in flight and log budget, over all versions.
+    pub quotas: Arc<PluginQuotas>,
 }
 
 impl PluginSpec {
@@ -64,6 +70,7 @@ impl PluginSpec {
             client,
             self.capability_counters.clone(),
         )
+        .with_bounds(self.bounds, self.quotas.clone())
     }
 }
 

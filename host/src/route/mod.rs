@@ -82,7 +82,12 @@ pub fn retry_pinning(report: &CallReport) -> Pinning {
         Err(CallError::Trap(_) | CallError::Timeout(_)) if exchanges.reached_vendor() => {
             Pinning::Pinned
         }
-        Err(CallError::Trap(_) | CallError::Timeout(_) | CallError::Init(_)) => Pinning::Unchanged,
+        Err(
+            CallError::Trap(_)
+            | CallError::Timeout(_)
+            | CallError::Init(_)
+            | CallError::HostBusy(_),
+        ) => Pinning::Unchanged,
     }
 }
 

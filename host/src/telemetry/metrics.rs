@@ -591,8 +591,15 @@ impl HostParts {
             calls: u64,
             traps: u64,
             timeouts: u64,
+            host_busy: u64,
             denied_hosts: u64,
             denied_secrets: u64,
+            denied_downgrades: u64,
+            denied_addresses: u64,
+            denied_requests: u64,
+            over_transfer: u64,
+            scrubbed_secrets: u64,
+            dropped_logs: u64,
         }
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let plugins: Vec<PluginTotals> = self
@@ -617,8 +624,15 @@ impl HostParts {
                     calls: sum(&|c| load(&c.calls)),
                     traps: sum(&|c| load(&c.traps)),
                     timeouts: sum(&|c| load(&c.timeouts)),
+                    host_busy: sum(&|c| load(&c.host_busy)),
                     denied_hosts: load(&caps.denied_hosts),
                     denied_secrets: load(&caps.denied_secrets),
+                    denied_downgrades: load(&caps.denied_downgrades),
+                    denied_addresses: load(&caps.denied_addresses),
+                    denied_requests: load(&caps.denied_requests),
+                    over_transfer: load(&caps.over_transfer),
+                    scrubbed_secrets: load(&caps.scrubbed_secrets),
+                    dropped_logs: load(&caps.dropped_logs),
                 }
             })
             .collect();
@@ -658,7 +672,49 @@ impl HostParts {
             "plugin_denied_secrets",
             "Secret placeholders or signatures the plugin named without owning the secret.",
             &rows(&|p| p.denied_secrets),
-        )
+        )?;
+        counters(
+            e,
+            "plugin_host_busy",
+            "Plugin calls the host could not run for want of an instance slot              (runtime.max_instances); never counted against the vendor.",
+            &rows(&|p| p.host_busy),
+        )?;
+        let sandbox: [(&str, &str, &dyn Fn(&PluginTotals) -> u64); 6] = [
+            (
+                "plugin_denied_downgrades",
+                "Redirects from https to plain http refused: the grant does not name plain http.",
+                &|p| p.denied_downgrades,
+            ),
+            (
+                "plugin_denied_addresses",
+                "Requests to a granted name that resolved only to non-public addresses.",
+                &|p| p.denied_addresses,
+            ),
+            (
+                "plugin_denied_requests",
+                "Requests refused past a call's bounds.requests_per_call.",
+                &|p| p.denied_requests,
+            ),
+            (
+                "plugin_over_transfer",
+                "Requests failed because their call spent bounds.transfer_bytes_per_call.",
+                &|p| p.over_transfer,
+            ),
+            (
+                "plugin_scrubbed_secrets",
+                "Occurrences of a filled secret value scrubbed from a vendor's answer.",
+                &|p| p.scrubbed_secrets,
+            ),
+            (
+                "plugin_dropped_logs",
+                "Plugin log lines dropped past bounds.log_lines_per_s or bounds.log_bytes_per_s.",
+                &|p| p.dropped_logs,
+            ),
+        ];
+        for (name, help, value) in sandbox {
+            counters(e, name, help, &rows(value))?;
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchboard::plugin::capabilities::{AllowedHost, Capabilities, PluginCache};
+use switchboard::config::PluginBounds;
+use switchboard::plugin::capabilities::{AllowedHost, Capabilities, PluginCache, PluginQuotas};
 use switchboard::plugin::{Delivery, LoadedPlugin, PluginLimits, PluginRuntime, Priority};
 use switchboard::secrets::PluginSecrets;
 
@@ -50,6 +51,10 @@ pub struct LoadOptions {
     pub memory_mb: usize,
     /// Extra CA certificates (PEM) the HTTP client trusts, e.g. a TLS simulator's.
     pub trust_pems: Vec<String>,
+    /// Names that may resolve to non-public addresses (`http.private_names`).
+    pub private_names: Vec<String>,
+    /// What each call, and the plugin, may make the host do (`[plugins.NAME.bounds]`).
+    pub bounds: PluginBounds,
 }
 
 impl Default for LoadOptions {
@@ -61,6 +66,8 @@ impl Default for LoadOptions {
             timeout: Duration::from_secs(5),
             memory_mb: 32,
             trust_pems: Vec::new(),
+            private_names: Vec::new(),
+            bounds: PluginBounds::default(),
         }
     }
 }
@@ -96,9 +103,11 @@ pub fn load_settings(
             .collect(),
         PluginSecrets::from_values(options.secrets),
         Arc::new(PluginCache::default()),
-        switchboard::host::http_client(&options.trust_pems).expect("http client"),
+        switchboard::host::http_client_with(&options.trust_pems, &options.private_names)
+            .expect("http client"),
         Default::default(),
-    );
+    )
+    .with_bounds(options.bounds, PluginQuotas::new(&options.bounds));
     let limits = PluginLimits {
         timeout: options.timeout,
         memory_bytes: options.memory_mb << 20,

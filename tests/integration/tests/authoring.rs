@@ -170,6 +170,7 @@ async fn scaffold_build_check_test_load_and_deliver() {
             burst: None,
             config: [("endpoint".to_string(), sim.url())].into(),
             secrets: [("api_key".to_string(), SecretSource::Value("k3y".into()))].into(),
+            bounds: Default::default(),
         },
     );
     config

@@ -171,6 +171,7 @@ fn misbehave(vendor: &TokenRecorder, token: &str) -> PluginConfig {
         burst: None,
         config: BTreeMap::new(),
         secrets: [("token".to_string(), SecretSource::Value(token.into()))].into(),
+        bounds: Default::default(),
     }
 }
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use switchboard::config::RuntimeConfig;
+use switchboard::config::{PluginBounds, RuntimeConfig};
+use switchboard::plugin::capabilities::CapabilityCounters;
 use switchboard::plugin::{CallError, LoadError, LoadedPlugin, Outcome, PluginRuntime};
 use switchboard_integration_tests::{
     FcmFixture, LoadOptions, delivery, guest_path, load, plugin_path,
@@ -136,6 +137,14 @@ fn denied_hosts(plugin: &LoadedPlugin) -> u64 {
         .load(Ordering::Relaxed)
 }
 
+/// One of the plugin's capability counters.
+fn counter(
+    plugin: &LoadedPlugin,
+    which: impl Fn(&CapabilityCounters) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    which(plugin.capability_counters()).load(Ordering::Relaxed)
+}
+
 fn denied_secrets(plugin: &LoadedPlugin) -> u64 {
     plugin
         .capability_counters()
@@ -193,7 +202,12 @@ async fn an_init_that_never_ends_is_refused_at_load_with_a_timeout() {
         load(&rt, "init-loop", &guest_path("misbehave"), options),
     )
     .await;
-    assert!(started.elapsed() < HOSTILE_TIMEOUT + SLACK);
+    assert!(
+        started.elapsed() < HOSTILE_TIMEOUT + SLACK,
+        "{:?} {:?}",
+        started.elapsed(),
+        refused.as_ref().err()
+    );
     match refused {
         Err(e @ LoadError::Init { .. }) => {
             let message = e.to_string();
@@ -462,12 +476,11 @@ async fn reading_a_secret_back_through_an_echo_on_a_host_not_granted_is_denied()
     next_call_works(&plugin).await;
 }
 
-/// The boundary of the placeholder promise: placeholders keep secret values out of the guest's
-/// memory, but the host sends the filled header to a granted host, and a granted host that
-/// reflects request headers hands the value back in its body. Granting hosts is the operator's
-/// decision; docs/SECURITY.md says so. This test pins the behaviour so a change is noticed.
+/// A granted host that reflects request headers would hand a filled secret back to the guest
+/// in its body. The host scrubs every value the request carried out of the answer (body and
+/// headers) before the guest sees it, and counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_granted_host_that_echoes_headers_returns_the_filled_secret() {
+async fn a_granted_host_that_echoes_headers_gets_the_secret_scrubbed_from_its_answer() {
     let echo = slowloris::start(SlowlorisConfig::new()).await.unwrap();
     let rt = roomy_runtime();
     let options = LoadOptions {
@@ -479,10 +492,12 @@ async fn a_granted_host_that_echoes_headers_returns_the_filled_secret() {
     let verb = format!("echo:token@{}/echo", echo.url());
     let outcomes = plugin.deliver(&[delivery("k", &verb, "{}")]).await.unwrap();
     assert!(
-        matches!(&outcomes[..], [Outcome::Delivered(body)] if body.contains(r#""x-token":"t0p-s3cret-value""#)),
+        matches!(&outcomes[..], [Outcome::Delivered(body)] if body.contains(r#""x-token":"{{secret:token}}""#) && !body.contains("t0p-s3cret-value")),
         "{outcomes:?}"
     );
+    // The vendor did get the filled value: scrubbing is on the way back only.
     assert_eq!(echo.stats.snapshot().delivered, 1);
+    assert_eq!(counter(&plugin, |c| &c.scrubbed_secrets), 1);
     assert_eq!(denied_hosts(&plugin), 0);
     assert_eq!(denied_secrets(&plugin), 0);
 }
@@ -719,4 +734,415 @@ async fn components_of_the_wrong_world_are_refused_at_load() {
     // The runtime that refused them loads and runs a good plugin.
     let good = misbehave(&rt, "good", LoadOptions::default()).await;
     next_call_works(&good).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redirects, addresses, bounds, and the memory cap over a whole component
+
+/// The grant, the secret and the deadline the redirect and address cases share.
+fn granted(hosts: Vec<String>) -> LoadOptions {
+    LoadOptions {
+        allowed_hosts: hosts,
+        secrets: vec![("token".into(), "t0p-s3cret-value".into())],
+        timeout: Duration::from_secs(5),
+        ..hostile(32)
+    }
+}
+
+/// A granted host answers `307 Location:` a host never granted. The client used to follow it,
+/// with the filled `x-token` header, and hand the second host's answer to the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_a_host_not_granted_is_denied_and_carries_no_secret_there() {
+    let redirector = slowloris::start(SlowlorisConfig::new()).await.unwrap();
+    let elsewhere = slowloris::start(SlowlorisConfig::new()).await.unwrap();
+    let rt = roomy_runtime();
+    let next = neighbour(&rt).await;
+    let plugin = misbehave(
+        &rt,
+        "redirected",
+        granted(vec![redirector.addr.to_string()]),
+    )
+    .await;
+    let verb = format!(
+        "echo:token@{}/redirect?to={}/echo",
+        redirector.url(),
+        elsewhere.url()
+    );
+    let (result, _) = alongside(&next, plugin.deliver(&[delivery("k", &verb, "{}")])).await;
+    let outcomes = result.unwrap();
+    assert!(
+        matches!(&outcomes[..], [Outcome::Rejected(r)] if r.reason.contains("Denied") && r.reason.contains("not granted")),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        elsewhere.stats.snapshot().delivered,
+        0,
+        "the host never granted got the request"
+    );
+    assert_eq!(denied_hosts(&plugin), 1);
+    next_call_works(&plugin).await;
+
+    // Both granted: the redirect is followed, as a vendor moving an endpoint needs, and the
+    // secret in the answer is still scrubbed.
+    let both = granted(vec![
+        redirector.addr.to_string(),
+        elsewhere.addr.to_string(),
+    ]);
+    let plugin = misbehave(&rt, "redirected-granted", both).await;
+    let outcomes = plugin.deliver(&[delivery("k", &verb, "{}")]).await.unwrap();
+    assert!(
+        matches!(&outcomes[..], [Outcome::Delivered(body)] if body.contains(r#""x-token":"{{secret:token}}""#)),
+        "{outcomes:?}"
+    );
+    assert_eq!(elsewhere.stats.snapshot().delivered, 1);
+}
+
+/// A redirect from https to plain http would send the filled header in the clear. It is
+/// refused unless the grant is written `http://host:port`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_from_https_to_plain_http_needs_a_grant_that_names_plain_http() {
+    let secure = slowloris::start(SlowlorisConfig {
+        tls: true,
+        ..SlowlorisConfig::new()
+    })
+    .await
+    .unwrap();
+    let plain = slowloris::start(SlowlorisConfig::new()).await.unwrap();
+    let rt = roomy_runtime();
+    let verb = format!(
+        "echo:token@{}/redirect?to={}/echo",
+        secure.url(),
+        plain.url()
+    );
+    let with_grants = |plain_grant: String| LoadOptions {
+        trust_pems: secure.ca_pem.clone().into_iter().collect(),
+        ..granted(vec![
+            format!("localhost:{}", secure.addr.port()),
+            plain_grant,
+        ])
+    };
+    let plugin = misbehave(&rt, "downgraded", with_grants(plain.addr.to_string())).await;
+    let outcomes = plugin.deliver(&[delivery("k", &verb, "{}")]).await.unwrap();
+    assert!(
+        matches!(&outcomes[..], [Outcome::Rejected(r)] if r.reason.contains("plain http")),
+        "{outcomes:?}"
+    );
+    assert_eq!(plain.stats.snapshot().delivered, 0);
+    assert_eq!(counter(&plugin, |c| &c.denied_downgrades), 1);
+
+    let plugin = misbehave(
+        &rt,
+        "downgrade-granted",
+        with_grants(format!("http://{}", plain.addr)),
+    )
+    .await;
+    let outcomes = plugin.deliver(&[delivery("k", &verb, "{}")]).await.unwrap();
+    assert!(
+        matches!(&outcomes[..], [Outcome::Delivered(_)]),
+        "{outcomes:?}"
+    );
+    assert_eq!(plain.stats.snapshot().delivered, 1);
+}
+
+/// This machine's own name, when it resolves to an address that is not public (loopback on a
+/// developer machine or a container's private address): a granted name whose DNS answer points
+/// into the host's own network, as a rebinding attack makes it.
+async fn a_name_for_a_private_address() -> Option<(String, std::net::IpAddr)> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_string();
+    let found = tokio::net::lookup_host((name.as_str(), 0)).await.ok()?;
+    let addresses: Vec<std::net::IpAddr> = found.map(|a| a.ip()).collect();
+    let private = addresses
+        .iter()
+        .all(|ip| !switchboard::plugin::resolver::is_public(*ip));
+    (private && !addresses.is_empty()).then(|| (name, addresses[0]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_name_that_resolves_to_a_private_address_is_refused() {
+    let Some((name, address)) = a_name_for_a_private_address().await else {
+        panic!("test set-up: this machine's name does not resolve to a private address");
+    };
+    // Listening where the name leads, so only the host's refusal keeps the request away.
+    let listener = tokio::net::TcpListener::bind((address, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reached = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::spawn({
+        let reached = reached.clone();
+        async move {
+            while let Ok((_stream, _)) = listener.accept().await {
+                reached.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let rt = roomy_runtime();
+    let plugin = misbehave(&rt, "rebound", granted(vec![format!("{name}:{port}")])).await;
+    let verb = format!("echo:token@http://{name}:{port}/echo");
+    let outcomes = plugin.deliver(&[delivery("k", &verb, "{}")]).await.unwrap();
+    assert!(
+        matches!(&outcomes[..], [Outcome::Rejected(r)] if r.reason.contains("not a public address")),
+        "{outcomes:?}"
+    );
+    assert_eq!(reached.load(Ordering::Relaxed), 0, "a connection was made");
+    assert_eq!(counter(&plugin, |c| &c.denied_addresses), 1);
+
+    // The operator may name it as private (`http.private_names`).
+    let listed = LoadOptions {
+        private_names: vec![name.clone()],
+        ..granted(vec![format!("{name}:{port}")])
+    };
+    let plugin = misbehave(&rt, "rebound-listed", listed).await;
+    let _ = plugin.deliver(&[delivery("k", &verb, "{}")]).await;
+    assert_eq!(
+        reached.load(Ordering::Relaxed),
+        1,
+        "the listed name was refused"
+    );
+}
+
+fn bounded(hosts: Vec<String>, bounds: PluginBounds) -> LoadOptions {
+    LoadOptions {
+        bounds,
+        ..granted(hosts)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_makes_at_most_its_requests_per_call() {
+    let echo = slowloris::start(SlowlorisConfig::new()).await.unwrap();
+    let rt = roomy_runtime();
+    let bounds = PluginBounds {
+        requests_per_call: 10,
+        ..PluginBounds::default()
+    };
+    let plugin = misbehave(&rt, "many", bounded(vec![echo.addr.to_string()], bounds)).await;
+    let verb = format!("sendall:25@{}/echo", echo.url());
+    let outcomes = plugin.deliver(&[delivery("k", &verb, "{}")]).await.unwrap();
+    assert!(
+        matches!(&outcomes[..], [Outcome::Delivered(r)] if r.starts_with("ok=10 denied=15 ")),
+        "{outcomes:?}"
+    );
+    assert_eq!(echo.stats.snapshot().delivered, 10);
+    assert_eq!(counter(&plugin, |c| &c.denied_requests), 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_all_keeps_at_most_its_requests_in_flight() {
+    let staller = slowloris::start(SlowlorisConfig::new()).await.unwrap();
+    let rt = roomy_runtime();
+    let bounds = PluginBounds {
+        requests_in_flight_per_call: 4,
+        ..PluginBounds::default()
+    };
+    let options = LoadOptions {
+        timeout: Duration::from_millis(800),
+        ..bounded(vec![staller.addr.to_string()], bounds)
+    };
+    let plugin = misbehave(&rt, "wide", options).await;
+    let verb = format!("sendall:12@{}/stall", staller.url());
+    let result = plugin.deliver(&[delivery("k", &verb, "{}")]).await;
+    assert!(matches!(result, Err(CallError::Timeout(_))), "{result:?}");
+    // Four requests reached the server and stalled; the other eight waited for a place.
+    let begun = staller.stats.snapshot().refused.get("stall").copied();
+    assert_eq!(begun, Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_transfers_at_most_its_budget() {
+    let big = slowloris::start(SlowlorisConfig::new()).await.unwrap();
+    let rt = roomy_runtime();
+    let bounds = PluginBounds {
+        transfer_bytes_per_call: 1 << 20,
+        requests_in_flight_per_call: 1,
+        ..PluginBounds::default()
+    };
+    let plugin = misbehave(&rt, "greedy", bounded(vec![big.addr.to_string()], bounds)).await;
+    let verb = format!("sendall:3@{}/big?bytes=400000", big.url());
+    let outcomes = plugin.deliver(&[delivery("k", &verb, "{}")]).await.unwrap();
+    assert!(
+        matches!(&outcomes[..], [Outcome::Delivered(r)] if r.starts_with("ok=2 ") && r.ends_with("protocol=1")),
+        "{outcomes:?}"
+    );
+    assert_eq!(counter(&plugin, |c| &c.over_transfer), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_past_the_plugins_rate_are_dropped_and_counted() {
+    let rt = roomy_runtime();
+    let bounds = PluginBounds {
+        log_lines_per_s: 50,
+        ..PluginBounds::default()
+    };
+    let plugin = misbehave(&rt, "chatty", bounded(Vec::new(), bounds)).await;
+    let outcomes = plugin
+        .deliver(&[delivery("k", "logs:1000", "{}")])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcomes[..], [Outcome::Delivered(n)] if n == "1000"),
+        "{outcomes:?}"
+    );
+    let dropped = counter(&plugin, |c| &c.dropped_logs);
+    // 50 fit the bucket; a few more refill while the call runs.
+    assert!((900..=950).contains(&dropped), "dropped {dropped}");
+}
+
+/// `component` with `count` more core instances of a module holding one memory of `pages`
+/// 64 KiB pages (no memory at all for 0). They are appended after every other section, so no index the component uses
+/// moves; the host instantiates them with the rest. Made by hand because a component that
+/// needs many memories is exactly what an honest toolchain never produces.
+fn with_extra_memories(component: &[u8], modules_before: u32, pages: u32, count: u32) -> Vec<u8> {
+    fn leb(mut n: u32, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    // (module (memory (export "m") PAGES)), or (module) for no pages.
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    if pages > 0 {
+        let mut memory = vec![1, 0];
+        leb(pages, &mut memory);
+        module.push(5);
+        leb(memory.len() as u32, &mut module);
+        module.extend(memory);
+        module.extend([7, 5, 1, 1, b'm', 2, 0]);
+    }
+    let mut out = component.to_vec();
+    out.push(1); // core module section
+    leb(module.len() as u32, &mut out);
+    out.extend(module);
+    let mut instances = Vec::new();
+    leb(count, &mut instances);
+    for _ in 0..count {
+        instances.push(0); // instantiate
+        leb(modules_before, &mut instances);
+        instances.push(0); // no arguments
+    }
+    out.push(2); // core instance section
+    leb(instances.len() as u32, &mut out);
+    out.extend(instances);
+    out
+}
+
+/// How many core modules a component defines at its top level.
+fn core_modules(component: &[u8]) -> u32 {
+    let mut at = 8;
+    let mut modules = 0;
+    while at < component.len() {
+        let id = component[at];
+        at += 1;
+        let (mut size, mut shift) = (0usize, 0);
+        loop {
+            let byte = component[at];
+            at += 1;
+            size |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        modules += u32::from(id == 1);
+        at += size;
+    }
+    modules
+}
+
+/// A component whose every memory stays under the cap, but which holds several: the cap is the
+/// plugin's, over all its memories. It used to hold for each memory alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_cap_holds_over_all_of_a_components_memories() {
+    let rt = roomy_runtime();
+    let original = std::fs::read(guest_path("misbehave")).unwrap();
+    let modules = core_modules(&original);
+    // The program's own memory plus 31 MiB: each under 32 MiB, together over it.
+    let greedy = with_extra_memories(&original, modules, 31 * 16, 1);
+    let (caps, limits, config) =
+        switchboard_integration_tests::load_settings("many-memories", hostile(32));
+    let refused = rt
+        .load_bytes("many-memories", &greedy, caps, limits, config)
+        .await
+        .err();
+    assert!(
+        matches!(&refused, Some(LoadError::Describe { reason, .. }) if reason.contains("over its cap")),
+        "{refused:?}"
+    );
+    // Many core instances: refused at load for needing more than a component's share of the pool.
+    let crowd = with_extra_memories(&original, modules, 0, 64);
+    let (caps, limits, config) =
+        switchboard_integration_tests::load_settings("many-instances", hostile(32));
+    let refused = rt
+        .load_bytes("many-instances", &crowd, caps, limits, config)
+        .await
+        .err();
+    assert!(
+        matches!(&refused, Some(LoadError::NotAComponent { reason, .. }) if reason.contains("core module instances")),
+        "{refused:?}"
+    );
+    // The same component without the extra memories loads and works.
+    let plugin = misbehave(&rt, "fits", hostile(32)).await;
+    next_call_works(&plugin).await;
+}
+
+/// With every instance slot taken, a call waits for one instead of failing to instantiate.
+/// It used to trap ("maximum concurrent instance limit"), and count against the vendor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_makes_calls_wait_and_never_counts_against_the_plugin() {
+    let config = RuntimeConfig {
+        max_instances: 2,
+        ..RuntimeConfig::default()
+    };
+    let rt = PluginRuntime::new(&config, 64 << 20).unwrap();
+    let plugin = misbehave(&rt, "patient", LoadOptions::default()).await;
+    let calls = (0..4).map(|i| {
+        let plugin = &plugin;
+        async move {
+            plugin
+                .deliver(&[delivery(&format!("k/{i}"), "sleep:300", "{}")])
+                .await
+        }
+    });
+    for result in futures::future::join_all(calls).await {
+        assert!(
+            matches!(&result, Ok(o) if matches!(&o[..], [Outcome::Delivered(_)])),
+            "{result:?}"
+        );
+    }
+    assert_eq!(traps(&plugin), 0);
+
+    // A slot that never comes free within the deadline is the host's failure: `HostBusy`,
+    // neither a trap nor a timeout of the plugin.
+    let hog = misbehave(
+        &rt,
+        "hog",
+        LoadOptions {
+            timeout: Duration::from_secs(3),
+            ..LoadOptions::default()
+        },
+    )
+    .await;
+    let waiting = misbehave(
+        &rt,
+        "waiting",
+        LoadOptions {
+            timeout: Duration::from_millis(300),
+            ..LoadOptions::default()
+        },
+    )
+    .await;
+    let (first, second) = ([delivery("a", "loop", "{}")], [delivery("b", "loop", "{}")]);
+    let hogs = futures::future::join(hog.deliver(&first), hog.deliver(&second));
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        waiting.deliver(&[delivery("c", "ok", "{}")]).await
+    };
+    let (_, result) = futures::future::join(hogs, late).await;
+    assert!(matches!(result, Err(CallError::HostBusy(_))), "{result:?}");
+    assert_eq!(traps(&waiting) + timeouts(&waiting), 0);
+    assert_eq!(waiting.counters.host_busy.load(Ordering::Relaxed), 1);
 }

@@ -5,6 +5,9 @@
 //! - `/echo` (any method): 200 at once, with a JSON body of the request's method, path and
 //!   headers, as a debugging endpoint that reflects requests would answer;
 //! - `/stall` (any method): reads the request and never answers, not even the status line;
+//! - `/redirect?to=URL&status=CODE` (any method): answers CODE (307 unless given) with
+//!   `Location: URL`, as a vendor endpoint taken over, or a misconfigured proxy, would;
+//! - `/big?bytes=N` (any method): 200 with a body of N bytes;
 //! - any other path (e.g. `/trickle`, or an adapter's real request path): 200 and its headers at
 //!   once, then a body that never ends: `{"trickle":"` and one `x` every `byte_interval`.
 //!
@@ -36,6 +39,8 @@ pub struct SlowlorisConfig {
     /// Time between two bytes of a trickling body.
     pub byte_interval: Duration,
     pub faults: Faults,
+    /// Serve TLS (a generated certificate for `localhost`, HTTP/2 only) instead of plain HTTP.
+    pub tls: bool,
 }
 
 impl SlowlorisConfig {
@@ -44,6 +49,7 @@ impl SlowlorisConfig {
         Self {
             byte_interval: Duration::from_millis(200),
             faults: Faults::default(),
+            tls: false,
         }
     }
 }
@@ -74,10 +80,17 @@ pub async fn start(config: SlowlorisConfig) -> anyhow::Result<RunningSim> {
         .route("/_sim/stats", get(stats_handler))
         .route("/echo", any(echo))
         .route("/stall", any(stall))
+        .route("/redirect", any(redirect))
+        .route("/big", any(big))
         .fallback(trickle)
         .with_state(state.clone());
     let faults = state.config.faults.clone();
-    let running = crate::serve(router, stats, faults, Transport::Plain).await?;
+    let transport = if state.config.tls {
+        Transport::TlsH2Only
+    } else {
+        Transport::Plain
+    };
+    let running = crate::serve(router, stats, faults, transport).await?;
     let _ = state.faults.set(running.faults.clone());
     Ok(running)
 }
@@ -131,6 +144,36 @@ async fn echo(State(state): State<Arc<SlowlorisState>>, request: Request) -> Res
         "headers": headers,
     }))
     .into_response()
+}
+
+/// The value of `name` in a query string, undecoded but for `%3A` and `%2F`, enough for a URL.
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| value.replace("%3A", ":").replace("%2F", "/"))
+    })
+}
+
+async fn redirect(request: Request) -> Response {
+    let query = request.uri().query().unwrap_or("");
+    let Some(to) = query_value(query, "to") else {
+        return (StatusCode::BAD_REQUEST, "no `to`").into_response();
+    };
+    let status = query_value(query, "status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+    (status, [("location", to)], "").into_response()
+}
+
+async fn big(request: Request) -> Response {
+    let bytes = request
+        .uri()
+        .query()
+        .and_then(|q| query_value(q, "bytes"))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    (StatusCode::OK, vec![b'b'; bytes]).into_response()
 }
 
 async fn stall(State(state): State<Arc<SlowlorisState>>) -> Response {

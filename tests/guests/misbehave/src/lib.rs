@@ -18,6 +18,9 @@
 //! - `sleep:MS` → sleeps MS milliseconds through WASI's clock (the deadline must stop it);
 //! - `cachekeys:MIB:N` → stores N cache entries (distinct per delivery key) whose keys are MIB
 //!   mebibytes each, with a one-byte value (`delivered(N)`);
+//! - `sendall:N@URL` → GETs URL N times in one `send-all` and returns how the requests ended,
+//!   `ok=… denied=… timeout=… connect=… protocol=…`;
+//! - `logs:N` → logs N lines of 100 bytes (`delivered(N)`);
 //! - `wasi:HOST:PORT` → tries the filesystem, environment, sockets (a TCP connection to
 //!   HOST:PORT), clocks and randomness and returns a JSON report of what worked
 //!   (`delivered(report)`).
@@ -206,6 +209,33 @@ fn act(delivery: &Delivery) -> Outcome {
             Outcome::delivered(n.to_string())
         }
         "wasi" => Outcome::delivered(wasi_report(arg)),
+        "sendall" => {
+            let (n, url) = arg.split_once('@').unwrap_or(("1", arg));
+            let requests = (0..n.parse::<usize>().unwrap_or(1))
+                .map(|_| Request::new("GET", url))
+                .collect();
+            let (mut ok, mut denied, mut timeout, mut connect, mut protocol) = (0, 0, 0, 0, 0);
+            for result in http::send_all(requests) {
+                match result {
+                    Ok(_) => ok += 1,
+                    Err(http::HttpError::Denied(_)) => denied += 1,
+                    Err(http::HttpError::Timeout) => timeout += 1,
+                    Err(http::HttpError::Connect(_)) => connect += 1,
+                    Err(http::HttpError::Protocol(_)) => protocol += 1,
+                }
+            }
+            Outcome::delivered(format!(
+                "ok={ok} denied={denied} timeout={timeout} connect={connect} protocol={protocol}"
+            ))
+        }
+        "logs" => {
+            let n: usize = arg.parse().unwrap_or(1);
+            let line = "l".repeat(100);
+            for _ in 0..n {
+                switchboard_sdk::log::info(&line);
+            }
+            Outcome::delivered(n.to_string())
+        }
         other => Outcome::rejected("unknown-verb", other.to_string()),
     }
 }
