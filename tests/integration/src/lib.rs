@@ -277,3 +277,70 @@ pub fn headers_of(message: &impl rdkafka::Message) -> Vec<(String, String)> {
         })
         .unwrap_or_default()
 }
+
+/// `component` with `count` more core instances of a module holding one memory of `pages`
+/// 64 KiB pages (no memory at all for 0). They are appended after every other section, so no index the component uses
+/// moves; the host instantiates them with the rest. Made by hand because a component that
+/// needs many memories is exactly what an honest toolchain never produces.
+pub fn with_extra_instances(component: &[u8], pages: u32, count: u32) -> Vec<u8> {
+    let modules_before = core_modules(component);
+    fn leb(mut n: u32, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    // (module (memory (export "m") PAGES)), or (module) for no pages.
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    if pages > 0 {
+        let mut memory = vec![1, 0];
+        leb(pages, &mut memory);
+        module.push(5);
+        leb(memory.len() as u32, &mut module);
+        module.extend(memory);
+        module.extend([7, 5, 1, 1, b'm', 2, 0]);
+    }
+    let mut out = component.to_vec();
+    out.push(1); // core module section
+    leb(module.len() as u32, &mut out);
+    out.extend(module);
+    let mut instances = Vec::new();
+    leb(count, &mut instances);
+    for _ in 0..count {
+        instances.push(0); // instantiate
+        leb(modules_before, &mut instances);
+        instances.push(0); // no arguments
+    }
+    out.push(2); // core instance section
+    leb(instances.len() as u32, &mut out);
+    out.extend(instances);
+    out
+}
+
+/// How many core modules a component defines at its top level.
+fn core_modules(component: &[u8]) -> u32 {
+    let mut at = 8;
+    let mut modules = 0;
+    while at < component.len() {
+        let id = component[at];
+        at += 1;
+        let (mut size, mut shift) = (0usize, 0);
+        loop {
+            let byte = component[at];
+            at += 1;
+            size |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        modules += u32::from(id == 1);
+        at += size;
+    }
+    modules
+}

@@ -15,7 +15,7 @@ use switchboard::config::{PluginBounds, RuntimeConfig};
 use switchboard::plugin::capabilities::CapabilityCounters;
 use switchboard::plugin::{CallError, LoadError, LoadedPlugin, Outcome, PluginRuntime};
 use switchboard_integration_tests::{
-    FcmFixture, LoadOptions, delivery, guest_path, load, plugin_path,
+    FcmFixture, LoadOptions, delivery, guest_path, load, plugin_path, with_extra_instances,
 };
 use vendorsim::slowloris::{self, SlowlorisConfig};
 
@@ -987,81 +987,14 @@ async fn log_lines_past_the_plugins_rate_are_dropped_and_counted() {
     assert!((900..=950).contains(&dropped), "dropped {dropped}");
 }
 
-/// `component` with `count` more core instances of a module holding one memory of `pages`
-/// 64 KiB pages (no memory at all for 0). They are appended after every other section, so no index the component uses
-/// moves; the host instantiates them with the rest. Made by hand because a component that
-/// needs many memories is exactly what an honest toolchain never produces.
-fn with_extra_memories(component: &[u8], modules_before: u32, pages: u32, count: u32) -> Vec<u8> {
-    fn leb(mut n: u32, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    // (module (memory (export "m") PAGES)), or (module) for no pages.
-    let mut module = b"\0asm\x01\0\0\0".to_vec();
-    if pages > 0 {
-        let mut memory = vec![1, 0];
-        leb(pages, &mut memory);
-        module.push(5);
-        leb(memory.len() as u32, &mut module);
-        module.extend(memory);
-        module.extend([7, 5, 1, 1, b'm', 2, 0]);
-    }
-    let mut out = component.to_vec();
-    out.push(1); // core module section
-    leb(module.len() as u32, &mut out);
-    out.extend(module);
-    let mut instances = Vec::new();
-    leb(count, &mut instances);
-    for _ in 0..count {
-        instances.push(0); // instantiate
-        leb(modules_before, &mut instances);
-        instances.push(0); // no arguments
-    }
-    out.push(2); // core instance section
-    leb(instances.len() as u32, &mut out);
-    out.extend(instances);
-    out
-}
-
-/// How many core modules a component defines at its top level.
-fn core_modules(component: &[u8]) -> u32 {
-    let mut at = 8;
-    let mut modules = 0;
-    while at < component.len() {
-        let id = component[at];
-        at += 1;
-        let (mut size, mut shift) = (0usize, 0);
-        loop {
-            let byte = component[at];
-            at += 1;
-            size |= usize::from(byte & 0x7f) << shift;
-            shift += 7;
-            if byte < 0x80 {
-                break;
-            }
-        }
-        modules += u32::from(id == 1);
-        at += size;
-    }
-    modules
-}
-
 /// A component whose every memory stays under the cap, but which holds several: the cap is the
 /// plugin's, over all its memories. It used to hold for each memory alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_cap_holds_over_all_of_a_components_memories() {
     let rt = roomy_runtime();
     let original = std::fs::read(guest_path("misbehave")).unwrap();
-    let modules = core_modules(&original);
     // The program's own memory plus 31 MiB: each under 32 MiB, together over it.
-    let greedy = with_extra_memories(&original, modules, 31 * 16, 1);
+    let greedy = with_extra_instances(&original, 31 * 16, 1);
     let (caps, limits, config) =
         switchboard_integration_tests::load_settings("many-memories", hostile(32));
     let refused = rt
@@ -1073,7 +1006,7 @@ async fn the_memory_cap_holds_over_all_of_a_components_memories() {
         "{refused:?}"
     );
     // Many core instances: refused at load for needing more than a component's share of the pool.
-    let crowd = with_extra_memories(&original, modules, 0, 64);
+    let crowd = with_extra_instances(&original, 0, 64);
     let (caps, limits, config) =
         switchboard_integration_tests::load_settings("many-instances", hostile(32));
     let refused = rt

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use switchboard::config::RuntimeConfig;
+use switchboard::config::{PluginBounds, RuntimeConfig};
 use switchboard::plugin::{CallError, LoadError, LoadedPlugin, Outcome, PluginRuntime};
 use switchboard_integration_tests::{FcmFixture, LoadOptions, delivery, load};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,6 +66,7 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<serde_json::Value> {
     );
     let peer = SlowPeer::start().await?;
     let hostile = HostilePlugins::load(&rt, &options.guest_dir, &peer).await?;
+    let outbound = OutboundCases::start(&rt, &options.guest_dir).await?;
 
     // Warm-up: the token, the connection pool, the instance pool's first slots.
     let warm = Traffic::run(
@@ -102,7 +103,9 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<serde_json::Value> {
     let peak_before = peak_rss_mib();
     let mut verdicts: Vec<(&'static str, bool)> = Vec::new();
     for round in 1..=options.rounds {
-        for (name, contained, detail) in hostile.run_all(&rt, &options.guest_dir, &peer).await {
+        let mut results = hostile.run_all(&rt, &options.guest_dir, &peer).await;
+        results.extend(outbound.run_all(&rt, &options.guest_dir).await);
+        for (name, contained, detail) in results {
             eprintln!(
                 "[sandbox] round {round} {name}: {} — {detail}",
                 if contained {
@@ -308,18 +311,33 @@ fn proc_status_mib(field: &str) -> u64 {
 struct Counts {
     traps: u64,
     timeouts: u64,
+    host_busy: u64,
     denied_hosts: u64,
     denied_secrets: u64,
+    denied_downgrades: u64,
+    denied_addresses: u64,
+    denied_requests: u64,
+    over_transfer: u64,
+    scrubbed_secrets: u64,
+    dropped_logs: u64,
 }
 
 impl Counts {
     fn of(plugin: &LoadedPlugin) -> Self {
         let caps = plugin.capability_counters();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Self {
-            traps: plugin.counters.traps.load(Ordering::Relaxed),
-            timeouts: plugin.counters.timeouts.load(Ordering::Relaxed),
-            denied_hosts: caps.denied_hosts.load(Ordering::Relaxed),
-            denied_secrets: caps.denied_secrets.load(Ordering::Relaxed),
+            traps: load(&plugin.counters.traps),
+            timeouts: load(&plugin.counters.timeouts),
+            host_busy: load(&plugin.counters.host_busy),
+            denied_hosts: load(&caps.denied_hosts),
+            denied_secrets: load(&caps.denied_secrets),
+            denied_downgrades: load(&caps.denied_downgrades),
+            denied_addresses: load(&caps.denied_addresses),
+            denied_requests: load(&caps.denied_requests),
+            over_transfer: load(&caps.over_transfer),
+            scrubbed_secrets: load(&caps.scrubbed_secrets),
+            dropped_logs: load(&caps.dropped_logs),
         }
     }
 
@@ -327,8 +345,15 @@ impl Counts {
         Counts {
             traps: self.traps - before.traps,
             timeouts: self.timeouts - before.timeouts,
+            host_busy: self.host_busy - before.host_busy,
             denied_hosts: self.denied_hosts - before.denied_hosts,
             denied_secrets: self.denied_secrets - before.denied_secrets,
+            denied_downgrades: self.denied_downgrades - before.denied_downgrades,
+            denied_addresses: self.denied_addresses - before.denied_addresses,
+            denied_requests: self.denied_requests - before.denied_requests,
+            over_transfer: self.over_transfer - before.over_transfer,
+            scrubbed_secrets: self.scrubbed_secrets - before.scrubbed_secrets,
+            dropped_logs: self.dropped_logs - before.dropped_logs,
         }
     }
 }
@@ -857,4 +882,413 @@ async fn answer(mut stream: tokio::net::TcpStream, echoes: Arc<std::sync::atomic
             }
         }
     }
+}
+
+/// The cases of redirects, addresses, scrubbing, call bounds, and memory and instances over a
+/// whole component. Their peers are `vendorsim::slowloris` servers: one granted, one never
+/// granted, and one over TLS for the step down to plain http.
+struct OutboundCases {
+    granted: vendorsim::RunningSim,
+    elsewhere: vendorsim::RunningSim,
+    secure: vendorsim::RunningSim,
+    /// Granted `granted` only, owns `token`.
+    redirected: LoadedPlugin,
+    /// Granted `secure` (by name) and `elsewhere` (without naming plain http), owns `token`.
+    downgraded: LoadedPlugin,
+    /// Granted `granted`, with small bounds: 10 requests, 4 in flight, 1 MiB, 50 lines/s.
+    bounded: LoadedPlugin,
+    /// Granted this machine's name, when it resolves to a private address.
+    rebound: Option<(LoadedPlugin, String)>,
+}
+
+impl OutboundCases {
+    async fn start(rt: &PluginRuntime, guests: &Path) -> anyhow::Result<Self> {
+        use vendorsim::slowloris::{self, SlowlorisConfig};
+        let granted = slowloris::start(SlowlorisConfig::new()).await?;
+        let elsewhere = slowloris::start(SlowlorisConfig::new()).await?;
+        let secure = slowloris::start(SlowlorisConfig {
+            tls: true,
+            ..SlowlorisConfig::new()
+        })
+        .await?;
+        let path = guests.join("misbehave.wasm");
+        let options = |hosts: Vec<String>| LoadOptions {
+            allowed_hosts: hosts,
+            secrets: vec![("token".into(), "value-of-token".into())],
+            timeout: Duration::from_secs(2),
+            memory_mb: HOSTILE_MEMORY_MB,
+            ..Default::default()
+        };
+        let misbehave = async |name: &str, options: LoadOptions| {
+            load(rt, name, &path, options)
+                .await
+                .with_context(|| format!("loading {} as {name}", path.display()))
+        };
+        let redirected = misbehave("redirected", options(vec![granted.addr.to_string()])).await?;
+        let downgraded = misbehave(
+            "downgraded",
+            LoadOptions {
+                trust_pems: secure.ca_pem.clone().into_iter().collect(),
+                ..options(vec![
+                    format!("localhost:{}", secure.addr.port()),
+                    elsewhere.addr.to_string(),
+                ])
+            },
+        )
+        .await?;
+        let bounded = misbehave(
+            "bounded",
+            LoadOptions {
+                bounds: PluginBounds {
+                    requests_per_call: 10,
+                    requests_in_flight_per_call: 4,
+                    transfer_bytes_per_call: 1 << 20,
+                    log_lines_per_s: 50,
+                    ..PluginBounds::default()
+                },
+                ..options(vec![granted.addr.to_string()])
+            },
+        )
+        .await?;
+        let rebound = match private_name().await {
+            Some(name) => {
+                let port = elsewhere.addr.port();
+                let plugin = misbehave("rebound", options(vec![format!("{name}:{port}")])).await?;
+                Some((plugin, format!("http://{name}:{port}")))
+            }
+            None => None,
+        };
+        Ok(Self {
+            granted,
+            elsewhere,
+            secure,
+            redirected,
+            downgraded,
+            bounded,
+            rebound,
+        })
+    }
+
+    async fn run_all(
+        &self,
+        rt: &PluginRuntime,
+        guests: &Path,
+    ) -> Vec<(&'static str, bool, String)> {
+        let mut results = Vec::new();
+        let (granted, elsewhere) = (self.granted.url(), self.elsewhere.url());
+        let reached = || self.elsewhere.stats.snapshot().delivered;
+
+        let before = reached();
+        let verb = format!("echo:token@{granted}/redirect?to={elsewhere}/echo");
+        results.push(
+            outbound_case(
+                "redirect-not-granted",
+                &self.redirected,
+                &verb,
+                |o| rejected_with(o, "not granted"),
+                Counts {
+                    denied_hosts: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .and(reached() == before, "the host never granted was reached"),
+        );
+
+        let before = reached();
+        let verb = format!(
+            "echo:token@{}/redirect?to={elsewhere}/echo",
+            self.secure.url()
+        );
+        results.push(
+            outbound_case(
+                "redirect-https-to-http",
+                &self.downgraded,
+                &verb,
+                |o| rejected_with(o, "plain http"),
+                Counts {
+                    denied_downgrades: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .and(reached() == before, "the plain-http host was reached"),
+        );
+
+        results.push(match &self.rebound {
+            Some((plugin, url)) => {
+                let before = reached();
+                outbound_case(
+                    "dns-rebinding",
+                    plugin,
+                    &format!("echo:token@{url}/echo"),
+                    |o| rejected_with(o, "not a public address"),
+                    Counts {
+                        denied_addresses: 1,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .and(reached() == before, "the private address was reached")
+            }
+            None => verdict(
+                "dns-rebinding",
+                false,
+                "no name on this machine resolves to a private address".into(),
+            ),
+        });
+
+        results.push(
+            outbound_case(
+                "echo-secret-scrubbed",
+                &self.redirected,
+                &format!("echo:token@{granted}/echo"),
+                |o| {
+                    matches!(o, Ok([Outcome::Delivered(body)])
+                        if body.contains("{{secret:token}}") && !body.contains("value-of-token"))
+                },
+                Counts {
+                    scrubbed_secrets: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .into(),
+        );
+
+        results.push(
+            outbound_case(
+                "requests-per-call",
+                &self.bounded,
+                &format!("sendall:25@{granted}/echo"),
+                |o| matches!(o, Ok([Outcome::Delivered(r)]) if r.starts_with("ok=10 denied=15 ")),
+                Counts {
+                    denied_requests: 15,
+                    ..Default::default()
+                },
+            )
+            .await
+            .into(),
+        );
+
+        let stalls = || {
+            self.granted
+                .stats
+                .snapshot()
+                .refused
+                .get("stall")
+                .copied()
+                .unwrap_or(0)
+        };
+        let before = stalls();
+        results.push(
+            outbound_case(
+                "send-all-in-flight",
+                &self.bounded,
+                &format!("sendall:8@{granted}/stall"),
+                |o| matches!(o, Err(CallError::Timeout(_))),
+                Counts {
+                    timeouts: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .and(
+                stalls() - before == 4,
+                "more than 4 requests were in flight",
+            ),
+        );
+
+        results.push(
+            outbound_case(
+                "transfer-budget",
+                &self.bounded,
+                &format!("sendall:3@{granted}/big?bytes=400000"),
+                |o| matches!(o, Ok([Outcome::Delivered(r)]) if r.starts_with("ok=2 ") && r.ends_with("protocol=1")),
+                Counts {
+                    over_transfer: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .into(),
+        );
+
+        let before = Counts::of(&self.bounded);
+        let started = Instant::now();
+        let result = self
+            .bounded
+            .deliver(&[delivery("k", "logs:100000", "{}")])
+            .await;
+        let took = started.elapsed();
+        let dropped = Counts::of(&self.bounded).since(before).dropped_logs;
+        let recovers = next_call_works(&self.bounded).await;
+        results.push(verdict(
+            "log-flood",
+            matches!(result.as_deref(), Ok([Outcome::Delivered(_)]))
+                && dropped >= 99_000
+                && recovers,
+            format!("{dropped} of 100000 lines dropped in {took:?}, next call works: {recovers}"),
+        ));
+
+        results
+            .push(component_refused(rt, guests, "many-memories", 31 * 16, 1, "over its cap").await);
+        results.push(
+            component_refused(rt, guests, "many-instances", 0, 64, "core module instances").await,
+        );
+        results.push(pool_exhausted(guests).await);
+        results
+    }
+}
+
+/// One case's verdict, with a further condition to add.
+struct Verdict {
+    name: &'static str,
+    contained: bool,
+    detail: String,
+}
+
+impl From<Verdict> for (&'static str, bool, String) {
+    fn from(verdict: Verdict) -> Self {
+        (verdict.name, verdict.contained, verdict.detail)
+    }
+}
+
+impl Verdict {
+    fn and(self, holds: bool, otherwise: &str) -> (&'static str, bool, String) {
+        let detail = if holds {
+            self.detail
+        } else {
+            format!("{}; {otherwise}", self.detail)
+        };
+        (self.name, self.contained && holds, detail)
+    }
+}
+
+fn rejected_with(outcomes: &Result<&[Outcome], &CallError>, expect: &str) -> bool {
+    matches!(outcomes, Ok([Outcome::Rejected(r)])
+        if r.reason.contains(expect) && !r.reason.contains("value-of-"))
+}
+
+/// Runs `verb` on `plugin`: contained when `check` holds, the counts moved by exactly
+/// `counts`, and the next good call works.
+async fn outbound_case(
+    name: &'static str,
+    plugin: &LoadedPlugin,
+    verb: &str,
+    check: impl Fn(&Result<&[Outcome], &CallError>) -> bool,
+    counts: Counts,
+) -> Verdict {
+    let before = Counts::of(plugin);
+    let result = plugin.deliver(&[delivery("k", verb, "{}")]).await;
+    let moved = Counts::of(plugin).since(before);
+    let held = check(&result.as_deref());
+    let recovers = next_call_works(plugin).await;
+    Verdict {
+        name,
+        contained: held && moved == counts && recovers,
+        detail: format!(
+            "{}, counted as expected: {}, next call works: {recovers}",
+            tail(&format!("{result:?}"), 200),
+            moved == counts
+        ),
+    }
+}
+
+/// This machine's name, when it resolves only to addresses that are not public.
+async fn private_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_string();
+    let addresses: Vec<_> = tokio::net::lookup_host((name.as_str(), 0))
+        .await
+        .ok()?
+        .map(|a| a.ip())
+        .collect();
+    let private = !addresses.is_empty()
+        && addresses
+            .iter()
+            .all(|ip| !switchboard::plugin::resolver::is_public(*ip));
+    private.then_some(name)
+}
+
+/// `misbehave` with `count` more core instances of a module holding `pages` of memory each
+/// (none for 0), appended after its other sections: it must be refused at load.
+async fn component_refused(
+    rt: &PluginRuntime,
+    guests: &Path,
+    name: &'static str,
+    pages: u32,
+    count: u32,
+    expect: &str,
+) -> (&'static str, bool, String) {
+    let original = match std::fs::read(guests.join("misbehave.wasm")) {
+        Ok(bytes) => bytes,
+        Err(e) => return verdict(name, false, e.to_string()),
+    };
+    let bytes = switchboard_integration_tests::with_extra_instances(&original, pages, count);
+    let (caps, limits, config) = switchboard_integration_tests::load_settings(
+        name,
+        LoadOptions {
+            timeout: HOSTILE_TIMEOUT,
+            ..Default::default()
+        },
+    );
+    match rt.load_bytes(name, &bytes, caps, limits, config).await {
+        Ok(_) => verdict(name, false, "loaded".into()),
+        Err(e) => {
+            let message = e.to_string();
+            verdict(name, message.contains(expect), message)
+        }
+    }
+}
+
+/// A runtime of two instance slots, both held by looping calls: a third call waits, and when
+/// its deadline passes first it fails as the host's `HostBusy`, not as the plugin's fault.
+async fn pool_exhausted(guests: &Path) -> (&'static str, bool, String) {
+    let name = "pool-exhausted";
+    let config = RuntimeConfig {
+        max_instances: 2,
+        ..RuntimeConfig::default()
+    };
+    let rt = match PluginRuntime::new(&config, POOL_MEMORY_BYTES) {
+        Ok(rt) => rt,
+        Err(e) => return verdict(name, false, e.to_string()),
+    };
+    let path = guests.join("misbehave.wasm");
+    let with_timeout = |timeout: Duration| LoadOptions {
+        timeout,
+        ..Default::default()
+    };
+    let (Ok(hog), Ok(waiting)) = (
+        load(&rt, "hog", &path, with_timeout(Duration::from_secs(2))).await,
+        load(
+            &rt,
+            "waiting",
+            &path,
+            with_timeout(Duration::from_millis(300)),
+        )
+        .await,
+    ) else {
+        return verdict(name, false, "the plugins did not load".into());
+    };
+    let (first, second) = ([delivery("a", "loop", "{}")], [delivery("b", "loop", "{}")]);
+    let hogs = futures::future::join(hog.deliver(&first), hog.deliver(&second));
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = Counts::of(&waiting);
+        let result = waiting.deliver(&[delivery("c", "ok", "{}")]).await;
+        (result, Counts::of(&waiting).since(before))
+    };
+    let (_, (result, moved)) = futures::future::join(hogs, late).await;
+    let recovers = next_call_works(&waiting).await;
+    let counted = moved
+        == Counts {
+            host_busy: 1,
+            ..Default::default()
+        };
+    verdict(
+        name,
+        matches!(result, Err(CallError::HostBusy(_))) && counted && recovers,
+        format!("{result:?}, counted as host busy only: {counted}, next call works: {recovers}"),
+    )
 }
