@@ -326,7 +326,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &config.kafka.retry_topic,
                 &config.kafka.dlq_topic,
                 &config.kafka.properties,
-            )?;
+            )?
+            .with_retry_tiers(config.kafka.retry_topics());
             eprintln!("reading {} from {brokers}…", config.kafka.dlq_topic);
             let summary = crate::retry::replay::replay(
                 &brokers,

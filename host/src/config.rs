@@ -160,8 +160,14 @@ pub struct KafkaConfig {
     /// Properties the host sets itself for at-least-once delivery, or that another field owns,
     /// are refused (see [`HOST_OWNED_KAFKA_PROPERTIES`]).
     pub properties: BTreeMap<String, String>,
-    /// Where `retry` outcomes wait for their due time.
+    /// Where `retry` outcomes wait for their due time: this topic for the last second, and one
+    /// topic per tier of `retry_tiers_s` (`NAME.10s`, …) for longer waits.
     pub retry_topic: String,
+    /// The fixed delays of the retry tiers, in seconds, rising. A retry due in `d` goes to the
+    /// tier of the longest delay at most `d`, and hops down the tiers as its time nears, so
+    /// every tier's topic holds records in the order they come due: a retry due soon never
+    /// waits behind one due later. Empty keeps every retry in `retry_topic`.
+    pub retry_tiers_s: Vec<u64>,
     /// Where every settled delivery's result is published (JSON); empty turns it off.
     pub results_topic: String,
     /// Where every `invalid-recipient` is published (JSON), so apps can remove dead tokens and
@@ -172,6 +178,20 @@ pub struct KafkaConfig {
     /// On a rebalance, how long revoked partitions may take to finish their in-flight records
     /// before their offsets are committed, in milliseconds. Must stay below the session timeout.
     pub rebalance_drain_ms: u64,
+}
+
+impl KafkaConfig {
+    /// The retry topics and the fixed delay of each, in milliseconds: `retry_topic` (0, for
+    /// retries due within the shortest tier) and one per tier, `retry_topic.{N}s`.
+    pub fn retry_topics(&self) -> Vec<(String, u64)> {
+        std::iter::once((self.retry_topic.clone(), 0))
+            .chain(
+                self.retry_tiers_s
+                    .iter()
+                    .map(|s| (format!("{}.{s}s", self.retry_topic), s * 1000)),
+            )
+            .collect()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -186,6 +206,7 @@ impl Default for KafkaConfig {
             new_topic_partitions: 4,
             properties: BTreeMap::new(),
             retry_topic: "switchboard.retry".into(),
+            retry_tiers_s: vec![1, 10, 60, 600],
             results_topic: "switchboard.results".into(),
             invalidations_topic: "switchboard.invalid-recipients".into(),
             dlq_topic: "switchboard.dlq".into(),
@@ -1084,7 +1105,21 @@ impl Config {
             }
         }
         self.check_record_fits_the_dlq(&invalid)?;
-        for special in [&self.kafka.retry_topic, &self.kafka.dlq_topic] {
+        if self.kafka.retry_tiers_s.contains(&0)
+            || self.kafka.retry_tiers_s.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(invalid(
+                "kafka.retry_tiers_s".into(),
+                "must be rising delays in seconds, each above 0, e.g. [1, 10, 60, 600]".into(),
+            ));
+        }
+        let retry_topics: Vec<String> = self
+            .kafka
+            .retry_topics()
+            .into_iter()
+            .map(|(topic, _)| topic)
+            .collect();
+        for special in retry_topics.iter().chain([&self.kafka.dlq_topic]) {
             if self.kafka.topics.contains(special)
                 || TrafficClass::ALL
                     .iter()

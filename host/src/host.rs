@@ -40,16 +40,19 @@ const RESULTS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The topics the host writes to: retry, DLQ, and the result topics that are on.
 fn output_topics(config: &Config) -> Vec<String> {
     let kafka = &config.kafka;
-    [
-        &kafka.retry_topic,
-        &kafka.dlq_topic,
-        &kafka.results_topic,
-        &kafka.invalidations_topic,
-    ]
-    .into_iter()
-    .filter(|t| !t.is_empty())
-    .cloned()
-    .collect()
+    let retry_topics = kafka.retry_topics().into_iter().map(|(topic, _)| topic);
+    retry_topics
+        .chain(
+            [
+                &kafka.dlq_topic,
+                &kafka.results_topic,
+                &kafka.invalidations_topic,
+            ]
+            .into_iter()
+            .cloned(),
+        )
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// A host started by [`start`]. Stop it with [`RunningHost::stop`].
@@ -440,6 +443,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             &config.kafka.dlq_topic,
             &config.kafka.properties,
         )?
+        .with_retry_tiers(config.kafka.retry_topics())
         .with_counters(counters.clone())
         .with_results(results),
     );

@@ -119,6 +119,7 @@ impl Job {
             last_reason,
             last_was_plugin_fault: plugin_fault,
             replayed: false,
+            hop_due_ms: None,
         }
     }
 }

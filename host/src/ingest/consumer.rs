@@ -68,9 +68,14 @@ impl Source {
                 format!("{}.{}", kafka.group_id, class.as_str()),
                 lanes.get(class).topics.clone(),
             ),
+            // Every retry tier: one group, each partition paused on its own head record.
             Source::Retries => (
                 format!("{}.retry", kafka.group_id),
-                vec![kafka.retry_topic.clone()],
+                kafka
+                    .retry_topics()
+                    .into_iter()
+                    .map(|(topic, _)| topic)
+                    .collect(),
             ),
         }
     }
@@ -433,6 +438,9 @@ enum Accepted {
     Deliver(Arrival),
     /// A record that will not be delivered: to the DLQ as it is.
     DeadLetter(Refused),
+    /// A retry record its tier let go before it is due: written to the tier its remaining wait
+    /// fits, then finished here.
+    Rehop(Rehop),
     /// A retry record that is not due yet: wait for it without holding it.
     NotDue {
         topic: String,
@@ -634,14 +642,21 @@ struct Refused {
     ticket: Arc<RecordTicket>,
 }
 
+/// A retry record on its way to its next retry tier.
+struct Rehop {
+    record: RetryRecord,
+    ticket: Arc<RecordTicket>,
+}
+
 /// Bytes of refused records on their way to the DLQ at once, per consumer: enough for the
 /// producer to batch thousands of small records, and a bound on what a flood of large ones
 /// holds in memory.
 const REFUSED_IN_FLIGHT_BYTES: usize = 8 << 20;
 
-/// Writes refused records to the DLQ while the consumer keeps polling. Each write runs on a
-/// task of its own and the producer batches them, so a backlog of bad records drains at the
-/// producer's rate, not one acknowledgement at a time; the bytes in flight are bounded.
+/// Writes refused records to the DLQ, and retry records to their next tier, while the consumer
+/// keeps polling. Each write runs on a task of its own and the producer batches them, so a
+/// backlog of bad records drains at the producer's rate, not one acknowledgement at a time; the
+/// bytes in flight are bounded.
 struct RefusedRecords {
     outbox: Arc<Outbox>,
     counters: Arc<Counters>,
@@ -678,6 +693,31 @@ impl RefusedRecords {
                     counters.deliveries_unsettled.fetch_add(1, Relaxed);
                     events::DeliveryUnsettled {
                         key: &refused.key,
+                        error: &error,
+                    }
+                    .emit();
+                }
+            }
+            drop(permit);
+        });
+    }
+
+    /// Starts the write of `rehop` to the retry tier its remaining wait fits; the record is
+    /// finished once Kafka has the copy.
+    async fn rehop(&self, rehop: Rehop) {
+        let cost = rehop.record.content.len().clamp(1, REFUSED_IN_FLIGHT_BYTES) as u32;
+        let Ok(permit) = self.in_flight.clone().acquire_many_owned(cost).await else {
+            return;
+        };
+        let (outbox, counters) = (self.outbox.clone(), self.counters.clone());
+        tokio::spawn(async move {
+            match outbox.retry(&rehop.record).await {
+                Ok(()) => rehop.ticket.complete(),
+                Err(error) => {
+                    // Never finished: the record stays below the committed offset.
+                    counters.deliveries_unsettled.fetch_add(1, Relaxed);
+                    events::DeliveryUnsettled {
+                        key: &rehop.record.key,
                         error: &error,
                     }
                     .emit();
@@ -903,6 +943,7 @@ impl Ingest {
             match accepted {
                 Accepted::Deliver(arrival) => self.admit_or_hold(arrival, &mut tasks).await,
                 Accepted::DeadLetter(refused) => self.refused.write(refused).await,
+                Accepted::Rehop(rehop) => self.refused.rehop(rehop).await,
                 Accepted::NotDue {
                     topic,
                     partition,
@@ -1074,13 +1115,24 @@ impl Ingest {
                     );
                 }
             };
-            if record.due_at_ms > now_ms() {
+            let now = now_ms();
+            // A tier lets its records go after its fixed delay, so its partitions hold them in
+            // the order they come due, and waiting on the head record never holds back a
+            // sooner one. The base retry topic (no hop) holds each record until it is due.
+            let hop_due_ms = record.hop_due_ms.unwrap_or(record.due_at_ms);
+            if hop_due_ms > now {
                 return Accepted::NotDue {
                     topic: topic.to_string(),
                     partition,
                     offset,
-                    due_at_ms: record.due_at_ms,
+                    due_at_ms: hop_due_ms,
                 };
+            }
+            if record.due_at_ms > now {
+                return Accepted::Rehop(Rehop {
+                    record,
+                    ticket: self.ticket(topic, partition, offset, 1),
+                });
             }
             counters.records_consumed.fetch_add(1, Relaxed);
             let delivery = record.delivery();

@@ -118,6 +118,11 @@ pub struct RetryRecord {
     /// Where the last try went, so the next one can fail over (or stay, after a timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<crate::route::RouteHint>,
+    /// When the record's retry tier lets it go (ms since the Unix epoch): then it is delivered
+    /// if due, or written to the tier its remaining wait fits. Absent in the base retry topic
+    /// (and in records written before tiers existed): the record waits for `due_at_ms` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop_due_ms: Option<u64>,
 }
 
 /// `Priority` as it is written in records.
@@ -200,6 +205,9 @@ pub struct Outbox {
     /// What a replacement producer is created from.
     config: ClientConfig,
     retry_topic: String,
+    /// The retry topics with their fixed delays in milliseconds, rising; the first is
+    /// `retry_topic` with 0.
+    retry_tiers: Vec<(String, u64)>,
     dlq_topic: String,
     results: Option<results::ResultsPublisher>,
     /// Turns true at shutdown: writes still retrying give up.
@@ -233,11 +241,38 @@ impl Outbox {
             producer: std::sync::Mutex::new(producer),
             config,
             retry_topic: retry_topic.to_string(),
+            retry_tiers: vec![(retry_topic.to_string(), 0)],
             dlq_topic: dlq_topic.to_string(),
             results: None,
             abandon: tokio::sync::watch::channel(false).0,
             counters: Arc::default(),
         })
+    }
+
+    /// Writes retries to `tiers` (topic and fixed delay in milliseconds, as
+    /// [`crate::config::KafkaConfig::retry_topics`] gives them) from now on.
+    pub fn with_retry_tiers(mut self, mut tiers: Vec<(String, u64)>) -> Self {
+        tiers.sort_by_key(|(_, delay)| *delay);
+        if tiers.first().is_some_and(|(_, delay)| *delay == 0) {
+            self.retry_tiers = tiers;
+        }
+        self
+    }
+
+    /// Where a retry due at `due_at_ms` waits, seen at `now`: the tier of the longest delay
+    /// that does not pass its due time, and when that tier lets it go (`None` in the base
+    /// topic, which holds it until it is due).
+    pub fn retry_hop(&self, due_at_ms: u64, now: u64) -> (&str, Option<u64>) {
+        let remaining = due_at_ms.saturating_sub(now);
+        match self
+            .retry_tiers
+            .iter()
+            .rev()
+            .find(|(_, delay)| *delay > 0 && *delay <= remaining)
+        {
+            Some((topic, delay)) => (topic, Some(now + delay)),
+            None => (&self.retry_tiers[0].0, None),
+        }
     }
 
     /// Counts truncated and refused writes in `counters` from now on.
@@ -327,17 +362,25 @@ pub async fn ensure_topics(
 }
 
 impl Outbox {
-    /// Writes `record` to the retry topic; returns once Kafka acknowledged it.
+    /// Writes `record` to the retry tier its wait fits (or the base retry topic); returns once
+    /// Kafka acknowledged it.
     pub async fn retry(&self, record: &RetryRecord) -> Result<(), OutboxError> {
-        let value = serde_json::to_vec(record).unwrap_or_default();
+        let (topic, hop_due_ms) = self.retry_hop(record.due_at_ms, now_ms());
+        let value = if record.hop_due_ms == hop_due_ms {
+            serde_json::to_vec(record)
+        } else {
+            let mut hop = record.clone();
+            hop.hop_due_ms = hop_due_ms;
+            serde_json::to_vec(&hop)
+        }
+        .unwrap_or_default();
         let headers = origin_headers(&record.origin)
             .insert(header(headers::ATTEMPTS, &record.attempt.to_string()))
             .insert(header(
                 headers::FIRST_SEEN,
                 &record.first_seen_ms.to_string(),
             ));
-        self.send(&self.retry_topic, &record.key, &value, &headers)
-            .await
+        self.send(topic, &record.key, &value, &headers).await
     }
 
     /// Writes a DLQ record; returns once Kafka acknowledged it. `value` is the delivery's
@@ -619,6 +662,36 @@ fn origin_headers(origin: &Origin) -> OwnedHeaders {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_retry_waits_in_the_longest_tier_its_due_time_covers() -> anyhow::Result<()> {
+        let outbox = Outbox::connect("127.0.0.1:9", "r", "d", &Default::default())?
+            .with_retry_tiers(vec![
+                ("r".into(), 0),
+                ("r.60s".into(), 60_000),
+                ("r.1s".into(), 1_000),
+                ("r.10s".into(), 10_000),
+            ]);
+        let now = 1_000_000;
+        assert_eq!(outbox.retry_hop(now + 200, now), ("r", None));
+        assert_eq!(outbox.retry_hop(now, now), ("r", None));
+        assert_eq!(
+            outbox.retry_hop(now + 1_000, now),
+            ("r.1s", Some(now + 1_000))
+        );
+        assert_eq!(
+            outbox.retry_hop(now + 45_000, now),
+            ("r.10s", Some(now + 10_000))
+        );
+        assert_eq!(
+            outbox.retry_hop(now + 7_200_000, now),
+            ("r.60s", Some(now + 60_000))
+        );
+        // Already past due: the base topic, which delivers it at once.
+        assert_eq!(outbox.retry_hop(now - 5, now), ("r", None));
+        Ok(())
+    }
+
     use super::*;
     use crate::dispatch::backoff::Backoff;
     use rand::SeedableRng;
@@ -848,6 +921,7 @@ mod tests {
             }),
             last_was_plugin_fault: false,
             replayed: false,
+            hop_due_ms: None,
         };
         let text = serde_json::to_string(&record)?;
         let back: RetryRecord = serde_json::from_str(&text)?;

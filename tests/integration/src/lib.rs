@@ -344,3 +344,32 @@ fn core_modules(component: &[u8]) -> u32 {
     }
     modules
 }
+
+/// A host config whose state lives under `work` (dedup, history, artifacts), with the admin
+/// listener off so that hosts in parallel tests never fight over its port.
+pub fn host_config_in(work: &std::path::Path) -> switchboard::Config {
+    let mut config = switchboard::Config::default();
+    config.dedup.data_dir = work.join("dedup");
+    config.history.path = work.join("history.sqlite3");
+    config.runtime.artifact_cache_dir = work.join("artifacts");
+    config.runtime.artifact_key_file = work.join("artifact-key");
+    config.admin.listen = String::new();
+    config
+}
+
+/// The `misbehave` test guest as a configured plugin, granted nothing.
+pub fn misbehave_plugin() -> switchboard::config::PluginConfig {
+    switchboard::config::PluginConfig {
+        path: guest_path("misbehave"),
+        allowed_hosts: Vec::new(),
+        timeout_ms: 5_000,
+        memory_mb: 32,
+        max_batch: 10,
+        concurrency: 4,
+        rate_per_s: None,
+        burst: None,
+        config: Default::default(),
+        secrets: Default::default(),
+        bounds: Default::default(),
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use switchboard::config::{PluginConfig, SecretSource};
 use switchboard::demo::{DemoVendors, produce};
 use switchboard::ingest::EmbeddedKafka;
-use switchboard_integration_tests::{guest_path, plugin_dir, wait_until};
+use switchboard_integration_tests::{host_config_in, misbehave_plugin, plugin_dir, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -161,17 +161,9 @@ impl TokenRecorder {
 
 fn misbehave(vendor: &TokenRecorder, token: &str) -> PluginConfig {
     PluginConfig {
-        path: guest_path("misbehave"),
         allowed_hosts: vec![vendor.addr.to_string()],
-        timeout_ms: 5_000,
-        memory_mb: 32,
-        max_batch: 10,
-        concurrency: 4,
-        rate_per_s: None,
-        burst: None,
-        config: BTreeMap::new(),
         secrets: [("token".to_string(), SecretSource::Value(token.into()))].into(),
-        bounds: Default::default(),
+        ..misbehave_plugin()
     }
 }
 
@@ -179,11 +171,7 @@ fn misbehave(vendor: &TokenRecorder, token: &str) -> PluginConfig {
 async fn a_trap_after_the_vendor_answered_keeps_the_retry_on_that_vendor() {
     let work = tempfile::tempdir().unwrap();
     let vendor = TokenRecorder::start().await;
-    let mut config = switchboard::Config::default();
-    config.dedup.data_dir = work.path().join("dedup");
-    config.history.path = work.path().join("history.sqlite3");
-    config.runtime.artifact_cache_dir = work.path().join("artifacts");
-    config.runtime.artifact_key_file = work.path().join("artifact-key");
+    let mut config = host_config_in(work.path());
     config.dispatch.retry_base_ms = 50;
     config.dispatch.retry_max_ms = 200;
     config.dispatch.retry_max_attempts = 3;

@@ -18,6 +18,7 @@ mod lanes;
 mod operations;
 mod poison;
 mod rebalance;
+mod retry_tiers;
 mod sandbox;
 mod throughput;
 
@@ -123,6 +124,19 @@ enum Scenario {
         /// How many times each kind of hostile record appears.
         #[arg(long, default_value_t = 5)]
         rounds: u64,
+    },
+    /// Retries due soon behind retries due later in the same partition: when the soon ones are
+    /// delivered, with one retry topic and with retry tiers, in the same process.
+    RetryTiers {
+        /// At most the slow vendor's calls at once times its batch (8 × 10): a vendor's
+        /// Retry-After holds every later call to it, so more would come back in waves.
+        #[arg(long, default_value_t = 80)]
+        later: u64,
+        #[arg(long, default_value_t = 200)]
+        soon: u64,
+        /// When the later retries are due, in seconds.
+        #[arg(long, default_value_t = 30)]
+        later_s: u64,
     },
     /// Expired requests in front of valid ones: how fast they are dead-lettered, and when the
     /// valid ones behind them are delivered.
@@ -243,6 +257,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Runtime { guest, calls } => runtime_cost(&guest, calls).await?,
         Scenario::Poison { valid, rounds } => poison::poison(valid, rounds).await?,
+        Scenario::RetryTiers {
+            later,
+            soon,
+            later_s,
+        } => retry_tiers::run(later, soon, later_s).await?,
         Scenario::ExpiredBacklog { expired, valid } => {
             poison::expired_backlog(expired, valid).await?
         }

@@ -21,6 +21,8 @@
 //! - `sendall:N@URL` → GETs URL N times in one `send-all` and returns how the requests ended,
 //!   `ok=… denied=… timeout=… connect=… protocol=…`;
 //! - `logs:N` → logs N lines of 100 bytes (`delivered(N)`);
+//! - `retry-once:MS` → on the first attempt, `retry` no sooner than MS milliseconds (as a
+//!   vendor's Retry-After says); on later attempts, delivered;
 //! - `wasi:HOST:PORT` → tries the filesystem, environment, sockets (a TCP connection to
 //!   HOST:PORT), clocks and randomness and returns a JSON report of what worked
 //!   (`delivered(report)`).
@@ -228,6 +230,10 @@ fn act(delivery: &Delivery) -> Outcome {
                 "ok={ok} denied={denied} timeout={timeout} connect={connect} protocol={protocol}"
             ))
         }
+        "retry-once" if delivery.attempt <= 1 => {
+            Outcome::retry("told to come back later", Some(arg.parse().unwrap_or(1000)))
+        }
+        "retry-once" => Outcome::delivered(format!("ok-{}", delivery.key)),
         "logs" => {
             let n: usize = arg.parse().unwrap_or(1);
             let line = "l".repeat(100);
