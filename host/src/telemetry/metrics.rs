@@ -679,7 +679,9 @@ impl HostParts {
             "Plugin calls the host could not run for want of an instance slot              (runtime.max_instances); never counted against the vendor.",
             &rows(&|p| p.host_busy),
         )?;
-        let sandbox: [(&str, &str, &dyn Fn(&PluginTotals) -> u64); 6] = [
+        /// A counter's name, its help, and how to read it from a plugin's totals.
+        type Counter<'a> = (&'a str, &'a str, &'a dyn Fn(&PluginTotals) -> u64);
+        let sandbox: [Counter<'_>; 6] = [
             (
                 "plugin_denied_downgrades",
                 "Redirects from https to plain http refused: the grant does not name plain http.",
