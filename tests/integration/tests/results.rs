@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use serde_json::Value;
 use switchboard::demo::{DemoVendors, produce};
 use switchboard::ingest::EmbeddedKafka;
-use switchboard_integration_tests::{plugin_dir, wait_until};
+use switchboard_integration_tests::{cluster_topics, plugin_dir, wait_until};
 
 const WAIT: Duration = Duration::from_secs(90);
 const RESULTS: &str = "it.results";
@@ -139,15 +139,7 @@ async fn results_and_invalidations_match_the_counters_and_the_metrics() {
     let mut config = vendors.host_config(&plugin_dir()).unwrap();
     config.kafka.results_topic = RESULTS.into();
     config.kafka.invalidations_topic = INVALIDATIONS.into();
-    let topics: Vec<String> = [
-        topic,
-        RESULTS,
-        INVALIDATIONS,
-        &config.kafka.retry_topic,
-        &config.kafka.dlq_topic,
-    ]
-    .map(str::to_string)
-    .to_vec();
+    let topics = cluster_topics(&[topic, RESULTS, INVALIDATIONS]);
     let cluster = EmbeddedKafka::start(1, &topics, 3).unwrap();
     let brokers = cluster.bootstrap_servers().to_string();
     config.kafka.brokers = Some(brokers.clone());

@@ -13,7 +13,7 @@ use switchboard::config::DedupBackend;
 use switchboard::demo::demo_envelope;
 use switchboard::ingest::EmbeddedKafka;
 use switchboard::telemetry::CountersSnapshot;
-use switchboard_integration_tests::{FcmFixture, wait_until};
+use switchboard_integration_tests::{FcmFixture, cluster_topics, wait_until};
 
 const TOPIC: &str = "two-hosts";
 const REQUESTS: u64 = 3000;
@@ -84,16 +84,7 @@ async fn remove_keys(prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_joining_and_one_leaving_under_load_lose_and_repeat_nothing() {
-    let cluster = EmbeddedKafka::start(
-        1,
-        &[
-            TOPIC.to_string(),
-            "switchboard.retry".to_string(),
-            "switchboard.dlq".to_string(),
-        ],
-        6,
-    )
-    .expect("embedded kafka");
+    let cluster = EmbeddedKafka::start(1, &cluster_topics(&[TOPIC]), 6).expect("embedded kafka");
     let brokers = cluster.bootstrap_servers().to_string();
     // Vendor latency keeps deliveries in flight when partitions are revoked.
     let fixture = FcmFixture::start(|c| {

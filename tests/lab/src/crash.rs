@@ -326,7 +326,7 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
     let fcm_wasm = fcm_component(&plugin_dir)?;
     let binary = host_binary()?;
 
-    let topics = [TOPIC, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
+    let topics = switchboard_integration_tests::cluster_topics(&[TOPIC]);
     let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
     let brokers = cluster.bootstrap_servers().to_string();
     let latency = Duration::from_millis(vendor_latency_ms);

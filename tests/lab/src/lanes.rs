@@ -197,7 +197,7 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
     let (ads, realtime) = ("lab.ads", "lab.realtime");
     let fcm_wasm = fcm_component(&options.plugin_dir)?;
     let binary = host_binary()?;
-    let topics = [ads, realtime, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
+    let topics = switchboard_integration_tests::cluster_topics(&[ads, realtime]);
     let partitions = partitions_for(options.backlog);
     let cluster = EmbeddedKafka::start(1, &topics, partitions)?;
     let brokers = cluster.bootstrap_servers().to_string();
@@ -365,7 +365,7 @@ pub async fn backlog(options: BacklogOptions) -> anyhow::Result<serde_json::Valu
     let topic = "lab.backlog";
     let fcm_wasm = fcm_component(&options.plugin_dir)?;
     let binary = host_binary()?;
-    let topics = [topic, RETRY_TOPIC, DLQ_TOPIC].map(String::from);
+    let topics = switchboard_integration_tests::cluster_topics(&[topic]);
     let partitions = partitions_for(options.records);
     let cluster = EmbeddedKafka::start(1, &topics, partitions)?;
     let brokers = cluster.bootstrap_servers().to_string();

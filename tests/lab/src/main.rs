@@ -125,14 +125,6 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         rounds: u64,
     },
-    /// Requests of 1,000 recipients with a large content: how far the process's peak memory
-    /// grows while they are delivered.
-    Fanout {
-        #[arg(long, default_value_t = 10)]
-        records: u64,
-        #[arg(long, default_value_t = 64)]
-        content_kib: usize,
-    },
     /// Retries due soon behind retries due later in the same partition: when the soon ones are
     /// delivered, with one retry topic and with retry tiers, in the same process.
     RetryTiers {
@@ -265,10 +257,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Runtime { guest, calls } => runtime_cost(&guest, calls).await?,
         Scenario::Poison { valid, rounds } => poison::poison(valid, rounds).await?,
-        Scenario::Fanout {
-            records,
-            content_kib,
-        } => poison::fanout(records, content_kib).await?,
         Scenario::RetryTiers {
             later,
             soon,

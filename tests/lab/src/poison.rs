@@ -7,9 +7,6 @@
 //!   with the clean run's.
 //! - `expired-backlog` puts expired requests in front of valid ones and measures how fast the
 //!   host dead-letters them, and when the valid ones behind them are delivered.
-//! - `fanout` sends requests of 1,000 recipients each with a large content, and measures how far
-//!   the process's peak memory grows while they are delivered: every recipient's delivery must
-//!   share its request's one content, not hold a copy of it.
 //!
 //! The records are produced by an outside librdkafka producer before the host starts, as a
 //! backlog a restarted host would find.
@@ -292,57 +289,6 @@ pub async fn expired_backlog(
         "delivered": delivered,
         "lost": valid_count.saturating_sub(delivered),
         "valid_delivered_after_s": valid_done.map(|d| round3(d.as_secs_f64())),
-    }))
-}
-
-/// Runs `fanout`: `records` requests of 1,000 recipients and `content_kib` of content each.
-pub async fn fanout(records: u64, content_kib: usize) -> anyhow::Result<serde_json::Value> {
-    const RECIPIENTS: u64 = 1000;
-    let body = "f".repeat(content_kib << 10);
-    let backlog_records: Vec<(String, Vec<u8>)> = (0..records)
-        .map(|i| {
-            let recipients: Vec<_> = (0..RECIPIENTS)
-                .map(|r| json!({"to": format!("fan-{i}-{r}")}))
-                .collect();
-            let request = json!({
-                "id": format!("fan-{i}"),
-                "channel": "push-android",
-                "priority": "batch",
-                "recipients": recipients,
-                "content": {"title": "t", "body": body},
-            });
-            (format!("fan-{i}"), request.to_string().into_bytes())
-        })
-        .collect();
-    drop(body);
-    let backlog = Backlog::produce(backlog_records, "lab-fanout").await?;
-    let Backlog {
-        fixture, config, ..
-    } = &backlog;
-    let expected = records * RECIPIENTS;
-    eprintln!("[fanout] {records} requests × {RECIPIENTS} recipients × {content_kib} KiB");
-    let peak_before = crate::sandbox::peak_rss_mib();
-    let started = Instant::now();
-    let host = switchboard::start(config.clone()).await?;
-    let stats = fixture.sim.stats.clone();
-    let deadline = started + Duration::from_secs(600);
-    while stats.snapshot().delivered < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = started.elapsed();
-    host.stop().await?;
-    let delivered = stats.snapshot().delivered;
-    let content_mib = (content_kib as f64) / 1024.0;
-    Ok(json!({
-        "scenario": "fanout",
-        "records": records,
-        "recipients_per_record": RECIPIENTS,
-        "content_kib": content_kib,
-        "delivered": delivered,
-        "lost": expected.saturating_sub(delivered),
-        "took_s": round3(took.as_secs_f64()),
-        "peak_rss_growth_mb": crate::sandbox::peak_rss_mib().saturating_sub(peak_before),
-        "one_copy_per_recipient_would_hold_mb_per_record": round(content_mib * RECIPIENTS as f64),
     }))
 }
 

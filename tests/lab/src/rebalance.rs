@@ -140,7 +140,7 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
     check_redis(&redis_url).await?;
     let fcm_wasm = crate::crash::fcm_component(&plugin_dir)?;
 
-    let topics = [TOPIC, "switchboard.retry", "switchboard.dlq"].map(String::from);
+    let topics = switchboard_integration_tests::cluster_topics(&[TOPIC]);
     let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
     let brokers = cluster.bootstrap_servers().to_string();
     let latency = Duration::from_millis(vendor_latency_ms);

@@ -284,7 +284,7 @@ impl Traffic {
 }
 
 /// The process's peak resident memory so far, in MiB; 0 where /proc is missing.
-pub(crate) fn peak_rss_mib() -> u64 {
+fn peak_rss_mib() -> u64 {
     proc_status_mib("VmHWM:")
 }
 
