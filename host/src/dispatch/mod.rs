@@ -422,7 +422,7 @@ impl Settler {
                 record(&job, OutcomeClass::Retry);
                 let mut record = job.retry_record(due_at_ms, info.reason, plugin_fault);
                 record.route = Some(RouteHint::after(&plugin.name, pinning, job.route.as_ref()));
-                if let Err(error) = self.outbox.retry(&record).await {
+                if let Err(error) = self.outbox.retry(&mut record).await {
                     // The retry topic refused it for good: the DLQ keeps it instead, so it is
                     // never lost and the lane goes on.
                     let reason = format!(
@@ -483,7 +483,7 @@ impl Settler {
         record.channel = config.channel.clone();
         record.content = content;
         record.attempt = 1;
-        if let Err(error) = self.outbox.retry(&record).await {
+        if let Err(error) = self.outbox.retry(&mut record).await {
             tracing::warn!(key = %job.delivery.key, %error, "no fallback: the retry topic refused it");
             return None;
         }

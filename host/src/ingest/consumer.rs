@@ -704,14 +704,14 @@ impl RefusedRecords {
 
     /// Starts the write of `rehop` to the retry tier its remaining wait fits; the record is
     /// finished once Kafka has the copy.
-    async fn rehop(&self, rehop: Rehop) {
+    async fn rehop(&self, mut rehop: Rehop) {
         let cost = rehop.record.content.len().clamp(1, REFUSED_IN_FLIGHT_BYTES) as u32;
         let Ok(permit) = self.in_flight.clone().acquire_many_owned(cost).await else {
             return;
         };
         let (outbox, counters) = (self.outbox.clone(), self.counters.clone());
         tokio::spawn(async move {
-            match outbox.retry(&rehop.record).await {
+            match outbox.retry(&mut rehop.record).await {
                 Ok(()) => rehop.ticket.complete(),
                 Err(error) => {
                     // Never finished: the record stays below the committed offset.

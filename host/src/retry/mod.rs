@@ -362,18 +362,12 @@ pub async fn ensure_topics(
 }
 
 impl Outbox {
-    /// Writes `record` to the retry tier its wait fits (or the base retry topic); returns once
-    /// Kafka acknowledged it.
-    pub async fn retry(&self, record: &RetryRecord) -> Result<(), OutboxError> {
+    /// Writes `record` to the retry tier its wait fits (or the base retry topic), setting its
+    /// `hop_due_ms` for that tier; returns once Kafka acknowledged it.
+    pub async fn retry(&self, record: &mut RetryRecord) -> Result<(), OutboxError> {
         let (topic, hop_due_ms) = self.retry_hop(record.due_at_ms, now_ms());
-        let value = if record.hop_due_ms == hop_due_ms {
-            serde_json::to_vec(record)
-        } else {
-            let mut hop = record.clone();
-            hop.hop_due_ms = hop_due_ms;
-            serde_json::to_vec(&hop)
-        }
-        .unwrap_or_default();
+        record.hop_due_ms = hop_due_ms;
+        let value = serde_json::to_vec(&*record).unwrap_or_default();
         let headers = origin_headers(&record.origin)
             .insert(header(headers::ATTEMPTS, &record.attempt.to_string()))
             .insert(header(

@@ -160,7 +160,7 @@ pub async fn replay(
                 record.first_seen_ms = now_ms();
                 record.replayed = true;
                 outbox
-                    .retry(&record)
+                    .retry(&mut record)
                     .await
                     .with_context(|| format!("replaying `{}` to the retry topic", record.key))?;
             }

@@ -673,15 +673,15 @@ impl HostParts {
             "Secret placeholders or signatures the plugin named without owning the secret.",
             &rows(&|p| p.denied_secrets),
         )?;
-        counters(
-            e,
-            "plugin_host_busy",
-            "Plugin calls the host could not run for want of an instance slot              (runtime.max_instances); never counted against the vendor.",
-            &rows(&|p| p.host_busy),
-        )?;
         /// A counter's name, its help, and how to read it from a plugin's totals.
         type Counter<'a> = (&'a str, &'a str, &'a dyn Fn(&PluginTotals) -> u64);
-        let sandbox: [Counter<'_>; 6] = [
+        let sandbox: [Counter<'_>; 7] = [
+            (
+                "plugin_host_busy",
+                "Plugin calls the host could not run for want of an instance slot \
+                 (runtime.max_instances); never counted against the vendor.",
+                &|p| p.host_busy,
+            ),
             (
                 "plugin_denied_downgrades",
                 "Redirects from https to plain http refused: the grant does not name plain http.",

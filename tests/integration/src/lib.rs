@@ -197,20 +197,22 @@ pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) 
     condition()
 }
 
+/// `n` as unsigned LEB128, the WebAssembly binary format's integers.
+fn leb128(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 /// Another version of a component: the same code with a custom section appended, so its bytes
 /// (and its version id) differ while it behaves the same. What hot-swap tests and the lab swap.
 pub fn relabelled_component(component: &[u8], label: &str) -> Vec<u8> {
-    fn leb128(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
     const NAME: &[u8] = b"switchboard-label";
     let mut payload = Vec::new();
     leb128(NAME.len(), &mut payload);
@@ -279,22 +281,12 @@ pub fn headers_of(message: &impl rdkafka::Message) -> Vec<(String, String)> {
 }
 
 /// `component` with `count` more core instances of a module holding one memory of `pages`
-/// 64 KiB pages (no memory at all for 0). They are appended after every other section, so no index the component uses
-/// moves; the host instantiates them with the rest. Made by hand because a component that
+/// 64 KiB pages (no memory at all for 0). They are appended after every other section, so no
+/// index the component uses moves; the host instantiates them with the rest. Made by hand because a component that
 /// needs many memories is exactly what an honest toolchain never produces.
 pub fn with_extra_instances(component: &[u8], pages: u32, count: u32) -> Vec<u8> {
     let modules_before = core_modules(component);
-    fn leb(mut n: u32, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    let leb = |n: u32, out: &mut Vec<u8>| leb128(n as usize, out);
     // (module (memory (export "m") PAGES)), or (module) for no pages.
     let mut module = b"\0asm\x01\0\0\0".to_vec();
     if pages > 0 {
