@@ -10,7 +10,9 @@
 //! - `rejected`: written to the DLQ, then final.
 //! - `retry`: written to the retry topic with its due time (exponential backoff with jitter,
 //!   never before the vendor's Retry-After). If that is past `give_up_after`, or the attempts ran
-//!   out, it goes to the DLQ instead.
+//!   out, it goes to the DLQ instead. A call the host had no instance slot for
+//!   (`CallError::HostBusy`) never reached the plugin: its retries take no attempt and count
+//!   nothing against the vendor's health.
 //!
 //! A final delivery is marked in the dedup store before its record may finish. A retried one
 //! finishes its record once the retry topic has acknowledged it, and is not marked.
@@ -269,6 +271,7 @@ impl Settler {
             plugin,
             gate,
             plugin_fault,
+            host_busy,
             pinning,
             elapsed,
         } = *call;
@@ -389,7 +392,7 @@ impl Settler {
                 let give_up_at = job.first_seen_ms + self.give_up_after.as_millis() as u64;
                 let class = if due_at_ms > give_up_at {
                     Some(ReasonClass::Expired)
-                } else if job.delivery.attempt >= self.max_attempts {
+                } else if job.delivery.attempt >= self.max_attempts && !host_busy {
                     Some(if plugin_fault {
                         ReasonClass::PluginFault
                     } else {
@@ -421,6 +424,10 @@ impl Settler {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 record(&job, OutcomeClass::Retry);
                 let mut record = job.retry_record(due_at_ms, info.reason, plugin_fault);
+                if host_busy {
+                    // A call the host had no slot for was no try of the delivery.
+                    record.attempt = job.delivery.attempt;
+                }
                 record.route = Some(RouteHint::after(&plugin.name, pinning, job.route.as_ref()));
                 if let Err(error) = self.outbox.retry(&mut record).await {
                     // The retry topic refused it for good: the DLQ keeps it instead, so it is
@@ -596,6 +603,9 @@ struct CallContext<'a> {
     gate: &'a VendorGate,
     /// The call failed as a whole (trap, timeout, failed init).
     plugin_fault: bool,
+    /// The host had no instance slot for the call: the plugin never ran, so its retries take
+    /// no attempt of the delivery's (only `give_up_after` bounds them).
+    host_busy: bool,
     /// Whether the vendor may have acted on the call, which decides where its retries may go
     /// ([`crate::route::retry_pinning`]).
     pinning: Pinning,
@@ -712,6 +722,7 @@ impl LaneRunner {
             plugin,
             gate: &self.gate,
             plugin_fault,
+            host_busy,
             pinning,
             elapsed,
         };

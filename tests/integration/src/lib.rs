@@ -379,3 +379,32 @@ pub fn cluster_topics(topics: &[&str]) -> Vec<String> {
         .chain([kafka.dlq_topic])
         .collect()
 }
+
+/// A request on `channel` in the batch lane, keyed by `id`, for one `recipient`, with empty
+/// content: what the `misbehave` guest needs to act on its recipient's verb.
+pub fn batch_request(id: &str, channel: &str, recipient: &str) -> (String, String) {
+    let envelope = serde_json::json!({
+        "id": id,
+        "channel": channel,
+        "priority": "batch",
+        "recipients": [{"to": recipient}],
+        "content": {},
+    });
+    (id.to_string(), envelope.to_string())
+}
+
+/// The built `switchboard` binary, next to the running test's `deps` directory.
+pub fn switchboard_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test runs from a target directory")
+        .join("switchboard");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo build --release -p switchboard` first",
+        bin.display()
+    );
+    bin
+}

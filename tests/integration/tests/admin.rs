@@ -643,17 +643,7 @@ async fn a_version_renamed_into_the_watched_directory_becomes_active() {
 
 /// Runs the built `switchboard` binary (next to this test's `deps` directory).
 async fn cli(args: &[&str]) -> std::process::Output {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("switchboard");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo build --release -p switchboard` first",
-        bin.display()
-    );
+    let bin = switchboard_integration_tests::switchboard_bin();
     tokio::process::Command::new(bin)
         .args(args)
         // Only what the arguments say.

@@ -10,18 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use switchboard::demo::produce;
-use switchboard_integration_tests::{host_config_in, misbehave_plugin, wait_until};
-
-fn request(id: &str, channel: &str, recipient: &str) -> (String, String) {
-    let envelope = serde_json::json!({
-        "id": id,
-        "channel": channel,
-        "priority": "batch",
-        "recipients": [{"to": recipient}],
-        "content": {},
-    });
-    (id.to_string(), envelope.to_string())
-}
+use switchboard_integration_tests::{batch_request, host_config_in, misbehave_plugin, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_due_soon_does_not_wait_behind_one_due_later() {
@@ -42,7 +31,7 @@ async fn a_retry_due_soon_does_not_wait_behind_one_due_later() {
 
     // First a retry due in 50 s (a Retry-After of 50 s)…
     produce(&host.bootstrap_servers, "notifications", 1, |_| {
-        request("later", "slow", "retry-once:50000")
+        batch_request("later", "slow", "retry-once:50000")
     })
     .await
     .unwrap();
@@ -50,7 +39,7 @@ async fn a_retry_due_soon_does_not_wait_behind_one_due_later() {
     assert!(written, "{:?}", counters.snapshot());
     // …then one due in 100 ms, written behind it.
     produce(&host.bootstrap_servers, "notifications", 1, |_| {
-        request("soon", "quick", "retry-once:100")
+        batch_request("soon", "quick", "retry-once:100")
     })
     .await
     .unwrap();
