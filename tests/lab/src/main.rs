@@ -125,6 +125,25 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         rounds: u64,
     },
+    /// Requests of 1,000 recipients with a large content: how far the process's peak memory
+    /// grows while they are delivered.
+    Fanout {
+        #[arg(long, default_value_t = 100)]
+        records: u64,
+        /// Content bytes per request; FCM refuses messages over 4,096 bytes.
+        #[arg(long, default_value_t = 3000)]
+        content_bytes: usize,
+    },
+    /// One pass of `fanout`, in a process of its own so that its peak memory is its own.
+    #[command(hide = true)]
+    FanoutPass {
+        #[arg(long)]
+        records: u64,
+        #[arg(long)]
+        recipients: u64,
+        #[arg(long)]
+        content_bytes: usize,
+    },
     /// Retries due soon behind retries due later in the same partition: when the soon ones are
     /// delivered, with one retry topic and with retry tiers, in the same process.
     RetryTiers {
@@ -257,6 +276,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Runtime { guest, calls } => runtime_cost(&guest, calls).await?,
         Scenario::Poison { valid, rounds } => poison::poison(valid, rounds).await?,
+        Scenario::Fanout {
+            records,
+            content_bytes,
+        } => poison::fanout(records, content_bytes).await?,
+        Scenario::FanoutPass {
+            records,
+            recipients,
+            content_bytes,
+        } => poison::fanout_pass(records, recipients, content_bytes).await?,
         Scenario::RetryTiers {
             later,
             soon,

@@ -7,6 +7,9 @@
 //!   with the clean run's.
 //! - `expired-backlog` puts expired requests in front of valid ones and measures how fast the
 //!   host dead-letters them, and when the valid ones behind them are delivered.
+//! - `fanout` sends requests of 1,000 recipients each with a large content, and measures how far
+//!   the process's peak memory grows while they are delivered: every recipient's delivery must
+//!   share its request's one content, not hold a copy of it.
 //!
 //! The records are produced by an outside librdkafka producer before the host starts, as a
 //! backlog a restarted host would find.
@@ -18,7 +21,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use switchboard::ingest::EmbeddedKafka;
-use switchboard_integration_tests::FcmFixture;
+use switchboard_integration_tests::{FcmFixture, cluster_topics};
 
 const TOPIC: &str = "lab.poison";
 
@@ -124,7 +127,8 @@ impl Backlog {
         // The mock cluster keeps about 5 MiB per partition: spread the backlog so none is
         // dropped.
         let partitions = ((bytes >> 20) as i32 / 2).max(12);
-        let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
+        // With every topic the host reads and writes: the mock cluster cannot create them.
+        let cluster = EmbeddedKafka::start(1, &cluster_topics(&[TOPIC]), partitions)?;
         let brokers = cluster.bootstrap_servers().to_string();
         send_all(&brokers, records).await?;
         crate::lanes::check_nothing_dropped(&brokers, TOPIC, partitions)?;
@@ -290,6 +294,127 @@ pub async fn expired_backlog(
         "lost": valid_count.saturating_sub(delivered),
         "valid_delivered_after_s": valid_done.map(|d| round3(d.as_secs_f64())),
     }))
+}
+
+/// Delivers `records` requests of `recipients` recipients and `content_bytes` of content each,
+/// on a fresh cluster and host, and measures the process's peak memory meanwhile. Run as
+/// `fanout-pass` in a process of its own: the peak of a process that already ran a host says
+/// little about the next one.
+pub async fn fanout_pass(
+    records: u64,
+    recipients: u64,
+    content_bytes: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let body = "f".repeat(content_bytes);
+    let backlog_records: Vec<(String, Vec<u8>)> = (0..records)
+        .map(|i| {
+            let to: Vec<_> = (0..recipients)
+                .map(|r| json!({"to": format!("fan-{i}-{r}")}))
+                .collect();
+            let request = json!({
+                "id": format!("fan-{i}"),
+                "channel": "push-android",
+                "priority": "batch",
+                "recipients": to,
+                "content": {"title": "t", "body": body},
+            });
+            (format!("fan-{i}"), request.to_string().into_bytes())
+        })
+        .collect();
+    drop(body);
+    let backlog = Backlog::produce(backlog_records, "lab-fanout").await?;
+    let Backlog {
+        fixture, config, ..
+    } = &backlog;
+    let expected = records * recipients;
+    eprintln!("[fanout] {records} requests × {recipients} recipients × {content_bytes} bytes");
+    let rss_before = crate::sandbox::rss_mib();
+    let started = Instant::now();
+    let host = switchboard::start(config.clone()).await?;
+    let counters = host.counters.clone();
+    let settled = || {
+        let c = counters.snapshot();
+        c.deliveries_delivered
+            + c.deliveries_rejected
+            + c.deliveries_invalid_recipient
+            + c.deliveries_failed
+    };
+    let deadline = started + Duration::from_secs(600);
+    let mut reported = Instant::now();
+    while settled() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if reported.elapsed() >= Duration::from_secs(5) {
+            eprintln!("[fanout] {} of {expected} settled", settled());
+            reported = Instant::now();
+        }
+    }
+    let took = started.elapsed();
+    let peak_growth_mb = crate::sandbox::peak_rss_mib().saturating_sub(rss_before);
+    host.stop().await?;
+    Ok(json!({
+        "delivered": fixture.sim.stats.snapshot().delivered,
+        "rejected": counters.snapshot().deliveries_rejected,
+        "took_s": round3(took.as_secs_f64()),
+        "peak_rss_growth_mb": peak_growth_mb,
+    }))
+}
+
+/// Runs `fanout`: `records` requests of 1,000 recipients with `content_bytes` of content each,
+/// after a baseline pass of the same requests with a 10-byte content, in the same process.
+/// With one content shared per request the two peaks are close; with one copy per recipient
+/// the second would grow by up to the content of every delivery in flight.
+///
+/// The content stays under FCM's 4,096-byte message limit, so every delivery is accepted (a
+/// larger one is rejected, and each rejection writes its own copy to the DLQ).
+pub async fn fanout(records: u64, content_bytes: usize) -> anyhow::Result<serde_json::Value> {
+    const RECIPIENTS: u64 = 1000;
+    let baseline = fanout_in_child(records, RECIPIENTS, 10).await?;
+    let full = fanout_in_child(records, RECIPIENTS, content_bytes).await?;
+    let expected = records * RECIPIENTS;
+    let copies_mb = (content_bytes as f64) * expected as f64 / f64::from(1 << 20);
+    let growth = |pass: &serde_json::Value| pass["peak_rss_growth_mb"].as_i64().unwrap_or(0);
+    let delivered = full["delivered"].as_u64().unwrap_or(0);
+    Ok(json!({
+        "scenario": "fanout",
+        "records": records,
+        "recipients_per_record": RECIPIENTS,
+        "content_bytes": content_bytes,
+        "delivered": delivered,
+        "rejected": full["rejected"],
+        "lost": expected.saturating_sub(delivered),
+        "took_s": full["took_s"],
+        "peak_rss_growth_mb": growth(&full),
+        "baseline_content_bytes": 10,
+        "baseline_delivered": baseline["delivered"],
+        "baseline_took_s": baseline["took_s"],
+        "baseline_peak_rss_growth_mb": growth(&baseline),
+        "content_cost_mb": growth(&full) - growth(&baseline),
+        // The backlog's content with one copy per recipient, for scale.
+        "content_copied_per_recipient_mb": round(copies_mb),
+    }))
+}
+
+/// Runs one `fanout-pass` in a child process of this lab and returns its last line.
+async fn fanout_in_child(
+    records: u64,
+    recipients: u64,
+    content_bytes: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["fanout-pass", "--records", &records.to_string()])
+        .args(["--recipients", &recipients.to_string()])
+        .args(["--content-bytes", &content_bytes.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "fanout-pass failed: {}",
+        output.status
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    Ok(serde_json::from_str(last)?)
 }
 
 fn round(x: f64) -> f64 {

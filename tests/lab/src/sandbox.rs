@@ -284,12 +284,12 @@ impl Traffic {
 }
 
 /// The process's peak resident memory so far, in MiB; 0 where /proc is missing.
-fn peak_rss_mib() -> u64 {
+pub(crate) fn peak_rss_mib() -> u64 {
     proc_status_mib("VmHWM:")
 }
 
 /// The process's resident memory now, in MiB; 0 where /proc is missing.
-fn rss_mib() -> u64 {
+pub(crate) fn rss_mib() -> u64 {
     proc_status_mib("VmRSS:")
 }
 
