@@ -1,6 +1,9 @@
 # Switchboard. The two commands a fresh machine needs: `make demo` and `make test`.
 # Everything else they need beyond the Rust toolchain is installed from here.
 
+# Recipes use bash: the broker check reads /dev/tcp.
+SHELL := /bin/bash
+
 # One target directory for the host and both wasm workspaces, so shared crates build once.
 # CI points this at a cache outside the clone.
 CARGO_TARGET_DIR ?= $(CURDIR)/target
@@ -23,8 +26,19 @@ POSTGRES_TEST_DB ?= switchboard_test
 POSTGRES_TEST_USER ?= switchboard
 POSTGRES_TEST_PASSWORD ?= switchboard
 export SWITCHBOARD_TEST_POSTGRES ?= postgres://$(POSTGRES_TEST_USER):$(POSTGRES_TEST_PASSWORD)@127.0.0.1:$(POSTGRES_PORT)/$(POSTGRES_TEST_DB)
+# A real Kafka-protocol broker for the tests and the lab: nisshi (the successor of Tansu), built
+# once with cargo into a cache outside the clone, as the target directory is, and run on
+# loopback with sqlite storage. It needs a newer rustc than the project's pinned one, so it
+# builds with a toolchain of its own.
+BROKER_VERSION ?= 0.8.1
+BROKER_TOOLCHAIN ?= 1.96.0
+TOOLS_DIR ?= $(HOME)/.cache/switchboard-tools
+BROKER := $(TOOLS_DIR)/bin/nisshi
+BROKER_PORT ?= 19092
+BROKER_DIR ?= /tmp/switchboard-broker
+export SWITCHBOARD_TEST_KAFKA ?= 127.0.0.1:$(BROKER_PORT)
 
-.PHONY: demo test example plugins guests host lint fmt bench toolchain services browser clean-build
+.PHONY: demo test example plugins guests host lint fmt bench toolchain services broker browser clean-build
 
 ## demo: build everything and run the demo on embedded defaults (prints one JSON line last)
 demo: plugins host
@@ -81,8 +95,26 @@ fmt:
 bench: guests host
 	$(BIN)/switchboard-lab runtime --guest build/guests/misbehave.wasm
 
+## broker: build the Kafka-protocol broker once into $(TOOLS_DIR) (about 25 minutes cold)
+broker: $(BROKER)
+$(BROKER):
+	@rustup toolchain list | grep -q '^$(BROKER_TOOLCHAIN)' || rustup toolchain install $(BROKER_TOOLCHAIN) --profile minimal
+	CARGO_TARGET_DIR=$(TOOLS_DIR)/target cargo +$(BROKER_TOOLCHAIN) install nisshi --version $(BROKER_VERSION) --locked --root $(TOOLS_DIR)
+	@# The build tree is only needed to build; the binary stays.
+	rm -rf $(TOOLS_DIR)/target
+
 ## services: install (from Debian's packages) and start the servers the tests use, on loopback
-services:
+services: broker
+	@# The broker: sqlite storage under $(BROKER_DIR), so its data outlives a broker restart.
+	@set -e; mkdir -p $(BROKER_DIR); \
+	if ! (exec 3<>/dev/tcp/127.0.0.1/$(BROKER_PORT)) 2>/dev/null; then \
+	  cd $(BROKER_DIR); setsid --fork $(BROKER) broker --storage-engine sqlite://broker.db \
+	    --listener-url tcp://127.0.0.1:$(BROKER_PORT) --advertised-listener-url tcp://127.0.0.1:$(BROKER_PORT) \
+	    > $(BROKER_DIR)/broker.log 2>&1 < /dev/null; \
+	  for i in $$(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$(BROKER_PORT)) 2>/dev/null && break; sleep 0.2; done; \
+	fi; \
+	(exec 3<>/dev/tcp/127.0.0.1/$(BROKER_PORT)) 2>/dev/null || { cat $(BROKER_DIR)/broker.log; exit 1; }; \
+	echo "broker on 127.0.0.1:$(BROKER_PORT)"
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 || redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --daemonize yes --save '' --appendonly no --dir /tmp
 	@redis-cli -p $(REDIS_PORT) ping

@@ -408,3 +408,95 @@ pub fn switchboard_bin() -> PathBuf {
     );
     bin
 }
+
+/// Every record of `topic` from the beginning, as far as its watermarks reached when asked:
+/// its headers by name, and its value.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+) -> Vec<(std::collections::HashMap<String, String>, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "topic-reader")
+        .create()
+        .expect("a reader");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("the topic's metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+            .expect("the partition's watermarks");
+        remaining += high - low;
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .expect("a partition to read");
+    }
+    consumer.assign(&tpl).expect("the partitions assigned");
+    let mut records = Vec::new();
+    // A fresh reader may wait on fetches from several partitions: poll until everything the
+    // watermarks promise has arrived, within an overall bound.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remaining > 0 && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.expect("a record");
+        let headers = headers_of(&message).into_iter().collect();
+        records.push((headers, message.payload().unwrap_or_default().to_vec()));
+        remaining -= 1;
+    }
+    records
+}
+
+/// The real Kafka-protocol broker the tests share (`make services` starts it and sets
+/// `SWITCHBOARD_TEST_KAFKA`). Its topics outlive a test run, so each test names its own under a
+/// prefix of its own, output topics included.
+pub struct RealBroker {
+    pub brokers: String,
+    prefix: String,
+}
+
+impl RealBroker {
+    /// The broker, with `topics` (named under this test's prefix) created with `partitions`.
+    pub async fn with_topics(test: &str, topics: &[&str], partitions: i32) -> Self {
+        let brokers = std::env::var("SWITCHBOARD_TEST_KAFKA").expect(
+            "SWITCHBOARD_TEST_KAFKA is not set: run the tests with `make test`, which starts the broker",
+        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let broker = Self {
+            brokers,
+            prefix: format!("{test}-{}-{nanos}", std::process::id()),
+        };
+        let names: Vec<String> = topics.iter().map(|t| broker.topic(t)).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        switchboard::retry::ensure_topics(&broker.brokers, &names, partitions, &Default::default())
+            .await
+            .expect("the test's topics created on the broker");
+        broker
+    }
+
+    /// `name` under this test's prefix.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    /// Points `config` at this broker, with its retry, DLQ and result topics under this test's
+    /// prefix; `group` is the consumer group, also under the prefix.
+    pub fn configure(&self, config: &mut switchboard::Config, group: &str) {
+        let kafka = &mut config.kafka;
+        kafka.brokers = Some(self.brokers.clone());
+        kafka.group_id = self.topic(group);
+        kafka.retry_topic = self.topic("retry");
+        kafka.dlq_topic = self.topic("dlq");
+        kafka.results_topic = self.topic("results");
+        kafka.invalidations_topic = self.topic("invalid");
+    }
+}

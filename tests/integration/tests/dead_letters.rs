@@ -7,53 +7,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use switchboard::demo::{demo_envelope, produce};
 use switchboard::ingest::EmbeddedKafka;
 use switchboard::retry::replay::{ReplayFilter, replay};
 use switchboard::retry::{Outbox, ReasonClass};
-use switchboard_integration_tests::{FcmFixture, headers_of, wait_until};
+use switchboard_integration_tests::{FcmFixture, read_topic, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Every DLQ record: its headers by name, and its value.
-fn read_dlq(brokers: &str, topic: &str) -> Vec<(HashMap<String, String>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "dlq-reader")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0;
-    for p in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
-            .unwrap();
-        remaining += high - low;
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut records = Vec::new();
-    // A fresh reader may wait on fetches from several partitions: poll until everything the
-    // watermarks promise has arrived, within an overall bound.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while remaining > 0 && std::time::Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        let headers = headers_of(&message).into_iter().collect();
-        records.push((headers, message.payload().unwrap_or_default().to_vec()));
-        remaining -= 1;
-    }
-    records
-}
 
 fn envelope_to(i: u64, to: &str) -> String {
     let mut envelope: serde_json::Value = serde_json::from_str(&demo_envelope(i)).unwrap();
@@ -94,7 +54,7 @@ async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once
         counters.snapshot()
     );
 
-    let dlq = read_dlq(&brokers, &config.kafka.dlq_topic);
+    let dlq = read_topic(&brokers, &config.kafka.dlq_topic);
     let by_class: HashMap<String, &HashMap<String, String>> = dlq
         .iter()
         .map(|(h, _)| (h["sb-reason-class"].clone(), h))
