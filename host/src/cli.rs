@@ -28,6 +28,11 @@ pub enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// With no `kafka.brokers`, run on librdkafka's in-process mock cluster: a test cluster
+        /// that keeps about 5 MiB per partition and silently deletes older records. For trying
+        /// the host out, never for traffic that matters.
+        #[arg(long)]
+        embedded_test_cluster: bool,
     },
     /// Run the self-contained demo: embedded Kafka, the FCM simulator, the bundled FCM plugin.
     /// Prints progress on stderr and one JSON summary line last on stdout.
@@ -244,9 +249,20 @@ pub enum PluginCommand {
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            embedded_test_cluster,
+        } => {
             telemetry::init(cli.log_format, "info");
             let config = crate::Config::load(&config)?;
+            if config.kafka.brokers.is_none() && !embedded_test_cluster {
+                anyhow::bail!(
+                    "no `kafka.brokers` in the config: set the cluster to consume from. \
+                     Without one the host would run on librdkafka's in-process mock cluster, \
+                     which keeps about 5 MiB per partition and deletes older records without \
+                     a word; pass --embedded-test-cluster to run on it anyway, for a trial"
+                );
+            }
             crate::run(config, shutdown_signal()).await
         }
         Command::Demo {

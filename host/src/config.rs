@@ -192,6 +192,24 @@ impl KafkaConfig {
             )
             .collect()
     }
+
+    /// Every topic the host writes to: the retry topic and its tiers, the DLQ, and the result
+    /// topics that are on.
+    pub fn output_topics(&self) -> Vec<String> {
+        let retry_topics = self.retry_topics().into_iter().map(|(topic, _)| topic);
+        retry_topics
+            .chain(
+                [
+                    &self.dlq_topic,
+                    &self.results_topic,
+                    &self.invalidations_topic,
+                ]
+                .into_iter()
+                .cloned(),
+            )
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
 }
 
 impl Default for KafkaConfig {

@@ -38,22 +38,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const RESULTS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The topics the host writes to: retry, DLQ, and the result topics that are on.
-fn output_topics(config: &Config) -> Vec<String> {
-    let kafka = &config.kafka;
-    let retry_topics = kafka.retry_topics().into_iter().map(|(topic, _)| topic);
-    retry_topics
-        .chain(
-            [
-                &kafka.dlq_topic,
-                &kafka.results_topic,
-                &kafka.invalidations_topic,
-            ]
-            .into_iter()
-            .cloned(),
-        )
-        .filter(|t| !t.is_empty())
-        .collect()
-}
 
 /// A host started by [`start`]. Stop it with [`RunningHost::stop`].
 pub struct RunningHost {
@@ -341,7 +325,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             for class in crate::config::TrafficClass::ALL {
                 topics.extend(config.lanes.get(class).topics.iter().cloned());
             }
-            topics.extend(output_topics(&config));
+            topics.extend(config.kafka.output_topics());
             let cluster = EmbeddedKafka::start(3, &topics, config.kafka.new_topic_partitions)?;
             let bootstrap = cluster.bootstrap_servers().to_string();
             tracing::info!(bootstrap = %bootstrap, "no kafka.brokers configured: started the embedded mock cluster");
@@ -410,22 +394,20 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     ));
 
     let counters = Arc::new(Counters::default());
-    {
-        // In the background: a broker without the admin API (the mock cluster) or one that
-        // denies it must not hold up the start. Until the topics exist, the first write creates
-        // them where auto-creation is on, and the retry consumer finds them at its next
-        // metadata refresh.
-        let (brokers, partitions) = (brokers.clone(), config.kafka.new_topic_partitions);
-        let topics = output_topics(&config);
-        let properties = config.kafka.properties.clone();
-        tokio::spawn(async move {
-            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            if let Err(e) =
-                crate::retry::ensure_topics(&brokers, &names, partitions, &properties).await
-            {
-                tracing::warn!(error = %format!("{e:#}"), "could not create the retry, DLQ and result topics");
-            }
-        });
+    if embedded.is_none() {
+        // Before anything reads or writes: a host that cannot write its DLQ or retry topics
+        // would hold every record it cannot settle, so it refuses to start instead. (The
+        // embedded cluster was made with them.)
+        let topics = config.kafka.output_topics();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        crate::retry::ensure_topics(
+            &brokers,
+            &names,
+            config.kafka.new_topic_partitions,
+            &config.kafka.properties,
+        )
+        .await
+        .context("the retry, DLQ and result topics")?;
     }
     let metrics = Arc::new(Metrics::new());
     let dedup = open_dedup(&config, &metrics).await?;

@@ -16,11 +16,18 @@ pub struct EmbeddedKafka {
 }
 
 impl EmbeddedKafka {
-    /// Starts a mock cluster of `brokers` brokers with `topics` created, each with `partitions`.
+    /// Starts a mock cluster of `brokers` brokers with `topics` created, each with `partitions`,
+    /// and the topics a host on the default config writes to (its retry tiers, DLQ and result
+    /// topics): the mock cluster has no admin API, so a host cannot create them there at once.
     pub fn start(brokers: i32, topics: &[String], partitions: i32) -> anyhow::Result<Self> {
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<String>>();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let topics = topics.to_vec();
+        let mut topics = topics.to_vec();
+        for topic in crate::config::KafkaConfig::default().output_topics() {
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+        }
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
             .spawn(move || {

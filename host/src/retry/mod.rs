@@ -15,6 +15,9 @@
 
 pub mod replay;
 pub mod results;
+pub mod topics;
+
+pub use topics::{TopicsMissing, ensure_topics};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering as AtomicOrdering;
@@ -321,44 +324,6 @@ impl Outbox {
     pub fn dlq_topic(&self) -> &str {
         &self.dlq_topic
     }
-}
-
-/// Creates the retry, DLQ and result topics on `brokers` unless they exist, so the retry
-/// consumer finds its topic at once instead of at the next metadata refresh (minutes).
-pub async fn ensure_topics(
-    brokers: &str,
-    topics: &[&str],
-    partitions: i32,
-    properties: &std::collections::BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    for (k, v) in properties {
-        config.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().context("creating the Kafka admin client")?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
-        .collect();
-    let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(5)))
-        .request_timeout(Some(Duration::from_secs(5)));
-    for result in admin
-        .create_topics(&new, &options)
-        .await
-        .context("creating the retry, DLQ and result topics")?
-    {
-        match result {
-            Ok(topic) => tracing::info!(topic, partitions, "topic created"),
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("creating topic `{topic}`: {code}"),
-        }
-    }
-    Ok(())
 }
 
 impl Outbox {

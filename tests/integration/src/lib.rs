@@ -367,16 +367,14 @@ pub fn misbehave_plugin() -> switchboard::config::PluginConfig {
 }
 
 /// `topics` and the topics a host on the default config writes to (every retry tier and the
-/// DLQ), for a cluster made before the host starts: the mock cluster has no admin API, so the
-/// host cannot create them, and a retry consumer subscribed to topics that do not exist yet
-/// is slow to find them.
+/// DLQ), for a cluster made before the host starts ([`switchboard::ingest::EmbeddedKafka`]
+/// adds them too).
 pub fn cluster_topics(topics: &[&str]) -> Vec<String> {
     let kafka = switchboard::config::KafkaConfig::default();
     topics
         .iter()
         .map(|t| t.to_string())
-        .chain(kafka.retry_topics().into_iter().map(|(t, _)| t))
-        .chain([kafka.dlq_topic])
+        .chain(kafka.output_topics())
         .collect()
 }
 

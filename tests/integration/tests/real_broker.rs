@@ -189,3 +189,22 @@ async fn a_plugin_swapped_mid_stream_delivers_the_rest() {
     assert_eq!(stats.snapshot().delivered, 600);
     assert_eq!(stats.snapshot().duplicates, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_cannot_create_its_dlq_refuses_to_start_and_names_it() {
+    let broker = RealBroker::with_topics("refuse", &["requests"], 1).await;
+    let topic = broker.topic("requests");
+    let fixture = FcmFixture::start(|_| {}).await;
+    let mut config = fixture.host_config(&broker.brokers, &topic, "unused");
+    broker.configure(&mut config, "g");
+    // A name Kafka refuses (topic names are [a-zA-Z0-9._-]), so neither the admin API nor
+    // auto-creation can make it: as a broker that denies CREATE would answer.
+    config.kafka.dlq_topic = "no such dlq!".into();
+    let started = switchboard::start(config).await;
+    let Err(error) = started else {
+        panic!("the host started without a DLQ it can write");
+    };
+    let message = format!("{error:#}");
+    assert!(message.contains("no such dlq!"), "{message}");
+    assert!(message.contains("CREATE"), "{message}");
+}
