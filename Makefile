@@ -37,15 +37,17 @@ BROKER := $(TOOLS_DIR)/bin/nisshi
 BROKER_PORT ?= 19092
 BROKER_DIR ?= /tmp/switchboard-broker
 export SWITCHBOARD_TEST_KAFKA ?= 127.0.0.1:$(BROKER_PORT)
+# Tests that kill and restart a broker start one of their own from this binary.
+export SWITCHBOARD_TEST_BROKER_BIN ?= $(BROKER)
 
-.PHONY: demo test example plugins guests host lint fmt bench toolchain services broker browser clean-build
+.PHONY: demo test example plugins guests host lint fmt bench toolchain sysdeps services broker browser clean-build
 
 ## demo: build everything and run the demo on embedded defaults (prints one JSON line last)
 demo: plugins host
 	$(BIN)/switchboard demo --messages $(MESSAGES)
 
 ## test: unit, integration and end-to-end tests (release profile, the one the lab measures)
-test: plugins guests services browser
+test: sysdeps plugins guests services browser
 	cargo test --release --workspace --all-targets
 	cargo test --release --doc -p switchboard-sdk
 	$(MAKE) example
@@ -73,11 +75,11 @@ guests: toolchain
 	for g in $(GUESTS); do cp $(GUESTS_TARGET)/wasm32-wasip2/release/$$g.wasm build/guests/; done
 
 ## host: the host, the lab and the simulators (release)
-host:
+host: sysdeps
 	cargo build --release --workspace --bins
 
 ## lint: formatting and clippy for the host workspace and the plugin workspaces
-lint: toolchain
+lint: toolchain sysdeps
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	cd plugins && cargo fmt --all -- --check
@@ -145,6 +147,10 @@ services: broker
 browser:
 	@test -x /usr/bin/chromedriver || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	@/usr/bin/chromedriver --version
+
+## sysdeps: the C libraries librdkafka links (OpenSSL for TLS and SASL), from Debian's packages
+sysdeps:
+	@{ test -f /usr/include/openssl/ssl.h && command -v pkg-config >/dev/null; } || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null; }
 
 toolchain:
 	@rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$$' || rustup target add wasm32-wasip2

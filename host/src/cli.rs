@@ -341,14 +341,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &brokers,
                 &config.kafka.retry_topic,
                 &config.kafka.dlq_topic,
-                &config.kafka.properties,
+                &config.kafka_properties()?,
             )?
             .with_retry_tiers(config.kafka.retry_topics());
             eprintln!("reading {} from {brokers}…", config.kafka.dlq_topic);
             let summary = crate::retry::replay::replay(
                 &brokers,
                 &config.kafka.dlq_topic,
-                &config.kafka.properties,
+                &config.kafka_properties()?,
                 &outbox,
                 &filter,
             )

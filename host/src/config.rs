@@ -158,8 +158,10 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`) to
     /// every Kafka client: consumers, producers, the admin client and the DLQ replay reader.
     /// Properties the host sets itself for at-least-once delivery, or that another field owns,
-    /// are refused (see [`HOST_OWNED_KAFKA_PROPERTIES`]).
-    pub properties: BTreeMap<String, String>,
+    /// are refused (see [`HOST_OWNED_KAFKA_PROPERTIES`]). A secret (`sasl.password`, a key
+    /// password) may be given as `{ env = "VAR" }` or `{ file = "PATH" }`, as plugin secrets
+    /// are; [`Config::kafka_properties`] reads it when the clients are made.
+    pub properties: BTreeMap<String, KafkaProperty>,
     /// Where `retry` outcomes wait for their due time: this topic for the last second, and one
     /// topic per tier of `retry_tiers_s` (`NAME.10s`, …) for longer waits.
     pub retry_topic: String,
@@ -835,6 +837,35 @@ impl Default for AdminConfig {
     }
 }
 
+/// A `[kafka.properties]` value: written out, or a secret read from the environment or a file.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KafkaProperty {
+    Plain(String),
+    Secret(SecretSource),
+}
+
+impl std::fmt::Debug for KafkaProperty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KafkaProperty::Plain(value) => write!(f, "{value:?}"),
+            KafkaProperty::Secret(source) => write!(f, "{source:?}"),
+        }
+    }
+}
+
+impl From<&str> for KafkaProperty {
+    fn from(value: &str) -> Self {
+        KafkaProperty::Plain(value.to_string())
+    }
+}
+
+impl From<String> for KafkaProperty {
+    fn from(value: String) -> Self {
+        KafkaProperty::Plain(value)
+    }
+}
+
 /// Where a secret's value comes from. Values are never logged.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -925,7 +956,8 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        // Kafka's secrets are read now, so that a missing one stops the start naming its line.
+        self.kafka_properties().map(|_| ())
     }
 
     /// Parses TOML text; `path` only names the file in errors.
@@ -941,6 +973,41 @@ impl Config {
         let mut settings = self.history.clone();
         settings.path = self.resolve(&settings.path);
         settings
+    }
+
+    /// `[kafka.properties]` as librdkafka takes them, with each secret read from its
+    /// environment variable or file (relative paths against the config file's directory). The
+    /// error names the property, never a value.
+    pub fn kafka_properties(&self) -> Result<BTreeMap<String, String>, ConfigError> {
+        self.kafka
+            .properties
+            .iter()
+            .map(|(name, property)| {
+                let field = format!("kafka.properties.{name}");
+                let invalid = |message: String| ConfigError::Invalid {
+                    path: self
+                        .source
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("<inline>")),
+                    line: None,
+                    field: field.clone(),
+                    message,
+                };
+                let value = match property {
+                    KafkaProperty::Plain(value)
+                    | KafkaProperty::Secret(SecretSource::Value(value)) => value.clone(),
+                    KafkaProperty::Secret(SecretSource::Env(var)) => std::env::var(var)
+                        .map_err(|_| invalid(format!("environment variable `{var}` is not set")))?,
+                    KafkaProperty::Secret(SecretSource::File(path)) => {
+                        let path = self.resolve(path);
+                        std::fs::read_to_string(&path)
+                            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?
+                    }
+                };
+                Ok((name.clone(), value))
+            })
+            .collect()
     }
 
     /// Resolves a path from the config against the config file's directory.
@@ -983,7 +1050,7 @@ impl Config {
             .iter()
             .find(|(name, _)| name.trim().eq_ignore_ascii_case("message.max.bytes"));
         let (limit, whose) = match set {
-            Some((name, value)) => match value.trim().parse::<usize>() {
+            Some((name, KafkaProperty::Plain(value))) => match value.trim().parse::<usize>() {
                 Ok(limit) => (limit, "set in [kafka.properties]"),
                 Err(_) => {
                     return Err(invalid(
@@ -992,6 +1059,12 @@ impl Config {
                     ));
                 }
             },
+            Some((name, KafkaProperty::Secret(_))) => {
+                return Err(invalid(
+                    format!("kafka.properties.{name}"),
+                    "a size is not a secret: write the number of bytes".to_string(),
+                ));
+            }
             None => (LIBRDKAFKA_MESSAGE_MAX_BYTES, "librdkafka's default"),
         };
         let needed = self
@@ -1473,6 +1546,43 @@ mod tests {
             .map_or(0, |i| i + 2);
         assert!(
             err.contains(&format!("line {expected}")) && err.contains("b → c → b"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn kafka_secrets_come_from_the_environment_or_a_file_and_are_never_shown() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("fcm.wasm"), b"\0asm")?;
+        std::fs::write(dir.path().join("key-password"), "k3y-pa55word\n")?;
+        // A variable every test run has (setting one of our own would need `unsafe`).
+        let var = "HOME";
+        let home = std::env::var(var)?;
+        let path = dir.path().join("switchboard.toml");
+        let text = format!(
+            "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = {{ env = \"{var}\" }}\n\"ssl.key.password\" = {{ file = \"key-password\" }}\n{MINIMAL}"
+        );
+        std::fs::write(&path, &text)?;
+        let config = Config::load(&path)?;
+        let properties = config.kafka_properties()?;
+        assert_eq!(properties["sasl.password"], home);
+        assert_eq!(properties["ssl.key.password"], "k3y-pa55word");
+        assert_eq!(properties["security.protocol"], "SASL_SSL");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("k3y-pa55"), "{shown}");
+        assert!(shown.contains("Env(HOME)"), "{shown}");
+
+        // A variable that is not set stops the load, naming the property and its line.
+        let missing = text.replace("\"HOME\"", "\"SB_TEST_KAFKA_PASSWORD_NEVER_SET\"");
+        std::fs::write(&path, &missing)?;
+        let err = Config::load(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("kafka.properties.sasl.password") && err.contains("line 3"),
             "{err}"
         );
         Ok(())

@@ -37,8 +37,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for queued results to be acknowledged.
 const RESULTS_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The topics the host writes to: retry, DLQ, and the result topics that are on.
-
 /// A host started by [`start`]. Stop it with [`RunningHost::stop`].
 pub struct RunningHost {
     /// Live counters.
@@ -318,6 +316,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     // Before anything starts: a taken port or an unreadable token stops the start cleanly.
     let admin_listener = crate::admin::bind(&config.admin).await?;
     let admin_token = crate::admin::resolve_token(&config)?;
+    // `[kafka.properties]` with its secrets read, for every Kafka client the host makes.
+    let kafka_properties = config.kafka_properties()?;
     let (embedded, brokers) = match &config.kafka.brokers {
         Some(brokers) => (None, brokers.clone()),
         None => {
@@ -404,7 +404,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             &brokers,
             &names,
             config.kafka.new_topic_partitions,
-            &config.kafka.properties,
+            &kafka_properties,
         )
         .await
         .context("the retry, DLQ and result topics")?;
@@ -415,7 +415,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         &brokers,
         &config.kafka.results_topic,
         &config.kafka.invalidations_topic,
-        &config.kafka.properties,
+        &kafka_properties,
         counters.clone(),
     )?;
     let outbox = Arc::new(
@@ -423,7 +423,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             &brokers,
             &config.kafka.retry_topic,
             &config.kafka.dlq_topic,
-            &config.kafka.properties,
+            &kafka_properties,
         )?
         .with_retry_tiers(config.kafka.retry_topics())
         .with_counters(counters.clone())
@@ -507,7 +507,14 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     };
     let mut consumers = Vec::new();
     for source in sources {
-        let ingest = Ingest::connect(&config.kafka, &config.lanes, &brokers, &shared, source)?;
+        let ingest = Ingest::connect(
+            &config.kafka,
+            &config.lanes,
+            &brokers,
+            &kafka_properties,
+            &shared,
+            source,
+        )?;
         let shutdown_rx = shutdown_rx.clone();
         let run = async move { ingest.run(shutdown_rx, DRAIN_TIMEOUT).await };
         consumers.push(match source {

@@ -811,6 +811,7 @@ impl Ingest {
         kafka: &KafkaConfig,
         lanes: &LanesConfig,
         brokers: &str,
+        properties: &std::collections::BTreeMap<String, String>,
         shared: &IngestShared,
         source: Source,
     ) -> anyhow::Result<Self> {
@@ -847,7 +848,7 @@ impl Ingest {
             // seconds rather than at librdkafka's default of five minutes.
             client.set("topic.metadata.refresh.interval.ms", "3000");
         }
-        for (k, v) in &kafka.properties {
+        for (k, v) in properties {
             client.set(k, v);
         }
         let (next, released) = mpsc::unbounded_channel();

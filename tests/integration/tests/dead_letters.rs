@@ -93,7 +93,7 @@ async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once
     let summary = replay(
         &brokers,
         &config.kafka.dlq_topic,
-        &config.kafka.properties,
+        &config.kafka_properties().unwrap(),
         &outbox,
         &filter,
     )
@@ -112,7 +112,7 @@ async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once
     replay(
         &brokers,
         &config.kafka.dlq_topic,
-        &config.kafka.properties,
+        &config.kafka_properties().unwrap(),
         &outbox,
         &filter,
     )
@@ -136,7 +136,7 @@ async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once
     let dry = replay(
         &brokers,
         &config.kafka.dlq_topic,
-        &config.kafka.properties,
+        &config.kafka_properties().unwrap(),
         &outbox,
         &all,
     )

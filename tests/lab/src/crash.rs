@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 use switchboard::demo::{demo_envelope, produce};
-use switchboard::ingest::EmbeddedKafka;
 use switchboard::retry::Outbox;
 use switchboard::retry::replay::{ReplayFilter, replay};
 use switchboard_integration_tests::{FCM_EMAIL, FCM_PROJECT, FcmFixture};
+
+use crate::broker::{BrokerKind, LabKafka};
 
 const TOPIC: &str = "notifications";
 const RETRY_TOPIC: &str = "switchboard.retry";
@@ -53,6 +54,10 @@ pub struct CrashOptions {
     pub seed: Option<u64>,
     /// Give up waiting for the last request after this long (after the last restart).
     pub timeout: Duration,
+    /// The mock cluster or a real broker.
+    pub broker: BrokerKind,
+    /// The real broker's address, when not the default.
+    pub brokers: Option<String>,
 }
 
 /// xorshift64*: enough to spread kill moments, and reproducible from the printed seed.
@@ -143,7 +148,7 @@ fcm = 100
 /// Writes the host's config and the service-account key beside it; returns the config's path.
 fn write_config(
     dir: &Path,
-    brokers: &str,
+    kafka: &LabKafka,
     fixture: &FcmFixture,
     fcm_wasm: &Path,
 ) -> anyhow::Result<PathBuf> {
@@ -171,11 +176,11 @@ data_dir = "dedup"
 listen = "127.0.0.1:0"
 
 {plugin}"#,
-        brokers = toml_string(brokers),
-        group = toml_string(GROUP),
-        topic = toml_string(TOPIC),
-        retry = toml_string(RETRY_TOPIC),
-        dlq = toml_string(DLQ_TOPIC),
+        brokers = toml_string(&kafka.brokers),
+        group = toml_string(&kafka.topic(GROUP)),
+        topic = toml_string(&kafka.topic(TOPIC)),
+        retry = toml_string(&kafka.topic(RETRY_TOPIC)),
+        dlq = toml_string(&kafka.topic(DLQ_TOPIC)),
     );
     let path = dir.join("switchboard.toml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -301,17 +306,21 @@ impl HostProcess {
 
 /// Records in the DLQ. The lab has no Kafka client of its own: the replay tool's dry run reads
 /// the DLQ to its end, writes nothing, and counts what it read.
-async fn dlq_records(brokers: &str, outbox: &Outbox) -> anyhow::Result<u64> {
+async fn dlq_records(kafka: &LabKafka, outbox: &Outbox) -> anyhow::Result<u64> {
     let filter = ReplayFilter {
         reason: None,
         since_ms: 0,
         dry_run: true,
     };
-    Ok(
-        replay(brokers, DLQ_TOPIC, &Default::default(), outbox, &filter)
-            .await?
-            .scanned,
+    Ok(replay(
+        &kafka.brokers,
+        &kafka.topic(DLQ_TOPIC),
+        &Default::default(),
+        outbox,
+        &filter,
     )
+    .await?
+    .scanned)
 }
 
 pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
@@ -322,13 +331,15 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
         vendor_latency_ms,
         seed,
         timeout,
+        broker,
+        brokers,
     } = options;
     let fcm_wasm = fcm_component(&plugin_dir)?;
     let binary = host_binary()?;
 
-    let topics = switchboard_integration_tests::cluster_topics(&[TOPIC]);
-    let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
-    let brokers = cluster.bootstrap_servers().to_string();
+    let kafka = LabKafka::start(broker, brokers, "crash", &[TOPIC], PARTITIONS).await?;
+    let brokers = kafka.brokers.clone();
+    let topic = kafka.topic(TOPIC);
     let latency = Duration::from_millis(vendor_latency_ms);
     let fixture = FcmFixture::start(|c| {
         c.faults.latency.mean = latency;
@@ -346,7 +357,7 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
         std::process::id()
     ));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let config = write_config(&work, &brokers, &fixture, &fcm_wasm)?;
+    let config = write_config(&work, &kafka, &fixture, &fcm_wasm)?;
     let log = work.join("host.log");
     let seed = seed.unwrap_or(nanos);
     let points = kill_points(kills, messages, &mut KillDice::new(seed));
@@ -361,7 +372,7 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
     let producing = tokio::spawn({
         let brokers = brokers.clone();
         async move {
-            produce(&brokers, TOPIC, messages, |i| {
+            produce(&brokers, &topic, messages, |i| {
                 (format!("device-{i}"), demo_envelope(i))
             })
             .await
@@ -418,7 +429,12 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
 
     // Every request ends delivered or in the DLQ; the DLQ is read only when the simulator's
     // count alone falls short.
-    let outbox = Outbox::connect(&brokers, RETRY_TOPIC, DLQ_TOPIC, &Default::default())?;
+    let outbox = Outbox::connect(
+        &brokers,
+        &kafka.topic(RETRY_TOPIC),
+        &kafka.topic(DLQ_TOPIC),
+        &Default::default(),
+    )?;
     let waiting_since = Instant::now();
     let mut dlq = 0;
     loop {
@@ -428,7 +444,7 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
             break;
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
-            dlq = dlq_records(&brokers, &outbox).await?;
+            dlq = dlq_records(&kafka, &outbox).await?;
             let s = stats.snapshot();
             eprintln!(
                 "[crash] delivered {}/{messages}, duplicates {}, dlq {dlq}, kills {kills_done}/{kills}",
@@ -449,7 +465,7 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
     }
     let elapsed = started.elapsed();
     host.terminate(Duration::from_secs(30)).await?;
-    let dlq = dlq_records(&brokers, &outbox).await?;
+    let dlq = dlq_records(&kafka, &outbox).await?;
     let seen = stats.snapshot();
     let lost = messages.saturating_sub(seen.delivered + dlq);
     let inflight_bound = CONCURRENCY * MAX_BATCH;
@@ -478,9 +494,10 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
     }
     // The DLQ reader's producer goes before the cluster it talks to.
     drop(outbox);
-    drop(cluster);
+    drop(kafka);
     Ok(json!({
         "scenario": "crash",
+        "broker": broker.as_str(),
         "kills": kills_done,
         "requested": messages,
         "delivered_unique": seen.delivered,

@@ -12,6 +12,8 @@ use serde_json::json;
 use switchboard::plugin::Outcome;
 use switchboard_integration_tests::{LoadOptions, delivery, load, runtime};
 
+mod broker;
+mod broker_restart;
 mod crash;
 mod dedup;
 mod lanes;
@@ -78,6 +80,12 @@ enum Scenario {
         /// Seconds to wait for the last request after the last restart.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+        /// The Kafka to run on: the in-process mock cluster, or a real broker.
+        #[arg(long, value_enum, default_value_t = broker::BrokerKind::Embedded)]
+        broker: broker::BrokerKind,
+        /// The real broker's address (else SWITCHBOARD_TEST_KAFKA, else 127.0.0.1:19092).
+        #[arg(long)]
+        brokers: Option<String>,
     },
     /// Rebalance under load: host B joins one consumer group while host A delivers, then A
     /// leaves while B delivers; both share the Redis dedup store.
@@ -124,6 +132,24 @@ enum Scenario {
         /// How many times each kind of hostile record appears.
         #[arg(long, default_value_t = 5)]
         rounds: u64,
+    },
+    /// A real broker killed with SIGKILL mid-stream and restarted on its storage, a few times:
+    /// what was lost and sent twice.
+    BrokerRestart {
+        #[arg(long, default_value_t = 2)]
+        restarts: u32,
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 5)]
+        vendor_latency_ms: u64,
+        /// Seconds the broker stays down each time.
+        #[arg(long, default_value_t = 3)]
+        down_s: u64,
+        /// The broker binary (else SWITCHBOARD_TEST_BROKER_BIN, else where `make broker` puts it).
+        #[arg(long)]
+        broker_bin: Option<PathBuf>,
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
     },
     /// Requests of 1,000 recipients with a large content: how far the process's peak memory
     /// grows while they are delivered.
@@ -280,6 +306,24 @@ async fn main() -> anyhow::Result<()> {
             records,
             content_bytes,
         } => poison::fanout(records, content_bytes).await?,
+        Scenario::BrokerRestart {
+            restarts,
+            messages,
+            vendor_latency_ms,
+            down_s,
+            broker_bin,
+            timeout_s,
+        } => {
+            broker_restart::run(broker_restart::BrokerRestartOptions {
+                restarts,
+                messages,
+                vendor_latency_ms,
+                down: Duration::from_secs(down_s),
+                broker_bin: broker_bin.unwrap_or_else(broker_restart::default_broker_bin),
+                timeout: Duration::from_secs(timeout_s),
+            })
+            .await?
+        }
         Scenario::FanoutPass {
             records,
             recipients,
@@ -305,6 +349,8 @@ async fn main() -> anyhow::Result<()> {
             vendor_latency_ms,
             seed,
             timeout_s,
+            broker,
+            brokers,
         } => {
             crash::run(crash::CrashOptions {
                 kills,
@@ -313,6 +359,8 @@ async fn main() -> anyhow::Result<()> {
                 vendor_latency_ms,
                 seed,
                 timeout: Duration::from_secs(timeout_s),
+                broker,
+                brokers,
             })
             .await?
         }

@@ -156,7 +156,7 @@ async fn pipeline(
     if let Ok(props) = std::env::var("SWITCHBOARD_LAB_KAFKA_PROPERTIES") {
         for pair in props.split(',').filter(|p| !p.is_empty()) {
             if let Some((k, v)) = pair.split_once('=') {
-                config.kafka.properties.insert(k.to_string(), v.to_string());
+                config.kafka.properties.insert(k.to_string(), v.into());
             }
         }
     }

@@ -1,0 +1,257 @@
+//! `broker-restart`: a real broker killed with SIGKILL while the host delivers from it, and
+//! started again on the same storage (sqlite), a chosen number of times; then it counts what
+//! the simulator received. The lab runs a broker of its own, so the kill touches nothing else.
+//!
+//! What the promise allows: nothing lost (what the broker acknowledged before the kill is
+//! still there after it), and duplicates only from deliveries whose dedup mark or commit the
+//! outage caught in flight.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::json;
+use switchboard::demo::{demo_envelope, produce};
+use switchboard::retry::Outbox;
+use switchboard::retry::replay::{ReplayFilter, replay};
+use switchboard_integration_tests::FcmFixture;
+
+use crate::broker::{BrokerKind, LabKafka};
+
+const TOPIC: &str = "notifications";
+const PARTITIONS: i32 = 6;
+
+pub struct BrokerRestartOptions {
+    pub restarts: u32,
+    pub messages: u64,
+    pub vendor_latency_ms: u64,
+    /// How long the broker stays down each time.
+    pub down: Duration,
+    /// The broker binary (nisshi).
+    pub broker_bin: PathBuf,
+    pub timeout: Duration,
+}
+
+/// The broker binary when none is given: where `make broker` puts it.
+pub fn default_broker_bin() -> PathBuf {
+    std::env::var_os("SWITCHBOARD_TEST_BROKER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/switchboard-tools/bin/nisshi")
+        })
+}
+
+/// A broker process of the lab's own.
+struct BrokerProcess {
+    child: Child,
+}
+
+impl BrokerProcess {
+    fn start(bin: &Path, dir: &Path, address: &str) -> anyhow::Result<Self> {
+        let url = format!("tcp://{address}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("broker.log"))?;
+        let child = Command::new(bin)
+            .current_dir(dir)
+            .args(["broker", "--storage-engine", "sqlite://broker.db"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting the broker {}", bin.display()))?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(address).is_ok() {
+                return Ok(Self { child });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!(
+            "the broker did not listen on {address}; see {}",
+            dir.display()
+        )
+    }
+
+    fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn run(options: BrokerRestartOptions) -> anyhow::Result<serde_json::Value> {
+    let BrokerRestartOptions {
+        restarts,
+        messages,
+        vendor_latency_ms,
+        down,
+        broker_bin,
+        timeout,
+    } = options;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let work = std::env::temp_dir().join(format!(
+        "switchboard-lab-broker-restart-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&work)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut broker = Some(BrokerProcess::start(&broker_bin, &work, &address)?);
+    let kafka = LabKafka::start(
+        BrokerKind::Real,
+        Some(address.clone()),
+        "broker-restart",
+        &[TOPIC],
+        PARTITIONS,
+    )
+    .await?;
+    let topic = kafka.topic(TOPIC);
+    let latency = Duration::from_millis(vendor_latency_ms);
+    let fixture = FcmFixture::start(|c| {
+        c.faults.latency.mean = latency;
+        c.faults.latency.jitter = latency / 2;
+    })
+    .await;
+    let stats = fixture.sim.stats.clone();
+    let mut config = fixture.host_config(&address, &topic, "unused");
+    config.kafka.group_id = kafka.topic("group");
+    config.kafka.retry_topic = kafka.topic("retry");
+    config.kafka.dlq_topic = kafka.topic("dlq");
+    config.kafka.results_topic = kafka.topic("results");
+    config.kafka.invalidations_topic = kafka.topic("invalid");
+    config.dedup.data_dir = work.join("dedup");
+    eprintln!(
+        "[broker-restart] broker at {address} (storage and log in {}), {messages} requests, {restarts} restarts",
+        work.display()
+    );
+
+    let started = Instant::now();
+    let host = switchboard::start(config.clone()).await?;
+    let producing = tokio::spawn({
+        let (brokers, topic) = (address.clone(), topic.clone());
+        async move {
+            produce(&brokers, &topic, messages, |i| {
+                (format!("device-{i}"), demo_envelope(i))
+            })
+            .await
+        }
+    });
+
+    // Kill at evenly spaced shares of the requests delivered.
+    let points: Vec<u64> = (1..=u64::from(restarts))
+        .map(|k| messages * k / (u64::from(restarts) + 1))
+        .collect();
+    let mut stalls_ms = Vec::new();
+    let mut last_report = Instant::now();
+    for point in &points {
+        while stats.snapshot().delivered < *point {
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "timed out before the kill at {point}"
+            );
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                eprintln!(
+                    "[broker-restart] delivered {}/{messages}",
+                    stats.snapshot().delivered
+                );
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(running) = broker.take() {
+            running.kill()?;
+        }
+        let at_kill = stats.snapshot().delivered;
+        eprintln!("[broker-restart] broker killed at {at_kill} delivered");
+        tokio::time::sleep(down).await;
+        broker = Some(BrokerProcess::start(&broker_bin, &work, &address)?);
+        // How long after the restart deliveries resume.
+        let back = Instant::now();
+        while stats.snapshot().delivered <= at_kill && back.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stalls_ms.push(back.elapsed().as_millis() as u64);
+    }
+    producing.await.context("producer task panicked")??;
+
+    let outbox = Outbox::connect(
+        &address,
+        &config.kafka.retry_topic,
+        &config.kafka.dlq_topic,
+        &Default::default(),
+    )?;
+    let filter = ReplayFilter {
+        reason: None,
+        since_ms: 0,
+        dry_run: true,
+    };
+    let waiting_since = Instant::now();
+    let mut dlq = 0;
+    while stats.snapshot().delivered + dlq < messages && waiting_since.elapsed() < timeout {
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            dlq = replay(
+                &address,
+                &config.kafka.dlq_topic,
+                &Default::default(),
+                &outbox,
+                &filter,
+            )
+            .await?
+            .scanned;
+            eprintln!(
+                "[broker-restart] delivered {}/{messages}, dlq {dlq}",
+                stats.snapshot().delivered
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    host.stop().await?;
+    let dlq = replay(
+        &address,
+        &config.kafka.dlq_topic,
+        &Default::default(),
+        &outbox,
+        &filter,
+    )
+    .await?
+    .scanned;
+    drop(outbox);
+    drop(broker);
+    let seen = stats.snapshot();
+    let lost = messages.saturating_sub(seen.delivered + dlq);
+    if lost == 0 {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!("[broker-restart] kept {} for a look", work.display());
+    }
+    Ok(json!({
+        "scenario": "broker-restart",
+        "broker": "real",
+        "restarts": restarts,
+        "down_ms": down.as_millis() as u64,
+        "requested": messages,
+        "delivered_unique": seen.delivered,
+        "lost": lost,
+        "duplicate_sends": seen.duplicates,
+        "dlq": dlq,
+        "resumed_after_restart_ms": stalls_ms,
+        "elapsed_ms": elapsed.as_millis() as u64,
+    }))
+}
