@@ -105,6 +105,12 @@ enum Scenario {
         /// Seconds to wait for the last request.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+        /// The Kafka to run on: the in-process mock cluster, or a real broker.
+        #[arg(long, value_enum, default_value_t = broker::BrokerKind::Embedded)]
+        broker: broker::BrokerKind,
+        /// The real broker's address (else SWITCHBOARD_TEST_KAFKA, else 127.0.0.1:19092).
+        #[arg(long)]
+        brokers: Option<String>,
     },
     /// Realtime against an ads backlog: the backlog drains through the ads lane while realtime
     /// requests arrive on their own lane; produce-to-vendor latency of realtime, host memory.
@@ -371,6 +377,8 @@ async fn main() -> anyhow::Result<()> {
             rate,
             redis,
             timeout_s,
+            broker,
+            brokers,
         } => {
             rebalance::run(rebalance::RebalanceOptions {
                 messages,
@@ -379,6 +387,8 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 redis,
                 timeout: Duration::from_secs(timeout_s),
+                broker,
+                brokers,
             })
             .await?
         }

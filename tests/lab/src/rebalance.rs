@@ -13,10 +13,11 @@ use serde_json::json;
 use switchboard::RunningHost;
 use switchboard::config::DedupBackend;
 use switchboard::demo::{demo_envelope, produce};
-use switchboard::ingest::EmbeddedKafka;
 use switchboard::telemetry::{Counters, CountersSnapshot};
 use switchboard_integration_tests::FcmFixture;
 use tokio::task::JoinHandle;
+
+use crate::broker::{BrokerKind, LabKafka};
 
 const TOPIC: &str = "notifications";
 const PARTITIONS: i32 = 6;
@@ -37,6 +38,10 @@ pub struct RebalanceOptions {
     pub redis: Option<String>,
     /// Give up waiting for the last request after this long.
     pub timeout: Duration,
+    /// The mock cluster or a real broker.
+    pub broker: BrokerKind,
+    /// The real broker's address, when not the default.
+    pub brokers: Option<String>,
 }
 
 /// Deliveries that ended in the DLQ, as the host counted them.
@@ -52,7 +57,12 @@ fn dead_lettered(c: &CountersSnapshot) -> u64 {
 /// Produces `total` demo requests at `rate` a second, one slice a second. Each slice is its own
 /// task: `produce` sets up a producer per call, and overlapping the calls keeps that set-up time
 /// from slowing the rate.
-async fn produce_paced(brokers: String, total: u64, rate: u64) -> anyhow::Result<()> {
+async fn produce_paced(
+    brokers: String,
+    topic: String,
+    total: u64,
+    rate: u64,
+) -> anyhow::Result<()> {
     let slice = rate.max(1);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut slices = Vec::new();
@@ -60,9 +70,9 @@ async fn produce_paced(brokers: String, total: u64, rate: u64) -> anyhow::Result
     while from < total {
         tick.tick().await;
         let count = slice.min(total - from);
-        let brokers = brokers.clone();
+        let (brokers, topic) = (brokers.clone(), topic.clone());
         slices.push(tokio::spawn(async move {
-            produce(&brokers, TOPIC, count, |i| {
+            produce(&brokers, &topic, count, |i| {
                 let n = from + i;
                 (format!("device-{n}"), demo_envelope(n))
             })
@@ -133,6 +143,8 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
         rate,
         redis,
         timeout,
+        broker,
+        brokers,
     } = options;
     let redis_url = redis.context(
         "no Redis given: set SWITCHBOARD_TEST_REDIS (`make services` starts one on redis://127.0.0.1:6390) or pass --redis",
@@ -140,9 +152,9 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
     check_redis(&redis_url).await?;
     let fcm_wasm = crate::crash::fcm_component(&plugin_dir)?;
 
-    let topics = switchboard_integration_tests::cluster_topics(&[TOPIC]);
-    let cluster = EmbeddedKafka::start(1, &topics, PARTITIONS)?;
-    let brokers = cluster.bootstrap_servers().to_string();
+    let kafka = LabKafka::start(broker, brokers, "rebalance", &[TOPIC], PARTITIONS).await?;
+    let brokers = kafka.brokers.clone();
+    let topic = kafka.topic(TOPIC);
     let latency = Duration::from_millis(vendor_latency_ms);
     let fixture = FcmFixture::start(|c| {
         c.faults.latency.mean = latency;
@@ -155,7 +167,11 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let prefix = format!("switchboard-lab:rebalance:{}:{nanos}", std::process::id());
-    let mut config = fixture.host_config(&brokers, TOPIC, GROUP);
+    let mut config = fixture.host_config(&brokers, &topic, &kafka.topic(GROUP));
+    config.kafka.retry_topic = kafka.topic(&config.kafka.retry_topic);
+    config.kafka.dlq_topic = kafka.topic(&config.kafka.dlq_topic);
+    config.kafka.results_topic = kafka.topic(&config.kafka.results_topic);
+    config.kafka.invalidations_topic = kafka.topic(&config.kafka.invalidations_topic);
     config.dedup.backend = DedupBackend::Redis;
     config.dedup.redis_url = redis_url.clone();
     config.dedup.redis_prefix = prefix.clone();
@@ -174,7 +190,12 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
     let started = Instant::now();
     let host_a = switchboard::start(config.clone()).await?;
     let a_counters = host_a.counters.clone();
-    let producing = tokio::spawn(produce_paced(brokers.clone(), messages, rate));
+    let producing = tokio::spawn(produce_paced(
+        brokers.clone(),
+        topic.clone(),
+        messages,
+        rate,
+    ));
 
     let mut host_a = Some(host_a);
     let mut joining_b: Option<JoinHandle<anyhow::Result<RunningHost>>> = None;
@@ -262,9 +283,10 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
     if let Err(e) = remove_prefix(&redis_url, &prefix).await {
         eprintln!("[rebalance] could not remove the run's Redis keys under {prefix}: {e:#}");
     }
-    drop(cluster);
+    drop(kafka);
     Ok(json!({
         "scenario": "rebalance",
+        "broker": broker.as_str(),
         "requested": messages,
         "delivered_unique": seen.delivered,
         "lost": messages.saturating_sub(seen.delivered + dlq),
