@@ -87,4 +87,19 @@ impl LabKafka {
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
+
+    /// Puts `config`'s consumer group and the topics its host writes to under this run's
+    /// names.
+    pub fn configure(&self, config: &mut switchboard::Config) {
+        let kafka = &mut config.kafka;
+        for name in [
+            &mut kafka.group_id,
+            &mut kafka.retry_topic,
+            &mut kafka.dlq_topic,
+            &mut kafka.results_topic,
+            &mut kafka.invalidations_topic,
+        ] {
+            *name = self.topic(name);
+        }
+    }
 }

@@ -14,10 +14,10 @@ use anyhow::Context as _;
 use serde_json::json;
 use switchboard::demo::{demo_envelope, produce};
 use switchboard::retry::Outbox;
-use switchboard::retry::replay::{ReplayFilter, replay};
 use switchboard_integration_tests::FcmFixture;
 
 use crate::broker::{BrokerKind, LabKafka};
+use crate::crash::dlq_records;
 
 const TOPIC: &str = "notifications";
 const PARTITIONS: i32 = 6;
@@ -128,12 +128,8 @@ pub async fn run(options: BrokerRestartOptions) -> anyhow::Result<serde_json::Va
     })
     .await;
     let stats = fixture.sim.stats.clone();
-    let mut config = fixture.host_config(&address, &topic, "unused");
-    config.kafka.group_id = kafka.topic("group");
-    config.kafka.retry_topic = kafka.topic("retry");
-    config.kafka.dlq_topic = kafka.topic("dlq");
-    config.kafka.results_topic = kafka.topic("results");
-    config.kafka.invalidations_topic = kafka.topic("invalid");
+    let mut config = fixture.host_config(&address, &topic, "switchboard-lab-broker-restart");
+    kafka.configure(&mut config);
     config.dedup.data_dir = work.join("dedup");
     eprintln!(
         "[broker-restart] broker at {address} (storage and log in {}), {messages} requests, {restarts} restarts",
@@ -195,24 +191,11 @@ pub async fn run(options: BrokerRestartOptions) -> anyhow::Result<serde_json::Va
         &config.kafka.dlq_topic,
         &Default::default(),
     )?;
-    let filter = ReplayFilter {
-        reason: None,
-        since_ms: 0,
-        dry_run: true,
-    };
     let waiting_since = Instant::now();
     let mut dlq = 0;
     while stats.snapshot().delivered + dlq < messages && waiting_since.elapsed() < timeout {
         if last_report.elapsed() >= Duration::from_secs(2) {
-            dlq = replay(
-                &address,
-                &config.kafka.dlq_topic,
-                &Default::default(),
-                &outbox,
-                &filter,
-            )
-            .await?
-            .scanned;
+            dlq = dlq_records(&kafka, &outbox).await?;
             eprintln!(
                 "[broker-restart] delivered {}/{messages}, dlq {dlq}",
                 stats.snapshot().delivered
@@ -223,15 +206,7 @@ pub async fn run(options: BrokerRestartOptions) -> anyhow::Result<serde_json::Va
     }
     let elapsed = started.elapsed();
     host.stop().await?;
-    let dlq = replay(
-        &address,
-        &config.kafka.dlq_topic,
-        &Default::default(),
-        &outbox,
-        &filter,
-    )
-    .await?
-    .scanned;
+    let dlq = dlq_records(&kafka, &outbox).await?;
     drop(outbox);
     drop(broker);
     let seen = stats.snapshot();

@@ -306,7 +306,7 @@ impl HostProcess {
 
 /// Records in the DLQ. The lab has no Kafka client of its own: the replay tool's dry run reads
 /// the DLQ to its end, writes nothing, and counts what it read.
-async fn dlq_records(kafka: &LabKafka, outbox: &Outbox) -> anyhow::Result<u64> {
+pub(crate) async fn dlq_records(kafka: &LabKafka, outbox: &Outbox) -> anyhow::Result<u64> {
     let filter = ReplayFilter {
         reason: None,
         since_ms: 0,

@@ -167,11 +167,8 @@ pub async fn run(options: RebalanceOptions) -> anyhow::Result<serde_json::Value>
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let prefix = format!("switchboard-lab:rebalance:{}:{nanos}", std::process::id());
-    let mut config = fixture.host_config(&brokers, &topic, &kafka.topic(GROUP));
-    config.kafka.retry_topic = kafka.topic(&config.kafka.retry_topic);
-    config.kafka.dlq_topic = kafka.topic(&config.kafka.dlq_topic);
-    config.kafka.results_topic = kafka.topic(&config.kafka.results_topic);
-    config.kafka.invalidations_topic = kafka.topic(&config.kafka.invalidations_topic);
+    let mut config = fixture.host_config(&brokers, &topic, GROUP);
+    kafka.configure(&mut config);
     config.dedup.backend = DedupBackend::Redis;
     config.dedup.redis_url = redis_url.clone();
     config.dedup.redis_prefix = prefix.clone();
