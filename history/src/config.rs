@@ -16,7 +16,8 @@ use crate::store::{HistoryError, HistoryStore};
 /// [history]
 /// backend = "sqlite"            # or "postgres", or "off"
 /// path = "data/history.sqlite3" # sqlite only
-/// url = "postgres://switchboard:…@db.internal:5432/switchboard" # postgres only
+/// url = { env = "SWITCHBOARD_HISTORY_URL" } # postgres only; or written out, or { file = … }
+/// tls_ca_file = "db-ca.pem"     # postgres with sslmode=require only, optional
 /// bucket_s = 60
 /// retention_hours = 168
 /// recent_failures = 1000
@@ -31,8 +32,14 @@ pub struct HistorySettings {
     /// the directory is created when missing.
     pub path: PathBuf,
     /// PostgreSQL connection URL for the `postgres` backend, e.g.
-    /// `postgres://user:password@host:5432/database`. The connection is plain TCP.
-    pub url: String,
+    /// `postgres://user:password@host:5432/database?sslmode=require`. A URL with a password is
+    /// a secret: give it as `{ env = "VAR" }` or `{ file = "PATH" }`. With `sslmode=require`
+    /// the connection is TLS and the server's certificate is verified (against the system's
+    /// roots and `tls_ca_file`); otherwise it is plain TCP.
+    pub url: UrlSetting,
+    /// A PEM file of CA certificates trusted for the database's TLS certificate, besides the
+    /// system's roots. Relative paths resolve against the config file (the host does that).
+    pub tls_ca_file: Option<PathBuf>,
     /// Width of one time bucket, in seconds: the finest resolution `switchboard history` shows.
     pub bucket_s: u64,
     /// How long buckets are kept, in hours.
@@ -40,6 +47,79 @@ pub struct HistorySettings {
     /// How many failed sends (any outcome but `delivered`) are kept one by one, with their
     /// idempotency key; 0 keeps none.
     pub recent_failures: u32,
+}
+
+/// `history.url`: written out, or a secret read from the environment or a file.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum UrlSetting {
+    /// The URL itself.
+    Plain(String),
+    /// Where to read it.
+    Secret(UrlSecret),
+}
+
+/// Where a secret `history.url` is read from: `{ env = "VAR" }` or `{ file = "PATH" }`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum UrlSecret {
+    /// An environment variable.
+    Env(String),
+    /// A file holding the URL (a trailing newline is dropped). Relative paths resolve against
+    /// the config file (the host does that).
+    File(PathBuf),
+}
+
+impl From<&str> for UrlSetting {
+    fn from(url: &str) -> Self {
+        UrlSetting::Plain(url.to_string())
+    }
+}
+
+impl From<String> for UrlSetting {
+    fn from(url: String) -> Self {
+        UrlSetting::Plain(url)
+    }
+}
+
+impl fmt::Debug for UrlSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlSetting::Plain(url) => write!(f, "{:?}", redact_url(url)),
+            UrlSetting::Secret(UrlSecret::Env(var)) => write!(f, "Env({var})"),
+            UrlSetting::Secret(UrlSecret::File(path)) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
+impl UrlSetting {
+    /// The URL, read from its environment variable or file when it is a secret.
+    pub fn read(&self) -> Result<String, HistoryError> {
+        let invalid = |reason: String| HistoryError::Config {
+            field: "url",
+            reason,
+        };
+        match self {
+            UrlSetting::Plain(url) => Ok(url.clone()),
+            UrlSetting::Secret(UrlSecret::Env(var)) => std::env::var(var).map_err(|_| {
+                invalid(format!(
+                    "names environment variable `{var}`, which is not set"
+                ))
+            }),
+            UrlSetting::Secret(UrlSecret::File(path)) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| {
+                    invalid(format!(
+                        "names {}, which cannot be read: {e}",
+                        path.display()
+                    ))
+                }),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, UrlSetting::Plain(url) if url.trim().is_empty())
+    }
 }
 
 /// Which store keeps the history.
@@ -59,7 +139,8 @@ impl Default for HistorySettings {
         Self {
             backend: HistoryBackend::Sqlite,
             path: PathBuf::from("data/history.sqlite3"),
-            url: String::new(),
+            url: UrlSetting::Plain(String::new()),
+            tls_ca_file: None,
             // A minute is the resolution an operator reads an outage at.
             bucket_s: 60,
             // A week, the same as the dedup store's default (Kafka's default log retention).
@@ -90,7 +171,7 @@ impl HistorySettings {
             );
         }
         match self.backend {
-            HistoryBackend::Postgres if self.url.trim().is_empty() => {
+            HistoryBackend::Postgres if self.url.is_empty() => {
                 invalid("url", "is required when backend = \"postgres\"".into())
             }
             HistoryBackend::Sqlite if self.path.as_os_str().is_empty() => {
@@ -100,17 +181,29 @@ impl HistorySettings {
         }
     }
 
-    /// The store these settings name, or `None` when history is `off`.
-    pub fn store_config(&self) -> Option<HistoryConfig> {
-        match self.backend {
+    /// Checks what lies outside the table without connecting: the URL (read from its secret
+    /// source) parses, and the CA file reads and goes with `sslmode=require`. A start calls it
+    /// at load, so such a fault is reported as the config's.
+    pub fn check_sources(&self) -> Result<(), HistoryError> {
+        if self.backend == HistoryBackend::Postgres {
+            let url = self.url.read()?;
+            crate::postgres::connection_settings(&url, self.tls_ca_file.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// The store these settings name, or `None` when history is `off`. Reads a secret URL.
+    pub fn store_config(&self) -> Result<Option<HistoryConfig>, HistoryError> {
+        Ok(match self.backend {
             HistoryBackend::Sqlite => Some(HistoryConfig::Sqlite {
                 path: self.path.clone(),
             }),
             HistoryBackend::Postgres => Some(HistoryConfig::Postgres {
-                url: self.url.clone(),
+                url: self.url.read()?,
+                tls_ca_file: self.tls_ca_file.clone(),
             }),
             HistoryBackend::Off => None,
-        }
+        })
     }
 
     /// Bucket width, retention and how many failed sends to keep.
@@ -126,7 +219,7 @@ impl HistorySettings {
     /// history is `off`.
     pub async fn open(&self) -> Result<Option<HistoryStore>, HistoryError> {
         self.validate()?;
-        match self.store_config() {
+        match self.store_config()? {
             Some(config) => Ok(Some(
                 HistoryStore::open(&config, self.store_options()).await?,
             )),
@@ -140,7 +233,8 @@ impl fmt::Debug for HistorySettings {
         f.debug_struct("HistorySettings")
             .field("backend", &self.backend)
             .field("path", &self.path)
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.url)
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("bucket_s", &self.bucket_s)
             .field("retention_hours", &self.retention_hours)
             .field("recent_failures", &self.recent_failures)
@@ -161,8 +255,13 @@ pub enum HistoryConfig {
     /// A PostgreSQL database, shared by every host that writes to it.
     Postgres {
         /// Connection URL, `postgres://user:password@host:port/database`. Options such as
-        /// `connect_timeout` (seconds; 5 when absent) may follow after `?`.
+        /// `connect_timeout` (seconds; 5 when absent) and `sslmode=require` (TLS, the server's
+        /// certificate verified) may follow after `?`.
         url: String,
+        /// CA certificates (PEM) trusted for the server's TLS certificate, besides the
+        /// system's roots.
+        #[serde(default)]
+        tls_ca_file: Option<PathBuf>,
     },
 }
 
@@ -170,9 +269,10 @@ impl fmt::Debug for HistoryConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
-            Self::Postgres { url } => f
+            Self::Postgres { url, tls_ca_file } => f
                 .debug_struct("Postgres")
                 .field("url", &redact_url(url))
+                .field("tls_ca_file", tls_ca_file)
                 .finish(),
         }
     }
@@ -211,7 +311,31 @@ impl StoreOptions {
 }
 
 /// The URL with its password replaced by `***`, for logs and `Debug`.
-pub(crate) fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
+    redact_password_parameters(&redact_userinfo(url))
+}
+
+/// `password=…` in a query string or a `key=value` connection string, as `password=***`.
+fn redact_password_parameters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("password=") {
+        let starts_a_parameter = at == 0 || matches!(rest.as_bytes()[at - 1], b'?' | b'&' | b' ');
+        let value_start = at + "password=".len();
+        out.push_str(&rest[..value_start]);
+        rest = &rest[value_start..];
+        if starts_a_parameter {
+            let value_end = rest.find(['&', ' ']).unwrap_or(rest.len());
+            out.push_str("***");
+            rest = &rest[value_end..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `scheme://user:password@host` as `scheme://user:***@host`.
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -244,10 +368,18 @@ mod tests {
             url: "postgres://sb:s3cret@db:5432/history?connect_timeout=2".into(),
             ..HistorySettings::default()
         };
-        let printed = format!("{settings:?} {:?}", settings.store_config());
+        let printed = format!("{settings:?} {:?}", settings.store_config().unwrap());
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("postgres://sb:***@db:5432/history?connect_timeout=2"));
         assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+        assert_eq!(
+            redact_url("postgres://db/x?user=sb&password=s3cret&sslmode=require"),
+            "postgres://db/x?user=sb&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("host=db user=sb password=s3cret dbname=h"),
+            "host=db user=sb password=*** dbname=h"
+        );
         assert_eq!(redact_url("postgres://user@db/x"), "postgres://user@db/x");
     }
 
@@ -256,7 +388,7 @@ mod tests {
         let settings = HistorySettings::default();
         assert_eq!(settings.validate().map_err(|e| e.to_string()), Ok(()));
         assert_eq!(
-            settings.store_config(),
+            settings.store_config().unwrap(),
             Some(HistoryConfig::Sqlite {
                 path: "data/history.sqlite3".into()
             })
@@ -293,7 +425,7 @@ mod tests {
             backend: HistoryBackend::Off,
             ..HistorySettings::default()
         };
-        assert_eq!(off.store_config(), None);
+        assert_eq!(off.store_config().unwrap(), None);
     }
 
     #[test]
@@ -303,7 +435,8 @@ mod tests {
         assert_eq!(
             config,
             HistoryConfig::Postgres {
-                url: "postgres://db/h".into()
+                url: "postgres://db/h".into(),
+                tls_ca_file: None,
             }
         );
         let unknown_field =
@@ -317,5 +450,42 @@ mod tests {
         assert_eq!(settings.retention_hours, 168);
         assert!(toml::from_str::<HistorySettings>("bucket = 300").is_err());
         assert!(toml::from_str::<HistorySettings>("backend = \"mysql\"").is_err());
+    }
+
+    #[test]
+    fn a_url_can_come_from_a_file_or_the_environment_and_never_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("history-url");
+        std::fs::write(&file, "postgres://sb:from-file@db/h\n").unwrap();
+        let settings: HistorySettings = toml::from_str(&format!(
+            "backend = \"postgres\"\nurl = {{ file = {:?} }}",
+            file.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(settings.validate().map_err(|e| e.to_string()), Ok(()));
+        assert_eq!(
+            settings.store_config().unwrap(),
+            Some(HistoryConfig::Postgres {
+                url: "postgres://sb:from-file@db/h".into(),
+                tls_ca_file: None,
+            })
+        );
+        let printed = format!("{settings:?} {:?}", settings.store_config().unwrap());
+        assert!(!printed.contains("from-file"), "{printed}");
+
+        let from_env: HistorySettings = toml::from_str(
+            "backend = \"postgres\"\nurl = { env = \"SWITCHBOARD_TEST_HISTORY_URL_NEVER_SET\" }",
+        )
+        .unwrap();
+        let error = from_env.store_config().unwrap_err().to_string();
+        assert!(
+            error.contains("history.url")
+                && error.contains("SWITCHBOARD_TEST_HISTORY_URL_NEVER_SET"),
+            "{error}"
+        );
+        assert!(
+            toml::from_str::<HistorySettings>("url = { vault = \"x\" }").is_err(),
+            "an unknown source is refused"
+        );
     }
 }

@@ -34,7 +34,9 @@ mod sqlite;
 mod store;
 mod writer;
 
-pub use config::{HistoryBackend, HistoryConfig, HistorySettings, StoreOptions};
+pub use config::{
+    HistoryBackend, HistoryConfig, HistorySettings, StoreOptions, UrlSecret, UrlSetting, redact_url,
+};
 pub use model::{BucketRow, HistoryQuery, OutcomeClass, OutcomeCounts, SendRecord, VendorSummary};
 pub use report::{HistoryReport, ParseSinceError, parse_since, render_json, render_text};
 pub use store::{HistoryError, HistoryStore};

@@ -2,11 +2,17 @@
 //! statements and the one connection (re-opened when it drops); never logs or returns the URL's
 //! password.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::redact_url;
 use crate::model::{self, BucketDelta, BucketRow, OutcomeClass, OutcomeTotal, SendRecord, Window};
@@ -64,8 +70,82 @@ const TRIM_FAILURES: &str = "
 DELETE FROM history_failures
 WHERE id <= (SELECT id FROM history_failures ORDER BY id DESC LIMIT 1 OFFSET $1)";
 
+/// The TLS client for `sslmode=require`: the system's CA roots and those in `ca_file`, on ring
+/// (the one crypto provider in the tree). A system without roots is fine when `ca_file` names
+/// the one that signed the server's certificate.
+fn tls_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, HistoryError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped: one broken file must not stop the history.
+    let (_, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_file {
+        let tls_error = |reason: String| HistoryError::Config {
+            field: "tls_ca_file",
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                tls_error(format!(
+                    "{}: not a PEM file of certificates: {e}",
+                    path.display()
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(tls_error(format!(
+                "{}: holds no certificate",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| tls_error(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HistoryError::Config {
+            field: "url",
+            reason: format!("TLS set-up failed: {e}"),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The parsed URL and, with `sslmode=require`, the TLS connector. Every fault here is the
+/// config's, and says which field: a URL that does not parse, a CA file that does not read, or
+/// a CA file with a URL that would not use it.
+pub(crate) fn connection_settings(
+    url: &str,
+    tls_ca_file: Option<&Path>,
+) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>), HistoryError> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| HistoryError::Config {
+        field: "url",
+        reason: format!("does not parse as a PostgreSQL URL: {e}"),
+    })?;
+    // Only `require` turns TLS on. With tokio-postgres's default, `prefer`, a connector would
+    // try TLS first and fail on a server whose certificate nobody asked us to check, where
+    // libpq's `prefer` would have connected unverified; plain TCP keeps that case working.
+    let tls = match config.get_ssl_mode() {
+        SslMode::Require => Some(MakeRustlsConnect::new(tls_client_config(tls_ca_file)?)),
+        _ if tls_ca_file.is_some() => {
+            return Err(HistoryError::Config {
+                field: "tls_ca_file",
+                reason: "is set, but the URL does not say sslmode=require: the connection \
+                         would be plain TCP and the CA file unused"
+                    .into(),
+            });
+        }
+        _ => None,
+    };
+    Ok((config, tls))
+}
+
 pub(crate) struct PostgresHistory {
     config: tokio_postgres::Config,
+    /// Set when the URL says `sslmode=require`: every connection is TLS, the server verified.
+    tls: Option<MakeRustlsConnect>,
     redacted_url: String,
     /// The connection, or `None` after it was lost; the next operation reconnects. Behind a
     /// mutex because a transaction needs the client to itself.
@@ -77,8 +157,8 @@ pub(crate) struct PostgresHistory {
 }
 
 impl PostgresHistory {
-    pub(crate) async fn open(url: &str) -> Result<Self, HistoryError> {
-        let mut config: tokio_postgres::Config = url.parse()?;
+    pub(crate) async fn open(url: &str, tls_ca_file: Option<&Path>) -> Result<Self, HistoryError> {
+        let (mut config, tls) = connection_settings(url, tls_ca_file)?;
         if config.get_connect_timeout().is_none() {
             // A database that does not answer must not hold the writer for the OS's TCP timeout.
             config.connect_timeout(Duration::from_secs(5));
@@ -89,6 +169,7 @@ impl PostgresHistory {
         }
         let store = Self {
             config,
+            tls,
             redacted_url: redact_url(url),
             client: Mutex::new(None),
             lost: std::sync::atomic::AtomicBool::new(false),
@@ -109,7 +190,27 @@ impl PostgresHistory {
     }
 
     async fn connect(&self) -> Result<Client, HistoryError> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                self.watch(connection);
+                client
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                self.watch(connection);
+                client
+            }
+        };
+        Ok(client)
+    }
+
+    /// Runs a connection's task, and says so when the database closes it.
+    fn watch<S, T>(&self, connection: tokio_postgres::Connection<S, T>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
+    {
         let url = self.redacted_url.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -121,7 +222,6 @@ impl PostgresHistory {
                 );
             }
         });
-        Ok(client)
     }
 
     /// Passes `result` through; after any database error the next operation starts on a fresh

@@ -80,9 +80,9 @@ impl HistoryStore {
             HistoryConfig::Sqlite { path } => {
                 Backend::Sqlite(SqliteHistory::open(path.clone()).await?)
             }
-            HistoryConfig::Postgres { url } => {
-                Backend::Postgres(Box::new(PostgresHistory::open(url).await?))
-            }
+            HistoryConfig::Postgres { url, tls_ca_file } => Backend::Postgres(Box::new(
+                PostgresHistory::open(url, tls_ca_file.as_deref()).await?,
+            )),
         };
         Ok(Self {
             backend: Arc::new(backend),

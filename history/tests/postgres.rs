@@ -24,7 +24,10 @@ struct Scratch {
 impl Scratch {
     async fn create(test: &str) -> (HistoryStore, Scratch) {
         let scratch = Self::empty(test).await;
-        let config = HistoryConfig::Postgres { url: scratch.url() };
+        let config = HistoryConfig::Postgres {
+            url: scratch.url(),
+            tls_ca_file: None,
+        };
         let store = HistoryStore::open(&config, common::OPTIONS).await.unwrap();
         (store, scratch)
     }
@@ -114,7 +117,10 @@ async fn a_full_queue_drops_instead_of_waiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn opening_concurrently_is_idempotent() {
     let scratch = Scratch::empty("concurrent_open").await;
-    let config = HistoryConfig::Postgres { url: scratch.url() };
+    let config = HistoryConfig::Postgres {
+        url: scratch.url(),
+        tls_ca_file: None,
+    };
     let mut opening = tokio::task::JoinSet::new();
     for _ in 0..12 {
         let config = config.clone();
@@ -134,6 +140,7 @@ async fn a_dropped_connection_is_reopened() {
     let application = format!("{}_app", scratch.schema);
     let config = HistoryConfig::Postgres {
         url: format!("{}&application_name={application}", scratch.url()),
+        tls_ca_file: None,
     };
     let store = HistoryStore::open(&config, common::OPTIONS).await.unwrap();
     Scratch::execute(&format!(

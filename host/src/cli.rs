@@ -26,7 +26,7 @@ pub enum Command {
     /// Run the host with a config file until Ctrl-C or SIGTERM.
     Run {
         /// The TOML config file.
-        #[arg(long, short)]
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
         config: PathBuf,
         /// With no `kafka.brokers`, run on librdkafka's in-process mock cluster: a test cluster
         /// that keeps about 5 MiB per partition and silently deletes older records. For trying
@@ -61,7 +61,7 @@ pub enum Command {
     /// host writes (`[history]` in the config), and the latest failed sends.
     History {
         /// The host's config file (for the history store).
-        #[arg(long, short)]
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
         config: PathBuf,
         /// Only this vendor (plugin name).
         #[arg(long)]
@@ -118,7 +118,7 @@ pub struct AdminArgs {
     )]
     pub token: Option<String>,
     /// The host's config file, to find its admin API and token.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, env = "SWITCHBOARD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Print the API's JSON answer instead of a table.
     #[arg(long, global = true)]
@@ -194,7 +194,7 @@ pub enum DlqCommand {
     /// replay never re-sends a delivered recipient.
     Replay {
         /// The host's config file (for the brokers and topic names).
-        #[arg(long, short)]
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
         config: PathBuf,
         /// Only records with this reason class.
         #[arg(long, value_enum)]
@@ -246,6 +246,24 @@ pub enum PluginCommand {
     },
 }
 
+/// The exit status of a command that failed: [`EXIT_CONFIG`] when the config is at fault (it
+/// does not read, parse or validate, or a secret it names is missing), else 1. Usage errors exit
+/// with 2 (clap's), and a one-shot command interrupted by Ctrl-C with 130 (the signal's).
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let config_fault = error.chain().any(|cause| {
+        cause.is::<crate::config::ConfigError>()
+            || matches!(
+                cause.downcast_ref::<switchboard_history::HistoryError>(),
+                Some(switchboard_history::HistoryError::Config { .. })
+            )
+    });
+    if config_fault { EXIT_CONFIG } else { 1 }
+}
+
+/// Exit status for a config at fault: `EX_CONFIG` of BSD's sysexits.h, which service managers
+/// and scripts know as "configuration error".
+pub const EXIT_CONFIG: u8 = 78;
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -256,12 +274,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(cli.log_format, "info");
             let config = crate::Config::load(&config)?;
             if config.kafka.brokers.is_none() && !embedded_test_cluster {
-                anyhow::bail!(
-                    "no `kafka.brokers` in the config: set the cluster to consume from. \
-                     Without one the host would run on librdkafka's in-process mock cluster, \
-                     which keeps about 5 MiB per partition and deletes older records without \
-                     a word; pass --embedded-test-cluster to run on it anyway, for a trial"
-                );
+                let path = config.source.clone().unwrap_or_default();
+                let line = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| crate::config::line_of(&text, "kafka.brokers"));
+                return Err(crate::config::ConfigError::Invalid {
+                    line,
+                    path,
+                    field: "kafka.brokers".into(),
+                    message: "is missing: set the cluster to consume from. Without one the host \
+                              would run on librdkafka's in-process mock cluster, which keeps \
+                              about 5 MiB per partition and deletes older records without a \
+                              word; pass --embedded-test-cluster to run on it anyway, for a trial"
+                        .into(),
+                }
+                .into());
             }
             crate::run(config, shutdown_signal()).await
         }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject as _;
 use serde::Deserialize;
 
 /// Why a configuration could not be used. Each message names the file and the field.
@@ -161,7 +162,7 @@ pub struct KafkaConfig {
     /// are refused (see [`HOST_OWNED_KAFKA_PROPERTIES`]). A secret (`sasl.password`, a key
     /// password) may be given as `{ env = "VAR" }` or `{ file = "PATH" }`, as plugin secrets
     /// are; [`Config::kafka_properties`] reads it when the clients are made.
-    pub properties: BTreeMap<String, KafkaProperty>,
+    pub properties: BTreeMap<String, MaybeSecret>,
     /// Where `retry` outcomes wait for their due time: this topic for the last second, and one
     /// topic per tier of `retry_tiers_s` (`NAME.10s`, …) for longer waits.
     pub retry_topic: String,
@@ -559,8 +560,12 @@ pub struct DedupConfig {
     /// How long a done delivery is remembered, in hours. Set it to the topic's retention: a
     /// record older than that can no longer be redelivered.
     pub retention_hours: u64,
-    /// Redis URL for the `redis` backend.
-    pub redis_url: String,
+    /// Redis URL for the `redis` backend: `redis://` or, with TLS, `rediss://`. A password in
+    /// it makes the URL a secret: give it as `{ env = "VAR" }` or `{ file = "PATH" }`.
+    pub redis_url: MaybeSecret,
+    /// A PEM file of CA certificates trusted for a `rediss://` server instead of the system's
+    /// roots; relative paths resolve against the config file.
+    pub redis_tls_ca_file: Option<PathBuf>,
     /// Key prefix in Redis.
     pub redis_prefix: String,
     /// SETs per time bucket in Redis. Keep (deliveries per bucket / shards) under 512, Redis's
@@ -592,6 +597,7 @@ impl Default for DedupConfig {
             // Kafka's default log retention is 7 days.
             retention_hours: 168,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_tls_ca_file: None,
             redis_prefix: "switchboard:dedup".into(),
             redis_shards: 16_384,
             redis_connect_timeout_ms: crate::dedup::redis::DEFAULT_CONNECT_TIMEOUT.as_millis()
@@ -837,32 +843,35 @@ impl Default for AdminConfig {
     }
 }
 
-/// A `[kafka.properties]` value: written out, or a secret read from the environment or a file.
+/// A value that may be a secret: written out, or read from the environment or a file. Used by
+/// `[kafka.properties]` and `dedup.redis_url` (`history.url` has the history crate's own
+/// `UrlSetting`, of the same form).
 #[derive(Clone, Deserialize)]
 #[serde(untagged)]
-pub enum KafkaProperty {
+pub enum MaybeSecret {
     Plain(String),
     Secret(SecretSource),
 }
 
-impl std::fmt::Debug for KafkaProperty {
+impl std::fmt::Debug for MaybeSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            KafkaProperty::Plain(value) => write!(f, "{value:?}"),
-            KafkaProperty::Secret(source) => write!(f, "{source:?}"),
+            // A URL written out may carry a password: print it redacted.
+            MaybeSecret::Plain(value) => write!(f, "{:?}", switchboard_history::redact_url(value)),
+            MaybeSecret::Secret(source) => write!(f, "{source:?}"),
         }
     }
 }
 
-impl From<&str> for KafkaProperty {
+impl From<&str> for MaybeSecret {
     fn from(value: &str) -> Self {
-        KafkaProperty::Plain(value.to_string())
+        MaybeSecret::Plain(value.to_string())
     }
 }
 
-impl From<String> for KafkaProperty {
+impl From<String> for MaybeSecret {
     fn from(value: String) -> Self {
-        KafkaProperty::Plain(value)
+        MaybeSecret::Plain(value)
     }
 }
 
@@ -928,15 +937,7 @@ impl Config {
     /// Checks what lives outside the file: plugin components exist, and secrets from the
     /// environment are set. Done at load so `run` fails at once, naming the field.
     fn check_files_and_env(&self) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Invalid {
-            path: self
-                .source
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("<inline>")),
-            line: None,
-            field,
-            message,
-        };
+        let invalid = |field: String, message: String| self.invalid_field(&field, message);
         for (name, plugin) in &self.plugins {
             let path = self.resolve(&plugin.path);
             if !path.is_file() {
@@ -956,8 +957,62 @@ impl Config {
                 }
             }
         }
-        // Kafka's secrets are read now, so that a missing one stops the start naming its line.
+        // Secrets are read now, and the stores' URLs and CA files checked, so that a fault of
+        // the config stops the start naming its line, and is never taken for an outage.
+        if self.dedup.backend == DedupBackend::Redis {
+            self.check_redis_sources()?;
+        }
+        self.history_settings()
+            .check_sources()
+            .map_err(|error| match error {
+                switchboard_history::HistoryError::Config { field, reason } => {
+                    invalid(format!("history.{field}"), reason)
+                }
+                other => invalid("history".into(), other.to_string()),
+            })?;
         self.kafka_properties().map(|_| ())
+    }
+
+    /// `dedup.redis_url` reads and parses, and `dedup.redis_tls_ca_file` reads, holds
+    /// certificates and goes with a `rediss://` URL. Connects to nothing.
+    fn check_redis_sources(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| self.invalid_field(field, message);
+        let url = self.redis_url()?;
+        // Parsing makes no connection; the error names no part of the URL.
+        redis::Client::open(url.as_str())
+            .map_err(|e| invalid("dedup.redis_url", format!("is not a Redis URL: {e}")))?;
+        if let Some(path) = &self.dedup.redis_tls_ca_file {
+            let path = self.resolve(path);
+            let pem = std::fs::read(&path).map_err(|e| {
+                invalid(
+                    "dedup.redis_tls_ca_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    invalid(
+                        "dedup.redis_tls_ca_file",
+                        format!("{}: not a PEM file of certificates: {e}", path.display()),
+                    )
+                })?;
+            if certificates.is_empty() {
+                return Err(invalid(
+                    "dedup.redis_tls_ca_file",
+                    format!("{}: holds no certificate", path.display()),
+                ));
+            }
+            if !url.starts_with("rediss://") {
+                return Err(invalid(
+                    "dedup.redis_tls_ca_file",
+                    "is set, but dedup.redis_url is not a rediss:// URL: the connection would \
+                     be plain TCP and the CA file unused"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Parses TOML text; `path` only names the file in errors.
@@ -968,10 +1023,17 @@ impl Config {
         })
     }
 
-    /// The history settings with the SQLite path resolved against the config file's directory.
+    /// The history settings with their paths (SQLite file, URL file, CA file) resolved against
+    /// the config file's directory.
     pub fn history_settings(&self) -> switchboard_history::HistorySettings {
         let mut settings = self.history.clone();
         settings.path = self.resolve(&settings.path);
+        settings.tls_ca_file = settings.tls_ca_file.map(|path| self.resolve(&path));
+        if let switchboard_history::UrlSetting::Secret(switchboard_history::UrlSecret::File(path)) =
+            &mut settings.url
+        {
+            *path = self.resolve(path);
+        }
         settings
     }
 
@@ -983,31 +1045,49 @@ impl Config {
             .properties
             .iter()
             .map(|(name, property)| {
-                let field = format!("kafka.properties.{name}");
-                let invalid = |message: String| ConfigError::Invalid {
-                    path: self
-                        .source
-                        .clone()
-                        .unwrap_or_else(|| PathBuf::from("<inline>")),
-                    line: None,
-                    field: field.clone(),
-                    message,
-                };
-                let value = match property {
-                    KafkaProperty::Plain(value)
-                    | KafkaProperty::Secret(SecretSource::Value(value)) => value.clone(),
-                    KafkaProperty::Secret(SecretSource::Env(var)) => std::env::var(var)
-                        .map_err(|_| invalid(format!("environment variable `{var}` is not set")))?,
-                    KafkaProperty::Secret(SecretSource::File(path)) => {
-                        let path = self.resolve(path);
-                        std::fs::read_to_string(&path)
-                            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?
-                    }
-                };
+                let value =
+                    self.read_maybe_secret(&format!("kafka.properties.{name}"), property)?;
                 Ok((name.clone(), value))
             })
             .collect()
+    }
+
+    /// `dedup.redis_url`, read from its environment variable or file when it is a secret.
+    pub fn redis_url(&self) -> Result<String, ConfigError> {
+        self.read_maybe_secret("dedup.redis_url", &self.dedup.redis_url)
+    }
+
+    /// An error of `field` in this config's file; the line is added where the text is at hand.
+    fn invalid_field(&self, field: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<inline>")),
+            line: None,
+            field: field.to_string(),
+            message,
+        }
+    }
+
+    /// The value of `setting`, read from its environment variable or file (relative paths
+    /// against the config file's directory) when it is a secret. The error names `field`,
+    /// never a value.
+    fn read_maybe_secret(&self, field: &str, setting: &MaybeSecret) -> Result<String, ConfigError> {
+        let invalid = |message: String| self.invalid_field(field, message);
+        Ok(match setting {
+            MaybeSecret::Plain(value) | MaybeSecret::Secret(SecretSource::Value(value)) => {
+                value.clone()
+            }
+            MaybeSecret::Secret(SecretSource::Env(var)) => std::env::var(var)
+                .map_err(|_| invalid(format!("environment variable `{var}` is not set")))?,
+            MaybeSecret::Secret(SecretSource::File(path)) => {
+                let path = self.resolve(path);
+                std::fs::read_to_string(&path)
+                    .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                    .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?
+            }
+        })
     }
 
     /// Resolves a path from the config against the config file's directory.
@@ -1050,7 +1130,7 @@ impl Config {
             .iter()
             .find(|(name, _)| name.trim().eq_ignore_ascii_case("message.max.bytes"));
         let (limit, whose) = match set {
-            Some((name, KafkaProperty::Plain(value))) => match value.trim().parse::<usize>() {
+            Some((name, MaybeSecret::Plain(value))) => match value.trim().parse::<usize>() {
                 Ok(limit) => (limit, "set in [kafka.properties]"),
                 Err(_) => {
                     return Err(invalid(
@@ -1059,7 +1139,7 @@ impl Config {
                     ));
                 }
             },
-            Some((name, KafkaProperty::Secret(_))) => {
+            Some((name, MaybeSecret::Secret(_))) => {
                 return Err(invalid(
                     format!("kafka.properties.{name}"),
                     "a size is not a secret: write the number of bytes".to_string(),
@@ -1673,5 +1753,38 @@ mod tests {
     fn secret_values_are_redacted_in_debug_output() {
         let s = format!("{:?}", SecretSource::Value("hunter2".into()));
         assert!(!s.contains("hunter2"));
+        let written_out = MaybeSecret::from("rediss://:hunter2@cache:6380/");
+        let s = format!("{written_out:?}");
+        assert!(
+            !s.contains("hunter2") && s.contains("rediss://:***@cache:6380/"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn the_redis_url_is_read_from_a_file_beside_the_config() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("redis-url"), "rediss://:pw@cache:6380/\n")?;
+        let path = dir.path().join("switchboard.toml");
+        let mut config = Config::parse(
+            "[dedup]\nbackend = \"redis\"\nredis_url = { file = \"redis-url\" }\n",
+            &path,
+        )?;
+        config.source = Some(path);
+        assert_eq!(config.redis_url()?, "rediss://:pw@cache:6380/");
+
+        let missing = Config::parse(
+            "[dedup]\nbackend = \"redis\"\nredis_url = { env = \"SWITCHBOARD_TEST_NEVER_SET_URL\" }\n",
+            Path::new("x.toml"),
+        )?;
+        let Err(error) = missing.redis_url() else {
+            anyhow::bail!("a URL from an unset variable was read");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("dedup.redis_url") && error.contains("SWITCHBOARD_TEST_NEVER_SET_URL"),
+            "{error}"
+        );
+        Ok(())
     }
 }

@@ -284,22 +284,41 @@ async fn open_dedup(config: &Config, metrics: &Metrics) -> anyhow::Result<Option
             tracing::info!(dir = %dir.display(), keys = store.len(), "embedded dedup store open");
             DedupStore::Embedded(store)
         }
-        DedupBackend::Redis => DedupStore::Redis(
-            RedisDedup::connect_with(
-                &dedup.redis_url,
+        DedupBackend::Redis => {
+            let url = config.redis_url()?;
+            let tls_roots = match &dedup.redis_tls_ca_file {
+                Some(path) => {
+                    let path = config.resolve(path);
+                    Some(std::fs::read(&path).with_context(|| {
+                        format!("dedup.redis_tls_ca_file: reading {}", path.display())
+                    })?)
+                }
+                None => None,
+            };
+            let timeouts = crate::dedup::RedisTimeouts {
+                connect: Duration::from_millis(dedup.redis_connect_timeout_ms),
+                response: Duration::from_millis(dedup.redis_response_timeout_ms),
+                probe_interval: Duration::from_millis(dedup.redis_probe_interval_ms),
+            };
+            let store = RedisDedup::connect_with(
+                &url,
+                tls_roots,
                 &dedup.redis_prefix,
                 retention,
                 dedup.redis_shards,
-                crate::dedup::RedisTimeouts {
-                    connect: Duration::from_millis(dedup.redis_connect_timeout_ms),
-                    response: Duration::from_millis(dedup.redis_response_timeout_ms),
-                    probe_interval: Duration::from_millis(dedup.redis_probe_interval_ms),
-                },
+                timeouts,
                 metrics.dependency_up("redis"),
             )
             .await
-            .with_context(|| format!("dedup.redis_url: connecting to {}", dedup.redis_url))?,
-        ),
+            // The URL may carry a password: only its redacted form is ever printed.
+            .with_context(|| {
+                format!(
+                    "dedup.redis_url: connecting to {}",
+                    switchboard_history::redact_url(&url)
+                )
+            })?;
+            DedupStore::Redis(store)
+        }
     };
     Ok(Some(Arc::new(store)))
 }

@@ -107,6 +107,7 @@ impl RedisDedup {
     ) -> Result<Self, DedupError> {
         Self::connect_with(
             url,
+            None,
             prefix,
             retention,
             shards,
@@ -118,16 +119,28 @@ impl RedisDedup {
 
     /// Connects to `url`, and PINGs it: a Redis that cannot answer at start fails the start,
     /// within `timeouts.connect + timeouts.response`. `up_gauge` follows the store's
-    /// availability (1 up, 0 down): pass `Metrics::dependency_up("redis")`.
+    /// availability (1 up, 0 down): pass `Metrics::dependency_up("redis")`. A `rediss://` URL
+    /// connects with TLS and verifies the server against `tls_roots` (PEM CA certificates)
+    /// when given, else against the system's roots.
     pub async fn connect_with(
         url: &str,
+        tls_roots: Option<Vec<u8>>,
         prefix: &str,
         retention: Duration,
         shards: u64,
         timeouts: RedisTimeouts,
         up_gauge: Gauge,
     ) -> Result<Self, DedupError> {
-        let client = redis::Client::open(url)?;
+        let client = match tls_roots {
+            Some(root_cert) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?,
+            None => redis::Client::open(url)?,
+        };
         let connection = open_and_ping(&client, &timeouts).await?;
         let link = RedisLink {
             client,

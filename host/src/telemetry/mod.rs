@@ -19,19 +19,35 @@ pub enum LogFormat {
 
 /// Installs the global tracing subscriber, writing to stderr. `RUST_LOG` overrides `default_filter`.
 pub fn init(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     // Colours only on a terminal: a log file or a collector gets plain text, not escape codes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A second init (tests, the demo inside the lab) keeps the first subscriber.
+    let _ = subscriber(format, filter, ansi, std::io::stderr).try_init();
+}
+
+/// The subscriber [`init`] installs, writing to `writer`.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    // A second init (tests, the demo inside the lab) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(builder.finish()),
+        // An event's fields (`event`, `plugin`, `vendor`, …) are top-level keys, where log
+        // pipelines index them, not nested under `fields`.
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+    }
 }
 
 /// The host's running totals. Every figure the demo and the lab print about the host comes from
@@ -146,5 +162,61 @@ impl Counters {
             dead_letters_truncated: r(&self.dead_letters_truncated),
             outbox_refused: r(&self.outbox_refused),
         }
+    }
+}
+
+#[cfg(test)]
+mod log_format_tests {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use super::*;
+
+    /// A log destination the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Written before the fix: the fields sat under `fields`.
+    #[test]
+    fn json_lines_carry_an_events_fields_as_top_level_keys() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = subscriber(
+            LogFormat::Json,
+            tracing_subscriber::EnvFilter::new("info"),
+            false,
+            move || writer.clone(),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(event = "vendor_ejected", vendor = "sms-twilio", "ejected");
+        });
+        let text = String::from_utf8(
+            captured
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+        .unwrap_or_default();
+        let line: serde_json::Value =
+            serde_json::from_str(text.lines().next().unwrap_or_default()).unwrap_or_default();
+        assert_eq!(line["event"], "vendor_ejected", "{text}");
+        assert_eq!(line["vendor"], "sms-twilio", "{text}");
+        assert_eq!(line["message"], "ejected", "{text}");
+        assert_eq!(line["level"], "WARN", "{text}");
+        assert!(line.get("fields").is_none(), "{text}");
     }
 }

@@ -176,6 +176,7 @@ async fn store_behind(proxy: &SwitchProxy, test: &str) -> (DedupStore, Metrics) 
     let metrics = Metrics::new();
     let store = RedisDedup::connect_with(
         &proxy.url(),
+        None,
         &run_prefix(test),
         Duration::from_secs(3600),
         4,
@@ -373,7 +374,7 @@ async fn a_host_pauses_while_redis_is_down_and_delivers_everything_once_when_it_
     let fixture = switchboard_integration_tests::FcmFixture::start(|_| {}).await;
     let mut config = fixture.host_config(&brokers, topic, "g-redis-outage");
     config.dedup.backend = switchboard::config::DedupBackend::Redis;
-    config.dedup.redis_url = proxy.url();
+    config.dedup.redis_url = proxy.url().into();
     config.dedup.redis_prefix = run_prefix("host");
     config.dedup.redis_connect_timeout_ms = 500;
     config.dedup.redis_response_timeout_ms = 300;

@@ -101,7 +101,7 @@ async fn a_host_joining_and_one_leaving_under_load_lose_and_repeat_nothing() {
     let prefix = format!("sbtest:two-hosts:{}:{nanos}", std::process::id());
     let mut config = fixture.host_config(&brokers, TOPIC, "g-two-hosts");
     config.dedup.backend = DedupBackend::Redis;
-    config.dedup.redis_url = redis_url();
+    config.dedup.redis_url = redis_url().into();
     config.dedup.redis_prefix = prefix.clone();
     // The mock cluster holds each rebalance open for the session timeout less a second.
     config.kafka.session_timeout_ms = 6000;

@@ -8,9 +8,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde_json::json;
 use switchboard::demo::{demo_envelope, produce};
 use switchboard::retry::Outbox;
@@ -41,6 +45,27 @@ pub fn default_broker_bin() -> PathBuf {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
                 .join(".cache/switchboard-tools/bin/nisshi")
         })
+}
+
+/// The sum of `group`'s committed offsets over `topic`'s partitions (those with none count 0),
+/// read with a client that asks for offsets without joining the group.
+fn committed_total(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut asked = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        asked.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(asked, Duration::from_secs(2))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw())
+        .filter(|offset| *offset > 0)
+        .sum())
 }
 
 /// A broker process of the lab's own.
@@ -138,6 +163,29 @@ pub async fn run(options: BrokerRestartOptions) -> anyhow::Result<serde_json::Va
 
     let started = Instant::now();
     let host = switchboard::start(config.clone()).await?;
+    // The longest time the delivered count stood still between the first delivery and the
+    // last: what an outage of the broker costs the traffic, prefetched records included.
+    let longest_stall_ms = Arc::new(AtomicU64::new(0));
+    let watching = tokio::spawn({
+        let stats = stats.clone();
+        let longest_stall_ms = longest_stall_ms.clone();
+        async move {
+            let mut last = 0;
+            let mut since = Instant::now();
+            loop {
+                let delivered = stats.snapshot().delivered;
+                if delivered != last {
+                    if last > 0 {
+                        longest_stall_ms
+                            .fetch_max(since.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                    last = delivered;
+                    since = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
     let producing = tokio::spawn({
         let (brokers, topic) = (address.clone(), topic.clone());
         async move {
@@ -152,7 +200,8 @@ pub async fn run(options: BrokerRestartOptions) -> anyhow::Result<serde_json::Va
     let points: Vec<u64> = (1..=u64::from(restarts))
         .map(|k| messages * k / (u64::from(restarts) + 1))
         .collect();
-    let mut stalls_ms = Vec::new();
+    let mut deliveries_ms = Vec::new();
+    let mut commits_ms = Vec::new();
     let mut last_report = Instant::now();
     for point in &points {
         while stats.snapshot().delivered < *point {
@@ -176,12 +225,41 @@ pub async fn run(options: BrokerRestartOptions) -> anyhow::Result<serde_json::Va
         eprintln!("[broker-restart] broker killed at {at_kill} delivered");
         tokio::time::sleep(down).await;
         broker = Some(BrokerProcess::start(&broker_bin, &work, &address)?);
-        // How long after the restart deliveries resume.
         let back = Instant::now();
-        while stats.snapshot().delivered <= at_kill && back.elapsed() < timeout {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // Deliveries go on from records fetched before the kill, so the first delivery after
+        // the restart says little; a commit past the first one the restarted broker reports
+        // says the host talks to the broker again. (A commit from before the kill can only
+        // be the baseline, never the figure.)
+        let mut first_delivery = None;
+        let mut baseline = None;
+        loop {
+            if first_delivery.is_none() && stats.snapshot().delivered > at_kill {
+                first_delivery = Some(back.elapsed());
+            }
+            let committed = {
+                let (address, group, topic) = (
+                    address.clone(),
+                    config.kafka.group_id.clone(),
+                    topic.clone(),
+                );
+                tokio::task::spawn_blocking(move || committed_total(&address, &group, &topic))
+                    .await
+                    .context("reading committed offsets panicked")?
+                    .ok()
+            };
+            match (baseline, committed) {
+                (None, Some(now)) => baseline = Some(now),
+                (Some(before), Some(now)) if now > before => break,
+                _ => {}
+            }
+            anyhow::ensure!(
+                back.elapsed() < timeout,
+                "the host committed nothing within {timeout:?} of the broker's restart"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        stalls_ms.push(back.elapsed().as_millis() as u64);
+        commits_ms.push(back.elapsed().as_millis() as u64);
+        deliveries_ms.push(first_delivery.unwrap_or_else(|| back.elapsed()).as_millis() as u64);
     }
     producing.await.context("producer task panicked")??;
 
@@ -205,6 +283,8 @@ pub async fn run(options: BrokerRestartOptions) -> anyhow::Result<serde_json::Va
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
+    watching.abort();
+    let longest_stall_ms = longest_stall_ms.load(Ordering::Relaxed);
     host.stop().await?;
     let dlq = dlq_records(&kafka, &outbox).await?;
     drop(outbox);
@@ -226,7 +306,9 @@ pub async fn run(options: BrokerRestartOptions) -> anyhow::Result<serde_json::Va
         "lost": lost,
         "duplicate_sends": seen.duplicates,
         "dlq": dlq,
-        "resumed_after_restart_ms": stalls_ms,
+        "first_delivery_after_restart_ms": deliveries_ms,
+        "first_commit_after_restart_ms": commits_ms,
+        "longest_delivery_stall_ms": longest_stall_ms,
         "elapsed_ms": elapsed.as_millis() as u64,
     }))
 }

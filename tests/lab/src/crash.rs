@@ -21,10 +21,10 @@ use switchboard_integration_tests::{FCM_EMAIL, FCM_PROJECT, FcmFixture};
 
 use crate::broker::{BrokerKind, LabKafka};
 
-const TOPIC: &str = "notifications";
-const RETRY_TOPIC: &str = "switchboard.retry";
-const DLQ_TOPIC: &str = "switchboard.dlq";
-const PARTITIONS: i32 = 6;
+pub(crate) const TOPIC: &str = "notifications";
+pub(crate) const RETRY_TOPIC: &str = "switchboard.retry";
+pub(crate) const DLQ_TOPIC: &str = "switchboard.dlq";
+pub(crate) const PARTITIONS: i32 = 6;
 const GROUP: &str = "switchboard-lab-crash";
 
 /// The plugin limits written into the host's config. Every delivery the vendor accepts is inside
@@ -34,6 +34,12 @@ const GROUP: &str = "switchboard-lab-crash";
 /// accepted and unmarked, and each of those is sent again after the restart.
 const CONCURRENCY: u64 = 32;
 const MAX_BATCH: u64 = 100;
+
+/// Deliveries a host may have accepted by the vendor and not yet marked done at any moment:
+/// the most a kill (or a hand-over that fails to drain) can send twice.
+pub(crate) fn inflight_bound() -> u64 {
+    CONCURRENCY * MAX_BATCH
+}
 
 /// Kills land between these fractions of the requests delivered, so none falls in the ramp-up
 /// or in the tail where little is in flight.
@@ -145,16 +151,33 @@ fcm = 100
     ))
 }
 
-/// Writes the host's config and the service-account key beside it; returns the config's path.
-fn write_config(
+/// What differs between the host processes the lab's scenarios write configs for.
+pub(crate) struct HostTables<'a> {
+    /// Which scenario wrote the file, for its first line.
+    pub written_by: &'a str,
+    /// The consumer group, before [`LabKafka::topic`] names it.
+    pub group: &'a str,
+    /// The `[dedup]` table.
+    pub dedup: &'a str,
+    /// Where the admin API listens.
+    pub admin_listen: &'a str,
+}
+
+/// The `[dedup]` table of a host with its own embedded store in `dedup/` beside its config.
+pub(crate) const EMBEDDED_DEDUP: &str = "[dedup]\nbackend = \"embedded\"\ndata_dir = \"dedup\"\n";
+
+/// Writes a host's config and the service-account key into `dir`; returns the config's path.
+pub(crate) fn write_host_config(
     dir: &Path,
     kafka: &LabKafka,
     fixture: &FcmFixture,
     fcm_wasm: &Path,
+    tables: &HostTables<'_>,
 ) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let plugin = fcm_plugin_toml(dir, fixture, fcm_wasm, MAX_BATCH, CONCURRENCY)?;
     let text = format!(
-        r#"# Written by `switchboard-lab crash`.
+        r#"# Written by `switchboard-lab {written_by}`.
 [kafka]
 brokers = {brokers}
 group_id = {group}
@@ -167,20 +190,19 @@ commit_interval_ms = 500
 session_timeout_ms = 6000
 rebalance_drain_ms = 3000
 
-[dedup]
-backend = "embedded"
-data_dir = "dedup"
-
-# Any free port: a lab host is not administered, and the next run's host must not collide.
+{dedup}
 [admin]
-listen = "127.0.0.1:0"
+listen = {admin}
 
 {plugin}"#,
+        written_by = tables.written_by,
         brokers = toml_string(&kafka.brokers),
-        group = toml_string(&kafka.topic(GROUP)),
+        group = toml_string(&kafka.topic(tables.group)),
         topic = toml_string(&kafka.topic(TOPIC)),
         retry = toml_string(&kafka.topic(RETRY_TOPIC)),
         dlq = toml_string(&kafka.topic(DLQ_TOPIC)),
+        dedup = tables.dedup,
+        admin = toml_string(tables.admin_listen),
     );
     let path = dir.join("switchboard.toml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -258,7 +280,6 @@ impl HostProcess {
         Ok(())
     }
 
-    /// SIGTERM, then waits for the graceful stop (drain and commit); SIGKILL after `grace`.
     /// The host's peak resident memory so far, in MiB, from /proc; 0 where /proc is missing.
     pub(crate) fn peak_rss_mib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -273,7 +294,8 @@ impl HostProcess {
             .map_or(0, |kb| kb / 1024)
     }
 
-    pub(crate) async fn terminate(mut self, grace: Duration) -> anyhow::Result<()> {
+    /// Asks the host to stop gracefully (SIGTERM): it drains, commits and exits.
+    pub(crate) fn request_stop(&mut self) -> anyhow::Result<()> {
         if self.child.try_wait()?.is_some() {
             return Ok(());
         }
@@ -283,14 +305,27 @@ impl HostProcess {
             .status()
             .context("running `kill -TERM`")?;
         anyhow::ensure!(status.success(), "`kill -TERM` failed: {status}");
+        Ok(())
+    }
+
+    /// After [`HostProcess::request_stop`]: true once the host has exited, an error when it
+    /// exited unsuccessfully.
+    pub(crate) fn stopped(&mut self) -> anyhow::Result<bool> {
+        match self.child.try_wait()? {
+            None => Ok(false),
+            Some(status) if status.success() => Ok(true),
+            Some(status) => {
+                anyhow::bail!("the host stopped with {status}; see {}", self.log.display())
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for the graceful stop (drain and commit); SIGKILL after `grace`.
+    pub(crate) async fn terminate(mut self, grace: Duration) -> anyhow::Result<()> {
+        self.request_stop()?;
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::ensure!(
-                    status.success(),
-                    "the host stopped with {status}; see {}",
-                    self.log.display()
-                );
+            if self.stopped()? {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -301,6 +336,16 @@ impl HostProcess {
             "the host did not stop within {grace:?} of SIGTERM; see {}",
             self.log.display()
         )
+    }
+}
+
+/// A lab that fails half-way leaves no host behind.
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -357,7 +402,20 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
         std::process::id()
     ));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let config = write_config(&work, &kafka, &fixture, &fcm_wasm)?;
+    let config = write_host_config(
+        &work,
+        &kafka,
+        &fixture,
+        &fcm_wasm,
+        &HostTables {
+            written_by: "crash",
+            group: GROUP,
+            dedup: EMBEDDED_DEDUP,
+            // Any free port: a lab host is not administered, and the next run's host must not
+            // collide.
+            admin_listen: "127.0.0.1:0",
+        },
+    )?;
     let log = work.join("host.log");
     let seed = seed.unwrap_or(nanos);
     let points = kill_points(kills, messages, &mut KillDice::new(seed));
@@ -468,7 +526,7 @@ pub async fn run(options: CrashOptions) -> anyhow::Result<serde_json::Value> {
     let dlq = dlq_records(&kafka, &outbox).await?;
     let seen = stats.snapshot();
     let lost = messages.saturating_sub(seen.delivered + dlq);
-    let inflight_bound = CONCURRENCY * MAX_BATCH;
+    let inflight_bound = inflight_bound();
     let duplicates_per_kill: Vec<u64> = duplicates_at_kill
         .iter()
         .zip(duplicates_at_kill.iter().skip(1).chain([&seen.duplicates]))

@@ -87,8 +87,9 @@ enum Scenario {
         #[arg(long)]
         brokers: Option<String>,
     },
-    /// Rebalance under load: host B joins one consumer group while host A delivers, then A
-    /// leaves while B delivers; both share the Redis dedup store.
+    /// Rebalance under load: three host processes in one consumer group; B joins while A
+    /// delivers, then C, then A and B leave; once with per-host embedded dedup and once with
+    /// shared Redis dedup.
     Rebalance {
         #[arg(long, default_value_t = 50_000)]
         messages: u64,
@@ -99,10 +100,10 @@ enum Scenario {
         /// Requests produced per second.
         #[arg(long, default_value_t = 2_000)]
         rate: u64,
-        /// Redis URL shared by both hosts.
+        /// Redis URL the hosts share in the shared-dedup run.
         #[arg(long, env = "SWITCHBOARD_TEST_REDIS")]
         redis: Option<String>,
-        /// Seconds to wait for the last request.
+        /// Seconds to wait for the last request, per run.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
         /// The Kafka to run on: the in-process mock cluster, or a real broker.
@@ -111,6 +112,9 @@ enum Scenario {
         /// The real broker's address (else SWITCHBOARD_TEST_KAFKA, else 127.0.0.1:19092).
         #[arg(long)]
         brokers: Option<String>,
+        /// Each host's own embedded dedup store, the Redis store they share, or one run of each.
+        #[arg(long, value_enum, default_value_t = rebalance::DedupChoice::Both)]
+        dedup: rebalance::DedupChoice,
     },
     /// Realtime against an ads backlog: the backlog drains through the ads lane while realtime
     /// requests arrive on their own lane; produce-to-vendor latency of realtime, host memory.
@@ -379,6 +383,7 @@ async fn main() -> anyhow::Result<()> {
             timeout_s,
             broker,
             brokers,
+            dedup,
         } => {
             rebalance::run(rebalance::RebalanceOptions {
                 messages,
@@ -389,6 +394,7 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout_s),
                 broker,
                 brokers,
+                dedup,
             })
             .await?
         }
