@@ -11,42 +11,26 @@ use crate::model::{
 };
 use crate::store::{HistoryError, HistoryStore};
 
-/// A `--since` value that is not a number followed by a unit.
+/// A duration that is not one, or is zero.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid duration `{input}`: expected a whole number followed by s, m, h or d (e.g. 90s, 30m, 1h, 2d)"
+    "invalid duration `{input}`: expected whole numbers with units, such as 90s, 30m, 1h, 2d or 1h 30m"
 )]
 pub struct ParseSinceError {
     /// What was given.
     pub input: String,
 }
 
-/// Parses a look-back such as `90s`, `30m`, `1h` or `2d` (seconds, minutes, hours, days).
-/// Zero, fractions, a missing unit and other units are refused.
+/// Parses a look-back such as `90s`, `30m`, `1h`, `2d`, `1w` or `1h 30m`: the one duration
+/// grammar of the command line (`humantime`'s), for `history --since` and `dlq replay --since`
+/// alike. Zero and a number without a unit are refused.
 pub fn parse_since(text: &str) -> Result<Duration, ParseSinceError> {
-    let refuse = || ParseSinceError {
-        input: text.to_owned(),
-    };
-    let trimmed = text.trim();
-    let unit_at = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(refuse)?;
-    let (number, unit) = trimmed.split_at(unit_at);
-    let amount: u64 = number.parse().map_err(|_| refuse())?;
-    let unit_s = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(refuse()),
-    };
-    if amount == 0 {
-        return Err(refuse());
+    match humantime::parse_duration(text.trim()) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(ParseSinceError {
+            input: text.to_owned(),
+        }),
     }
-    amount
-        .checked_mul(unit_s)
-        .map(Duration::from_secs)
-        .ok_or_else(refuse)
 }
 
 /// Everything `switchboard history` shows for one query.
@@ -326,15 +310,15 @@ mod tests {
         assert_eq!(parse_since("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_since("2d"), Ok(Duration::from_secs(2 * 86_400)));
         assert_eq!(parse_since(" 1h "), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_since("1w"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_since("1h 30m"), Ok(Duration::from_secs(5400)));
         for bad in [
             "",
             "h",
             "1",
             "1.5h",
-            "1w",
             "-1h",
             "0m",
-            "1 h",
             "1hh",
             "99999999999999999999d",
         ] {

@@ -34,6 +34,11 @@ pub enum Command {
         #[arg(long)]
         embedded_test_cluster: bool,
     },
+    /// Config tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Run the self-contained demo: embedded Kafka, the FCM simulator, the bundled FCM plugin.
     /// Prints progress on stderr and one JSON summary line last on stdout.
     Demo {
@@ -66,7 +71,7 @@ pub enum Command {
         /// Only this vendor (plugin name).
         #[arg(long)]
         vendor: Option<String>,
-        /// How far back: 90s, 30m, 1h, 2d.
+        /// How far back: 90s, 30m, 1h, 2d, 1w, 1h 30m.
         #[arg(long, default_value = "1h")]
         since: String,
         /// One JSON object instead of tables.
@@ -190,21 +195,66 @@ pub enum PluginsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// Send dead-lettered deliveries back to their lane. They are still deduplicated, so a
-    /// replay never re-sends a delivered recipient.
-    Replay {
+    /// List dead-lettered records, newest first: when, the reason class, the plugin, the
+    /// attempts, the key and the reason. Reads the whole DLQ (progress on stderr).
+    List {
+        #[command(flatten)]
+        select: DlqSelection,
+        /// Only records with this key (a delivery's idempotency key).
+        #[arg(long)]
+        key: Option<String>,
+        /// The most records to print.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print whole every dead-lettered record with this key: its headers and its value.
+    Show {
         /// The host's config file (for the brokers and topic names).
         #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
         config: PathBuf,
-        /// Only records with this reason class.
-        #[arg(long, value_enum)]
-        reason: Option<crate::retry::ReasonClass>,
-        /// Only records dead-lettered within this age: 90s, 30m, 2h, 7d.
-        #[arg(long, default_value = "7d")]
-        since: String,
+        /// The record's key (a delivery's idempotency key, as `dlq list` shows it).
+        key: String,
+        /// JSON lines, one per record, instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead-lettered deliveries back to their lane. They are still deduplicated, so a
+    /// replay never re-sends a delivered recipient.
+    Replay {
+        #[command(flatten)]
+        select: DlqSelection,
         /// Count what would be replayed, and write nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+/// Which DLQ records a `dlq` command reads, and where the DLQ is.
+#[derive(Debug, clap::Args)]
+pub struct DlqSelection {
+    /// The host's config file (for the brokers and topic names).
+    #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+    pub config: PathBuf,
+    /// Only records with this reason class.
+    #[arg(long, value_enum)]
+    pub reason: Option<crate::retry::ReasonClass>,
+    /// Only records dead-lettered within this age: 90s, 30m, 2h, 7d, 1h 30m.
+    #[arg(long, default_value = "7d")]
+    pub since: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a config without starting anything: values, references between sections, the
+    /// files and secrets it names, each plugin loaded and described, and channels against what
+    /// the plugins serve. Prints every problem with its line; exits 78 if there is any.
+    Check {
+        /// The TOML config file.
+        #[arg(env = "SWITCHBOARD_CONFIG")]
+        file: PathBuf,
     },
 }
 
@@ -225,9 +275,10 @@ pub enum PluginCommand {
         /// Where to create it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The switchboard-sdk crate to depend on.
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk"))]
-        sdk: PathBuf,
+        /// A local switchboard-sdk crate to depend on (an unpacked `.crate`, a checkout's
+        /// `sdk/`). Without it, the crate depends on the SDK release matching this host.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// Run a component offline against recorded vendor exchanges and print a pass/fail table.
     Test {
@@ -252,6 +303,7 @@ pub enum PluginCommand {
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     let config_fault = error.chain().any(|cause| {
         cause.is::<crate::config::ConfigError>()
+            || cause.is::<ConfigProblems>()
             || matches!(
                 cause.downcast_ref::<switchboard_history::HistoryError>(),
                 Some(switchboard_history::HistoryError::Config { .. })
@@ -259,6 +311,11 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     });
     if config_fault { EXIT_CONFIG } else { 1 }
 }
+
+/// `config check` found problems (already printed, one per line).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} problem(s) in the config; each is printed above with its line")]
+pub struct ConfigProblems(pub usize);
 
 /// Exit status for a config at fault: `EX_CONFIG` of BSD's sysexits.h, which service managers
 /// and scripts know as "configuration error".
@@ -291,6 +348,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into());
             }
             crate::run(config, shutdown_signal()).await
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            telemetry::init(cli.log_format, "warn");
+            let report = crate::config_check::check(&file).await?;
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            for problem in &report.problems {
+                println!("error: {problem}");
+            }
+            match report.problems.len() {
+                0 => {
+                    println!(
+                        "ok: {}: {} plugins load and describe themselves",
+                        file.display(),
+                        report.plugins.len()
+                    );
+                    Ok(())
+                }
+                n => Err(ConfigProblems(n).into()),
+            }
         }
         Command::Demo {
             messages,
@@ -344,44 +424,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Dlq {
-            command:
-                DlqCommand::Replay {
-                    config,
-                    reason,
-                    since,
-                    dry_run,
-                },
-        } => {
+        Command::Dlq { command } => {
             telemetry::init(cli.log_format, "warn");
-            let config = crate::Config::load(&config)?;
-            let brokers = config.kafka.brokers.clone().context(
-                "kafka.brokers is not set: the embedded cluster lives inside a running host, so there is no DLQ to read from outside it",
-            )?;
-            let age = crate::retry::replay::parse_age(&since)?;
-            let filter = crate::retry::replay::ReplayFilter {
-                reason,
-                since_ms: crate::retry::now_ms().saturating_sub(age.as_millis() as u64),
-                dry_run,
-            };
-            let outbox = crate::retry::Outbox::connect(
-                &brokers,
-                &config.kafka.retry_topic,
-                &config.kafka.dlq_topic,
-                &config.kafka_properties()?,
-            )?
-            .with_retry_tiers(config.kafka.retry_topics());
-            eprintln!("reading {} from {brokers}…", config.kafka.dlq_topic);
-            let summary = crate::retry::replay::replay(
-                &brokers,
-                &config.kafka.dlq_topic,
-                &config.kafka_properties()?,
-                &outbox,
-                &filter,
-            )
-            .await?;
-            println!("{}", serde_json::to_string(&summary)?);
-            Ok(())
+            run_dlq(command).await
         }
         Command::Plugin {
             command:
@@ -392,7 +437,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     sdk,
                 },
         } => {
-            let root = crate::authoring::scaffold::create(&dir, &name, &channel, &sdk)?;
+            let root = crate::authoring::scaffold::create(&dir, &name, &channel, sdk.as_deref())?;
             println!("created {}", root.display());
             println!("next: cd {} && cargo build --release", root.display());
             Ok(())
@@ -499,6 +544,120 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  channel:     {}", info.channel);
             println!("  max-batch:   {}", info.max_batch);
             println!("  wants-hosts: {}", info.wants_hosts.join(", "));
+            Ok(())
+        }
+    }
+}
+
+/// The config at `path` and its brokers: the DLQ is read from outside a host.
+fn dlq_config(path: &std::path::Path) -> anyhow::Result<(crate::Config, String)> {
+    let config = crate::Config::load(path)?;
+    let brokers = config.kafka.brokers.clone().context(
+        "kafka.brokers is not set: the embedded cluster lives inside a running host, so there is no DLQ to read from outside it",
+    )?;
+    Ok((config, brokers))
+}
+
+/// `ms` since the epoch, `since` ago (`7d`, `2h`).
+fn since_ms(since: &str) -> anyhow::Result<u64> {
+    let age = switchboard_history::parse_since(since)?;
+    Ok(crate::retry::now_ms().saturating_sub(age.as_millis() as u64))
+}
+
+/// Progress of a DLQ read, on stderr.
+fn scan_progress(read: u64, total: u64) {
+    eprintln!("read {read} of {total} DLQ records…");
+}
+
+async fn run_dlq(command: DlqCommand) -> anyhow::Result<()> {
+    use crate::retry::inspect;
+    match command {
+        DlqCommand::List {
+            select,
+            key,
+            limit,
+            json,
+        } => {
+            let (config, brokers) = dlq_config(&select.config)?;
+            let filter = inspect::DlqFilter {
+                reason: select.reason,
+                since_ms: since_ms(&select.since)?,
+                key,
+            };
+            let mut scan = inspect::DlqScan::open(
+                &brokers,
+                &config.kafka.dlq_topic,
+                &config.kafka_properties()?,
+            )?;
+            let listing = inspect::list(&mut scan, &filter, limit, &mut scan_progress)?;
+            match json {
+                true => println!("{}", serde_json::to_string(&listing)?),
+                false => print!("{}", inspect::render_listing(&listing)),
+            }
+            Ok(())
+        }
+        DlqCommand::Show { config, key, json } => {
+            let (config, brokers) = dlq_config(&config)?;
+            let filter = inspect::DlqFilter {
+                key: Some(key.clone()),
+                ..Default::default()
+            };
+            let mut scan = inspect::DlqScan::open(
+                &brokers,
+                &config.kafka.dlq_topic,
+                &config.kafka_properties()?,
+            )?;
+            let found = inspect::show(&mut scan, &filter, &mut scan_progress)?;
+            anyhow::ensure!(
+                !found.is_empty(),
+                "no record with key `{key}` in {} ({} read)",
+                config.kafka.dlq_topic,
+                scan.read
+            );
+            for record in &found {
+                match json {
+                    true => {
+                        let value = String::from_utf8_lossy(&record.payload);
+                        let mut line = serde_json::to_value(record)?;
+                        line["value"] = serde_json::Value::String(value.into_owned());
+                        println!("{line}");
+                    }
+                    false => print!("{}", inspect::render_record(record)),
+                }
+            }
+            Ok(())
+        }
+        DlqCommand::Replay { select, dry_run } => {
+            let (config, brokers) = dlq_config(&select.config)?;
+            let filter = crate::retry::replay::ReplayFilter {
+                reason: select.reason,
+                since_ms: since_ms(&select.since)?,
+                dry_run,
+            };
+            let outbox = crate::retry::Outbox::connect(
+                &brokers,
+                &config.kafka.retry_topic,
+                &config.kafka.dlq_topic,
+                &config.kafka_properties()?,
+            )?
+            .with_retry_tiers(config.kafka.retry_topics());
+            eprintln!("reading {} from {brokers}…", config.kafka.dlq_topic);
+            let summary = crate::retry::replay::replay_with_progress(
+                &brokers,
+                &config.kafka.dlq_topic,
+                &config.kafka_properties()?,
+                &outbox,
+                &filter,
+                &mut |read, total, so_far| {
+                    eprintln!(
+                        "read {read} of {total} DLQ records; {} to the retry topic, {} to their \
+                         origin topic, {} not replayable so far…",
+                        so_far.to_retry_topic, so_far.to_origin_topic, so_far.not_replayable
+                    );
+                },
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
     }

@@ -30,6 +30,26 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The same error with the line of its field in the config file's `text`.
+    pub fn with_line_in(self, text: &str) -> ConfigError {
+        match self {
+            ConfigError::Invalid {
+                path,
+                field,
+                message,
+                ..
+            } => ConfigError::Invalid {
+                path,
+                line: line_of(text, &field),
+                field,
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
 /// The 1-based line of the dotted `field` (`channels.sms.sms-acme`, `plugins.fcm.path`) in TOML
 /// `text`: the key's line inside its table, or the table's header when the key is not there.
 /// A plain text search, not a parser: the file has already parsed, and a wrong guess only costs
@@ -907,28 +927,35 @@ impl Config {
         self.resolve(&dir)
     }
 
-    /// Reads, parses and validates the config at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and parses the config at `path`, unchecked, with its text (for line numbers).
+    fn read(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         let mut config = Config::parse(&text, path)?;
         config.source = Some(path.to_path_buf());
-        let with_line = |error: ConfigError| match error {
-            ConfigError::Invalid {
-                path,
-                field,
-                message,
-                ..
-            } => ConfigError::Invalid {
-                path,
-                line: line_of(&text, &field),
-                field,
-                message,
-            },
-            other => other,
-        };
+        Ok((config, text))
+    }
+
+    /// Reads and parses the config at `path`, then lists every problem `load` would stop at:
+    /// values, references between sections, files and secrets, each with its line. `Err` when
+    /// the file does not read or parse (nothing more can be checked then).
+    pub fn check_file(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+        let (config, text) = Config::read(path)?;
+        let problems = config
+            .problems()
+            .into_iter()
+            .chain(config.file_and_env_problems())
+            .map(|problem| problem.with_line_in(&text))
+            .collect();
+        Ok((config, problems))
+    }
+
+    /// Reads, parses and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let (config, text) = Config::read(path)?;
+        let with_line = |error: ConfigError| error.with_line_in(&text);
         config.validate().map_err(with_line)?;
         config.check_files_and_env().map_err(with_line)?;
         Ok(config)
@@ -937,11 +964,20 @@ impl Config {
     /// Checks what lives outside the file: plugin components exist, and secrets from the
     /// environment are set. Done at load so `run` fails at once, naming the field.
     fn check_files_and_env(&self) -> Result<(), ConfigError> {
+        match self.file_and_env_problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem [`Config::check_files_and_env`] would stop at.
+    fn file_and_env_problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         let invalid = |field: String, message: String| self.invalid_field(&field, message);
         for (name, plugin) in &self.plugins {
             let path = self.resolve(&plugin.path);
             if !path.is_file() {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("plugins.{name}.path"),
                     format!("plugin file {} does not exist", path.display()),
                 ));
@@ -950,7 +986,7 @@ impl Config {
                 if let SecretSource::Env(var) = source
                     && std::env::var_os(var).is_none()
                 {
-                    return Err(invalid(
+                    problems.push(invalid(
                         format!("plugins.{name}.secrets.{secret}"),
                         format!("environment variable `{var}` is not set"),
                     ));
@@ -959,18 +995,28 @@ impl Config {
         }
         // Secrets are read now, and the stores' URLs and CA files checked, so that a fault of
         // the config stops the start naming its line, and is never taken for an outage.
-        if self.dedup.backend == DedupBackend::Redis {
-            self.check_redis_sources()?;
+        if self.dedup.backend == DedupBackend::Redis
+            && let Err(problem) = self.check_redis_sources()
+        {
+            problems.push(problem);
         }
-        self.history_settings()
-            .check_sources()
-            .map_err(|error| match error {
+        if let Err(error) = self.history_settings().check_sources() {
+            problems.push(match error {
                 switchboard_history::HistoryError::Config { field, reason } => {
                     invalid(format!("history.{field}"), reason)
                 }
                 other => invalid("history".into(), other.to_string()),
-            })?;
-        self.kafka_properties().map(|_| ())
+            });
+        }
+        // Each property on its own, so every unreadable secret is named.
+        for (name, property) in &self.kafka.properties {
+            if let Err(problem) =
+                self.read_maybe_secret(&format!("kafka.properties.{name}"), property)
+            {
+                problems.push(problem);
+            }
+        }
+        problems
     }
 
     /// `dedup.redis_url` reads and parses, and `dedup.redis_tls_ca_file` reads, holds
@@ -1165,7 +1211,18 @@ impl Config {
     }
 
     /// Checks what parsing cannot: references between sections and values out of range.
+    /// Stops at the first problem; [`Config::problems`] lists them all.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem [`Config::validate`] would refuse the config for, in the file's order of
+    /// sections, each naming its field.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         let invalid = |field: String, message: String| ConfigError::Invalid {
             line: None,
             path: self
@@ -1180,7 +1237,7 @@ impl Config {
                 .iter()
                 .all(|c| self.lanes.get(*c).topics.is_empty())
         {
-            return Err(invalid(
+            problems.push(invalid(
                 "kafka.topics".into(),
                 "names no topic, and no lane has topics of its own".into(),
             ));
@@ -1200,7 +1257,7 @@ impl Config {
         });
         for (field, topic) in owned.chain(laned) {
             if let Some(first) = seen.insert(topic.clone(), field.clone()) {
-                return Err(invalid(
+                problems.push(invalid(
                     field,
                     format!("topic `{topic}` is already read by {first}; a topic feeds one lane"),
                 ));
@@ -1221,7 +1278,7 @@ impl Config {
             ),
         ] {
             if value == 0 {
-                return Err(invalid(
+                problems.push(invalid(
                     field.into(),
                     "must be above 0: without it a hung Redis would stall delivery".into(),
                 ));
@@ -1231,32 +1288,32 @@ impl Config {
             let lane = self.lanes.get(class);
             let field = |f: &str| format!("lanes.{}.{f}", class.as_str());
             if lane.concurrency == Some(0) {
-                return Err(invalid(field("concurrency"), "must be at least 1".into()));
+                problems.push(invalid(field("concurrency"), "must be at least 1".into()));
             }
             if lane.budget_mb == Some(0) {
-                return Err(invalid(field("budget_mb"), "must be at least 1".into()));
+                problems.push(invalid(field("budget_mb"), "must be at least 1".into()));
             }
         }
         if self.budget.total_mb < 16 {
-            return Err(invalid(
+            problems.push(invalid(
                 "budget.total_mb".into(),
                 "must be at least 16 (MiB)".into(),
             ));
         }
         if !(10..=95).contains(&self.budget.low_water_percent) {
-            return Err(invalid(
+            problems.push(invalid(
                 "budget.low_water_percent".into(),
                 "must be 10..=95".into(),
             ));
         }
         if !(1..=50).contains(&self.budget.fetch_percent) {
-            return Err(invalid(
+            problems.push(invalid(
                 "budget.fetch_percent".into(),
                 "must be 1..=50".into(),
             ));
         }
         if self.kafka.rebalance_drain_ms >= self.kafka.session_timeout_ms {
-            return Err(invalid(
+            problems.push(invalid(
                 "kafka.rebalance_drain_ms".into(),
                 format!(
                     "{} ms must be below kafka.session_timeout_ms ({} ms), or the group evicts this host while it drains",
@@ -1269,17 +1326,19 @@ impl Config {
                 .iter()
                 .find(|(owned, _)| name.trim().eq_ignore_ascii_case(owned))
             {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("kafka.properties.{name}"),
                     format!("`{name}` cannot be set here: {why}"),
                 ));
             }
         }
-        self.check_record_fits_the_dlq(&invalid)?;
+        if let Err(problem) = self.check_record_fits_the_dlq(&invalid) {
+            problems.push(problem);
+        }
         if self.kafka.retry_tiers_s.contains(&0)
             || self.kafka.retry_tiers_s.windows(2).any(|w| w[0] >= w[1])
         {
-            return Err(invalid(
+            problems.push(invalid(
                 "kafka.retry_tiers_s".into(),
                 "must be rising delays in seconds, each above 0, e.g. [1, 10, 60, 600]".into(),
             ));
@@ -1296,7 +1355,7 @@ impl Config {
                     .iter()
                     .any(|c| self.lanes.get(*c).topics.contains(special))
             {
-                return Err(invalid(
+                problems.push(invalid(
                     "kafka.topics".into(),
                     format!(
                         "`{special}` is the retry or DLQ topic and cannot also be a request topic"
@@ -1307,20 +1366,20 @@ impl Config {
         if let Err(switchboard_history::HistoryError::Config { field, reason }) =
             self.history.validate()
         {
-            return Err(invalid(format!("history.{field}"), reason));
+            problems.push(invalid(format!("history.{field}"), reason));
         }
         if self.runtime.artifact_cache
             && self
                 .resolve(&self.runtime.artifact_key_file)
                 .starts_with(self.resolve(&self.runtime.artifact_cache_dir))
         {
-            return Err(invalid(
+            problems.push(invalid(
                 "runtime.artifact_key_file".into(),
                 "must lie outside runtime.artifact_cache_dir: the key is the host's secret, the cache directory is not".into(),
             ));
         }
         if self.dispatch.retry_max_attempts == 0 {
-            return Err(invalid(
+            problems.push(invalid(
                 "dispatch.retry_max_attempts".into(),
                 "must be at least 1".into(),
             ));
@@ -1328,24 +1387,24 @@ impl Config {
         for (name, plugin) in &self.plugins {
             let field = |f: &str| format!("plugins.{name}.{f}");
             if plugin.timeout_ms == 0 {
-                return Err(invalid(field("timeout_ms"), "must be above 0".into()));
+                problems.push(invalid(field("timeout_ms"), "must be above 0".into()));
             }
             if plugin.memory_mb == 0 || plugin.memory_mb > 4096 {
-                return Err(invalid(field("memory_mb"), "must be 1..=4096".into()));
+                problems.push(invalid(field("memory_mb"), "must be 1..=4096".into()));
             }
             if let Some(rate) = plugin.rate_per_s
                 && !(rate.is_finite() && rate > 0.0)
             {
-                return Err(invalid(
+                problems.push(invalid(
                     field("rate_per_s"),
                     "must be a positive number of deliveries per second".into(),
                 ));
             }
             if plugin.burst == Some(0) {
-                return Err(invalid(field("burst"), "must be at least 1".into()));
+                problems.push(invalid(field("burst"), "must be at least 1".into()));
             }
             if plugin.max_batch == 0 || plugin.concurrency == 0 {
-                return Err(invalid(
+                problems.push(invalid(
                     field("max_batch/concurrency"),
                     "must be at least 1".into(),
                 ));
@@ -1363,7 +1422,7 @@ impl Config {
                 ("log_bytes_per_s", bounds.log_bytes_per_s),
             ] {
                 if value == 0 {
-                    return Err(invalid(
+                    problems.push(invalid(
                         field(&format!("bounds.{bound}")),
                         "must be at least 1".into(),
                     ));
@@ -1372,21 +1431,21 @@ impl Config {
         }
         for (channel, weights) in &self.channels {
             if weights.is_empty() {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("channels.{channel}"),
                     "names no plugin".into(),
                 ));
             }
             for vendor in weights.keys() {
                 if !self.plugins.contains_key(vendor) {
-                    return Err(invalid(
+                    problems.push(invalid(
                         format!("channels.{channel}.{vendor}"),
                         format!("no plugin `{vendor}` is configured under [plugins]"),
                     ));
                 }
             }
             if weights.values().all(|w| *w == 0) {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("channels.{channel}"),
                     "every weight is 0".into(),
                 ));
@@ -1395,21 +1454,21 @@ impl Config {
         for (channel, fallback) in &self.fallback {
             for (field, name) in [("", channel), (".channel", &fallback.channel)] {
                 if !self.channels.contains_key(name) {
-                    return Err(invalid(
+                    problems.push(invalid(
                         format!("fallback.{channel}{field}"),
                         format!("no channel `{name}` is configured under [channels]"),
                     ));
                 }
             }
             if fallback.channel == *channel {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("fallback.{channel}.channel"),
                     "a channel cannot fall back to itself".into(),
                 ));
             }
         }
         if let Some(cycle) = self.fallback_cycle() {
-            return Err(invalid(
+            problems.push(invalid(
                 format!("fallback.{}.channel", cycle[0]),
                 format!(
                     "fallback channels form a cycle ({}): a delivery would be re-sent around it forever",
@@ -1419,26 +1478,29 @@ impl Config {
         }
         let health = &self.health;
         if health.window_s == 0 || health.window_s > 600 {
-            return Err(invalid("health.window_s".into(), "must be 1..=600".into()));
+            problems.push(invalid("health.window_s".into(), "must be 1..=600".into()));
         }
         if !(1..=100).contains(&health.error_percent) {
-            return Err(invalid(
+            problems.push(invalid(
                 "health.error_percent".into(),
                 "must be 1..=100".into(),
             ));
         }
         if health.open_s == 0 || health.max_open_s < health.open_s || health.probes == 0 {
-            return Err(invalid(
+            problems.push(invalid(
                 "health.open_s/max_open_s/probes".into(),
                 "open_s and probes must be at least 1, and max_open_s at least open_s".into(),
             ));
         }
         if self.canary.window_s == 0 || self.canary.window_s > 600 {
-            return Err(invalid("canary.window_s".into(), "must be 1..=600".into()));
+            problems.push(invalid("canary.window_s".into(), "must be 1..=600".into()));
         }
-        Ok(())
+        problems
     }
 }
+
+#[cfg(test)]
+mod example_fields;
 
 #[cfg(test)]
 mod tests {

@@ -446,6 +446,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         )?
         .with_retry_tiers(config.kafka.retry_topics())
         .with_counters(counters.clone())
+        .with_metrics(metrics.clone())
         .with_results(results),
     );
     let history = open_history(&config).await?;
@@ -492,6 +493,12 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         max_record_bytes: config.dispatch.max_record_bytes,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let readiness = Arc::new(crate::admin::readiness::Readiness::new(
+        shutdown_rx.clone(),
+        metrics.clone(),
+    ));
+    // The admin API outlives the drain, so `/readyz` can say "draining" while records finish.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
     let canaries = tokio::spawn(
         registry
             .clone()
@@ -511,14 +518,17 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             let mutations = if admin_token.is_some() { "on" } else { "off" };
             let state = crate::admin::AdminState::new(
                 &config.admin,
-                router.clone(),
-                registry.clone(),
-                counters.clone(),
-                budget.clone(),
+                crate::admin::HostHandles {
+                    router: router.clone(),
+                    registry: registry.clone(),
+                    counters: counters.clone(),
+                    budget: budget.clone(),
+                },
                 admin_token,
                 crate::admin::metrics_renderer(metrics.clone()),
+                readiness.clone(),
             );
-            let (addr, task) = crate::admin::spawn(listener, state, shutdown_rx.clone())?;
+            let (addr, task) = crate::admin::spawn(listener, state, admin_stop_rx)?;
             tracing::info!(%addr, mutations, "admin API listening");
             (Some(addr), Some(task))
         }
@@ -542,6 +552,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         });
     }
     drop(shared);
+    readiness.mark_consuming();
     tracing::info!(
         topics = ?config.kafka.topics,
         realtime_topics = ?config.lanes.realtime.topics,
@@ -572,6 +583,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
+        let _ = admin_stop.send(true);
         if let Some(admin) = admin {
             crate::admin::join(admin).await;
         }

@@ -5,6 +5,7 @@
 //!
 //! ## Layout
 //! - [`config`]: the TOML configuration, documented field by field, validated at start;
+//! - [`config_check`]: `switchboard config check`, every problem of a config without a start;
 //! - [`ingest`]: the Kafka consumer, envelope decoding, the offset watermark, the embedded cluster;
 //! - [`dedup`]: which deliveries are done, by idempotency key (embedded store, Redis);
 //! - [`dispatch`]: batching per plugin, call concurrency, retries with backoff;
@@ -27,6 +28,7 @@ pub mod admin;
 pub mod authoring;
 pub mod cli;
 pub mod config;
+pub mod config_check;
 pub mod dedup;
 pub mod demo;
 pub mod dispatch;

@@ -67,7 +67,7 @@ pub mod bindings {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
         world: "adapter",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_adapter_world",
         default_bindings_module: "::switchboard_sdk::bindings",

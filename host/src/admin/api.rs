@@ -30,6 +30,18 @@ use crate::telemetry::events;
 /// The web console, served at `/`.
 const CONSOLE_HTML: &str = include_str!("console.html");
 
+/// uPlot, the charting library the console draws its plots with (`vendor/README.md` says which
+/// version and where it came from). Compiled in and served by the host itself, not a CDN, so
+/// the console keeps its charts on a host without internet access.
+const UPLOT_JS: &str = include_str!("vendor/uplot.iife.min.js");
+/// uPlot's own styles (legend, cursor, the placing of axes), served next to it.
+const UPLOT_CSS: &str = include_str!("vendor/uplot.min.css");
+
+/// How long a browser may keep the vendored assets without asking again. They change only with
+/// the binary, so a day spares a re-download on every page load; after an upgrade that brings
+/// another uPlot, a browser may use the old one for up to that day (a hard reload fetches it).
+const ASSET_CACHE_CONTROL: &str = "public, max-age=86400";
+
 /// Seconds of per-second history a series request gets when it names none.
 const DEFAULT_SERIES_S: u64 = 300;
 
@@ -40,7 +52,10 @@ pub fn routes(state: Shared) -> axum::Router {
     let upload_limit = DefaultBodyLimit::max(state.max_upload_bytes);
     axum::Router::new()
         .route("/", get(console))
+        .route("/assets/uplot.min.js", get(uplot_js))
+        .route("/assets/uplot.min.css", get(uplot_css))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/channels", get(channels))
@@ -208,8 +223,40 @@ async fn console() -> Html<&'static str> {
     Html(CONSOLE_HTML)
 }
 
+/// `GET /assets/uplot.min.js`: the console's charting library. A read, so open like the page.
+async fn uplot_js() -> Response {
+    asset("text/javascript; charset=utf-8", UPLOT_JS)
+}
+
+/// `GET /assets/uplot.min.css`: the charting library's styles (legend, cursor, axes layout).
+async fn uplot_css() -> Response {
+    asset("text/css; charset=utf-8", UPLOT_CSS)
+}
+
+/// A file compiled into the binary, with its content type and [`ASSET_CACHE_CONTROL`].
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, ASSET_CACHE_CONTROL),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// 200 with `{"ready": true}`, or 503 with every reason it is not (see [`super::readiness`]).
+async fn readyz(State(state): State<Shared>) -> Response {
+    let reply = state.readiness.check();
+    let status = match reply.ready {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(reply)).into_response()
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {

@@ -8,11 +8,13 @@
 //!
 //! - [`api`]: the routes and their JSON shapes;
 //! - [`auth`]: the token every mutation must carry, compared in constant time;
-//! - [`client`]: the operator CLI's HTTP client and its tables.
+//! - [`client`]: the operator CLI's HTTP client and its tables;
+//! - [`readiness`]: what `/readyz` answers.
 
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod readiness;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,23 +51,37 @@ pub struct AdminState {
     pub token: Option<SecretValue>,
     /// Renders `/metrics`.
     pub metrics: MetricsRenderer,
+    /// What `/readyz` answers.
+    pub readiness: Arc<readiness::Readiness>,
     /// Largest plugin upload, in bytes.
     pub max_upload_bytes: usize,
     /// Largest JSON request body, in bytes.
     pub max_body_bytes: usize,
 }
 
+/// The host's parts the admin API reads and changes.
+pub struct HostHandles {
+    pub router: Arc<Router>,
+    pub registry: Arc<Registry>,
+    pub counters: Arc<Counters>,
+    pub budget: Arc<Budget>,
+}
+
 impl AdminState {
     /// The state over a host's parts, with the limits of `config`.
     pub fn new(
         config: &AdminConfig,
-        router: Arc<Router>,
-        registry: Arc<Registry>,
-        counters: Arc<Counters>,
-        budget: Arc<Budget>,
+        host: HostHandles,
         token: Option<SecretValue>,
         metrics: MetricsRenderer,
+        readiness: Arc<readiness::Readiness>,
     ) -> Self {
+        let HostHandles {
+            router,
+            registry,
+            counters,
+            budget,
+        } = host;
         Self {
             router,
             registry,
@@ -73,6 +89,7 @@ impl AdminState {
             budget,
             token,
             metrics,
+            readiness,
             max_upload_bytes: usize::try_from(config.max_upload_mb.saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
             max_body_bytes: usize::try_from(config.max_body_kb.saturating_mul(1 << 10))
@@ -120,7 +137,8 @@ pub async fn bind(config: &AdminConfig) -> anyhow::Result<Option<TcpListener>> {
 }
 
 /// Serves the admin API on `listener` until `shutdown` turns true, then finishes the requests in
-/// flight (bounded). Returns the bound address and the server's task.
+/// flight (bounded). The host turns `shutdown` only once its consumers have drained, so `/readyz`
+/// answers "draining" meanwhile. Returns the bound address and the server's task.
 pub fn spawn(
     listener: TcpListener,
     state: AdminState,

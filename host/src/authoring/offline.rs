@@ -444,7 +444,7 @@ fn priority(text: &str) -> anyhow::Result<Priority> {
 pub fn read_cases(path: &Path) -> anyhow::Result<CasesFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::from_str(&text)
+    serde_norway::from_str(&text)
         .with_context(|| format!("{} is not a valid cases file", path.display()))
 }
 
@@ -558,7 +558,7 @@ pub async fn record(wasm: &Path, cases: &CasesFile) -> anyhow::Result<CasesFile>
 
 /// Writes a cases file, keeping a short header comment.
 pub fn write_cases(path: &Path, cases: &CasesFile) -> anyhow::Result<()> {
-    let yaml = serde_yaml::to_string(cases)?;
+    let yaml = serde_norway::to_string(cases)?;
     let text = format!(
         "# Offline test cases for `switchboard plugin test`. Recorded exchanges; secrets appear only\n# as {{{{secret:NAME}}}} placeholders.\n{yaml}"
     );

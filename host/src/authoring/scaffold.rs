@@ -12,8 +12,15 @@ use anyhow::Context as _;
 /// Channels the scaffold knows the content shape of.
 pub const CHANNELS: [&str; 4] = ["sms", "push-android", "push-ios", "alimtalk"];
 
-/// Creates the plugin crate `dir/name`. `sdk` is the path of the `switchboard-sdk` crate.
-pub fn create(dir: &Path, name: &str, channel: &str, sdk: &Path) -> anyhow::Result<PathBuf> {
+/// Creates the plugin crate `dir/name`. It depends on the `switchboard-sdk` release this host
+/// was built with, from the registry; `sdk` names a local copy of the crate instead (an
+/// unpacked `.crate`, a checkout's `sdk/`).
+pub fn create(
+    dir: &Path,
+    name: &str,
+    channel: &str,
+    sdk: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(
         !name.is_empty()
             && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -31,9 +38,20 @@ pub fn create(dir: &Path, name: &str, channel: &str, sdk: &Path) -> anyhow::Resu
     );
     let root = dir.join(name);
     anyhow::ensure!(!root.exists(), "{} already exists", root.display());
-    let sdk = sdk
-        .canonicalize()
-        .with_context(|| format!("the SDK is not at {}", sdk.display()))?;
+    let sdk = match sdk {
+        Some(path) => {
+            let path = path
+                .canonicalize()
+                .with_context(|| format!("the SDK is not at {}", path.display()))?;
+            anyhow::ensure!(
+                path.join("Cargo.toml").is_file() && path.join("wit").is_dir(),
+                "{} is not the switchboard-sdk crate (no Cargo.toml and wit/ there)",
+                path.display()
+            );
+            SdkSource::Path(path)
+        }
+        None => SdkSource::Registry,
+    };
     let files = [
         ("Cargo.toml", cargo_toml(name, &sdk)),
         (".cargo/config.toml", CARGO_CONFIG.to_string()),
@@ -70,7 +88,32 @@ const CARGO_CONFIG: &str = r#"# `cargo build --release` builds the component: We
 target = "wasm32-wasip2"
 "#;
 
-fn cargo_toml(name: &str, sdk: &Path) -> String {
+/// Where the generated crate takes the SDK from.
+enum SdkSource {
+    /// The release this host was built with, from the registry.
+    Registry,
+    /// A local copy of the crate.
+    Path(PathBuf),
+}
+
+impl SdkSource {
+    /// The dependency's TOML value.
+    fn requirement(&self) -> String {
+        match self {
+            // The host and the SDK are released together, so the matching minor version binds
+            // the world this host loads.
+            SdkSource::Registry => format!("\"{}\"", minor_requirement(env!("CARGO_PKG_VERSION"))),
+            SdkSource::Path(path) => format!("{{ path = \"{}\" }}", path.display()),
+        }
+    }
+}
+
+/// `0.1.3` → `0.1`: any release of the same minor version.
+fn minor_requirement(version: &str) -> String {
+    version.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
+}
+
+fn cargo_toml(name: &str, sdk: &SdkSource) -> String {
     format!(
         r#"# A Switchboard vendor adapter. Build it with `cargo build --release`; the component is
 # target/wasm32-wasip2/release/{lib}.wasm. Check it with `switchboard plugin check FILE`, test it
@@ -87,7 +130,7 @@ crate-type = ["cdylib"]
 
 [dependencies]
 # The SDK: the Adapter trait, the export macro, and helpers for HTTP, auth, content and tokens.
-switchboard-sdk = {{ path = "{sdk}" }}
+switchboard-sdk = {sdk}
 serde_json = "1"
 
 [profile.release]
@@ -100,7 +143,7 @@ strip = "debuginfo"
 [workspace]
 "#,
         lib = name.replace('-', "_"),
-        sdk = sdk.display()
+        sdk = sdk.requirement()
     )
 }
 
@@ -325,8 +368,9 @@ mod tests {
         assert_eq!(type_name("acme-sms"), "AcmeSms");
         let dir = tempfile::tempdir()?;
         let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
-        assert!(create(dir.path(), "Acme SMS", "sms", &sdk).is_err());
-        let root = create(dir.path(), "acme-sms", "sms", &sdk)?;
+        let sdk = Some(sdk.as_path());
+        assert!(create(dir.path(), "Acme SMS", "sms", sdk).is_err());
+        let root = create(dir.path(), "acme-sms", "sms", sdk)?;
         for file in [
             "Cargo.toml",
             "src/lib.rs",
@@ -337,12 +381,31 @@ mod tests {
             assert!(root.join(file).exists(), "{file}");
         }
         assert!(
-            create(dir.path(), "acme-sms", "sms", &sdk).is_err(),
+            create(dir.path(), "acme-sms", "sms", sdk).is_err(),
             "refuses to overwrite"
         );
         let cases: crate::authoring::offline::CasesFile =
-            serde_yaml::from_str(&std::fs::read_to_string(root.join("tests/cases.yaml"))?)?;
+            serde_norway::from_str(&std::fs::read_to_string(root.join("tests/cases.yaml"))?)?;
         assert_eq!(cases.cases.len(), 3);
+        Ok(())
+    }
+
+    /// Without `--sdk`, the crate names the SDK release, never a path on the machine that built
+    /// the host; with it, the path given.
+    #[test]
+    fn the_sdk_comes_from_the_registry_unless_a_local_copy_is_named() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let root = create(dir.path(), "acme-push", "push-ios", None)?;
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
+        let wanted = format!(
+            "switchboard-sdk = \"{}\"",
+            minor_requirement(env!("CARGO_PKG_VERSION"))
+        );
+        assert!(manifest.contains(&wanted), "{manifest}");
+        assert!(!manifest.contains(env!("CARGO_MANIFEST_DIR")), "{manifest}");
+        assert_eq!(minor_requirement("0.1.3"), "0.1");
+        let not_sdk = create(dir.path(), "acme-sms", "sms", Some(dir.path()));
+        assert!(not_sdk.is_err());
         Ok(())
     }
 }

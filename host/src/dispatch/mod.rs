@@ -310,6 +310,11 @@ impl Settler {
                 counters
                     .deliveries_delivered
                     .fetch_add(1, Ordering::Relaxed);
+                // From the request record's Kafka timestamp: the figure the lanes exist for.
+                self.metrics.record_delivery_latency(
+                    job.class.as_str(),
+                    Duration::from_millis(now_ms().saturating_sub(job.first_seen_ms)),
+                );
                 record(&job, OutcomeClass::Delivered);
                 self.outbox.publish_result(|| ResultRecord {
                     vendor_message_id: (!id.is_empty()).then(|| id.clone()),

@@ -12,7 +12,11 @@
 //!
 //! The result topics ([`results`]) go out through the outbox too, on a producer of their own
 //! that is never awaited: results are informational and must not hold a delivery back.
+//!
+//! Operators read the DLQ with [`inspect`] (`dlq list`, `dlq show`) and send records back with
+//! [`replay`] (`dlq replay`).
 
+pub mod inspect;
 pub mod replay;
 pub mod results;
 pub mod topics;
@@ -30,6 +34,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::plugin::{Priority, SharedDelivery};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::{Counters, events};
 
 /// Header names on retry and DLQ records.
@@ -72,6 +77,16 @@ pub enum ReasonClass {
 }
 
 impl ReasonClass {
+    /// Every class, in the order the metrics list them.
+    pub const ALL: [ReasonClass; 6] = [
+        ReasonClass::Rejected,
+        ReasonClass::Expired,
+        ReasonClass::AttemptsExhausted,
+        ReasonClass::PluginFault,
+        ReasonClass::Undecodable,
+        ReasonClass::UnknownChannel,
+    ];
+
     /// The header value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -217,6 +232,8 @@ pub struct Outbox {
     abandon: tokio::sync::watch::Sender<bool>,
     /// Where truncated and refused writes are counted.
     counters: Arc<Counters>,
+    /// Where dead letters are counted by reason class.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Outbox {
@@ -249,6 +266,7 @@ impl Outbox {
             results: None,
             abandon: tokio::sync::watch::channel(false).0,
             counters: Arc::default(),
+            metrics: None,
         })
     }
 
@@ -281,6 +299,14 @@ impl Outbox {
     /// Counts truncated and refused writes in `counters` from now on.
     pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
         self.counters = counters;
+        self
+    }
+
+    /// Counts dead letters by reason class in `metrics` from now on; every class shows from the
+    /// start, at 0, so an alert on one has a series to watch.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        metrics.declare_dead_letter_reasons(ReasonClass::ALL.map(ReasonClass::as_str));
+        self.metrics = Some(metrics);
         self
     }
 
@@ -349,6 +375,20 @@ impl Outbox {
     /// with its original size and SHA-256 in headers beside the origin coordinates, so the
     /// whole record can still be found in its origin topic.
     pub async fn dead_letter(
+        &self,
+        key: &str,
+        value: &[u8],
+        origin: &Origin,
+        why: &DeadLetterReason<'_>,
+    ) -> Result<(), OutboxError> {
+        let written = self.write_dead_letter(key, value, origin, why).await;
+        if let (Ok(()), Some(metrics)) = (&written, &self.metrics) {
+            metrics.record_dead_letter(why.class.as_str());
+        }
+        written
+    }
+
+    async fn write_dead_letter(
         &self,
         key: &str,
         value: &[u8],

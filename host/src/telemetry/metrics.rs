@@ -12,10 +12,19 @@
 //!   [`Budget`], the router's weights and the vendors' breakers, and each plugin's call and
 //!   capability counters. Nothing on the delivery path updates a second copy of them.
 //!
+//! - The process's own: resident memory, CPU seconds, threads and open files, read from
+//!   `/proc/self` when rendered, under the names every Prometheus client library uses
+//!   (`process_*`, no prefix), so the dashboards made for them work unchanged.
+//!
 //! A scrape before the host is wired up ([`Metrics::observe`]) has the recorded series only.
+//!
+//! Label sets stay bounded: lanes, reason classes and outcomes are fixed lists, vendors are the
+//! configured plugins, and a plugin version's series are removed once the registry has let go
+//! of that version ([`Metrics::prune_versions`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -41,6 +50,13 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// call is normally allowed.
 const CALL_SECONDS_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Upper bounds of the end-to-end latency buckets, in seconds: 5 ms (a realtime push on a quiet
+/// host) to an hour (a bulk backlog, or a delivery that waited in the retry topics).
+const DELIVERY_LATENCY_BUCKETS: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+    3600.0,
 ];
 
 /// What one delivery of a call came to, as `switchboard_vendor_outcomes_total` counts it.
@@ -116,6 +132,26 @@ struct DependencyLabels {
     dependency: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LaneLabels {
+    lane: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    wasmtime: String,
+}
+
+/// The wasmtime the host embeds, for `switchboard_build_info` (kept in step with Cargo.toml's
+/// pin by `build_info_names_the_pinned_wasmtime`).
+const WASMTIME_VERSION: &str = "48.0.8";
+
 /// What the render-time series are read from.
 pub struct HostParts {
     pub counters: Arc<Counters>,
@@ -131,6 +167,13 @@ pub struct Metrics {
     call_seconds: Family<VersionLabels, Histogram, fn() -> Histogram>,
     consumer_lag: Family<SourceLabels, Gauge>,
     dependency_up: Family<DependencyLabels, Gauge>,
+    /// The same gauges by name, for readiness (a `Family` cannot be listed).
+    dependencies: Mutex<BTreeMap<String, Gauge>>,
+    dead_letters: Family<ReasonLabels, Counter>,
+    delivery_latency: Family<LaneLabels, Histogram, fn() -> Histogram>,
+    /// Every plugin version with series, so a dropped one's can be removed (a `Family` cannot
+    /// be listed).
+    versions_seen: Mutex<std::collections::HashSet<VersionLabels>>,
     host: Arc<OnceLock<HostParts>>,
 }
 
@@ -152,15 +195,36 @@ fn call_histogram() -> Histogram {
     Histogram::new(CALL_SECONDS_BUCKETS)
 }
 
+fn latency_histogram() -> Histogram {
+    Histogram::new(DELIVERY_LATENCY_BUCKETS)
+}
+
 impl Metrics {
     /// The recorded series, empty; [`Metrics::observe`] adds the render-time ones.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("switchboard");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("switchboard");
         let outcomes = Family::<OutcomeLabels, Counter>::default();
         let call_seconds: Family<VersionLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(call_histogram);
         let consumer_lag = Family::<SourceLabels, Gauge>::default();
         let dependency_up = Family::<DependencyLabels, Gauge>::default();
+        let dead_letters = Family::<ReasonLabels, Counter>::default();
+        let delivery_latency: Family<LaneLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                wasmtime: WASMTIME_VERSION.to_string(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the host's version and the wasmtime it embeds",
+            build_info,
+        );
         registry.register(
             "vendor_outcomes",
             "Deliveries per vendor and plugin version (vendor, version = the plugin's describe \
@@ -174,6 +238,20 @@ impl Metrics {
             "Duration of each plugin call (a batch of deliveries), per vendor and plugin version",
             Unit::Seconds,
             call_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_latency",
+            "End to end, per lane: from the request record's Kafka timestamp to the vendor's \
+             answer that delivered it, retries included (lane = realtime, batch, ads)",
+            Unit::Seconds,
+            delivery_latency.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Records written to the DLQ, by reason class: rejected, expired, \
+             attempts-exhausted, plugin-fault, undecodable, unknown-channel (the sb-reason-class \
+             header)",
+            dead_letters.clone(),
         );
         registry.register(
             "consumer_lag_records",
@@ -192,11 +270,15 @@ impl Metrics {
         let host = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(HostCollector { host: host.clone() }));
         Self {
-            registry,
+            registry: root,
             outcomes,
             call_seconds,
             consumer_lag,
             dependency_up,
+            dependencies: Mutex::default(),
+            dead_letters,
+            delivery_latency,
+            versions_seen: Mutex::default(),
             host,
         }
     }
@@ -225,6 +307,12 @@ impl Metrics {
             version: version.to_string(),
             id: id.to_string(),
         };
+        {
+            let mut seen = lock(&self.versions_seen);
+            if !seen.contains(&labels) {
+                seen.insert(labels.clone());
+            }
+        }
         self.call_seconds
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
@@ -248,6 +336,53 @@ impl Metrics {
         }
     }
 
+    /// Counts one DLQ write of reason class `reason` (the `sb-reason-class` header's value).
+    pub fn record_dead_letter(&self, reason: &str) {
+        self.dead_letters
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Makes each of `reasons` a series at 0, so an alert on any of them has a series to watch.
+    pub fn declare_dead_letter_reasons<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        for reason in reasons {
+            drop(self.dead_letters.get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            }));
+        }
+    }
+
+    /// Observes one delivery in lane `lane`, `latency` after its request record's timestamp.
+    pub fn record_delivery_latency(&self, lane: &str, latency: Duration) {
+        self.delivery_latency
+            .get_or_create(&LaneLabels {
+                lane: lane.to_string(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Removes the series of every plugin version that is not in `live` (vendor, version id):
+    /// versions the registry has let go of, so their label sets do not pile up with uploads.
+    pub fn prune_versions(&self, live: &std::collections::HashSet<(String, String)>) {
+        lock(&self.versions_seen).retain(|labels| {
+            if live.contains(&(labels.vendor.clone(), labels.id.clone())) {
+                return true;
+            }
+            self.call_seconds.remove(labels);
+            for outcome in CallOutcome::ALL {
+                self.outcomes.remove(&OutcomeLabels {
+                    vendor: labels.vendor.clone(),
+                    version: labels.version.clone(),
+                    id: labels.id.clone(),
+                    outcome,
+                });
+            }
+            false
+        });
+    }
+
     /// The lag gauge of one consumer (`source`: realtime, batch, ads, mixed or retry), for its
     /// statistics callback to set.
     pub fn consumer_lag(&self, source: &str) -> Gauge {
@@ -258,13 +393,27 @@ impl Metrics {
 
     /// The up gauge of one dependency (`redis`), for the store that watches it to set.
     pub fn dependency_up(&self, dependency: &str) -> Gauge {
-        self.dependency_up.get_or_create_owned(&DependencyLabels {
+        let gauge = self.dependency_up.get_or_create_owned(&DependencyLabels {
             dependency: dependency.to_string(),
-        })
+        });
+        lock(&self.dependencies).insert(dependency.to_string(), gauge.clone());
+        gauge
+    }
+
+    /// The dependencies whose up gauge reads 0, by name.
+    pub fn dependencies_down(&self) -> Vec<String> {
+        lock(&self.dependencies)
+            .iter()
+            .filter(|(_, gauge)| gauge.get() == 0)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Every series, as OpenMetrics text (ends with `# EOF`).
     pub fn render(&self) -> String {
+        if let Some(host) = self.host.get() {
+            self.prune_versions(&host.live_versions());
+        }
         let mut text = String::with_capacity(16 * 1024);
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             // Writing to a String does not fail; a failure is a bug in an encoder.
@@ -272,6 +421,11 @@ impl Metrics {
         }
         text
     }
+}
+
+/// A lock whose holder cannot leave it half-changed (each change is one insert or remove).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Encodes the render-time series.
@@ -359,6 +513,21 @@ impl Collector for HostCollector {
 }
 
 impl HostParts {
+    /// Every version the registry holds: active, canary, previous and staged, per plugin.
+    fn live_versions(&self) -> std::collections::HashSet<(String, String)> {
+        let mut live = std::collections::HashSet::new();
+        for plugin in self.plugins.views() {
+            let versions = std::iter::once(&plugin.active)
+                .chain(plugin.canary.as_ref().map(|c| &c.version))
+                .chain(&plugin.previous)
+                .chain(&plugin.staged);
+            for version in versions {
+                live.insert((plugin.name.clone(), version.id.clone()));
+            }
+        }
+        live
+    }
+
     fn encode_counters(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let c = self.counters.snapshot();
         counter(
@@ -738,6 +907,98 @@ mod tests {
             })
             .and_then(|line| line.rsplit(' ').next())
             .and_then(|value| value.parse().ok())
+    }
+
+    #[test]
+    fn a_dropped_versions_series_are_removed_and_the_live_ones_kept() {
+        let metrics = Metrics::new();
+        metrics.record_call(
+            "fcm",
+            "1.0.0",
+            "old",
+            [CallOutcome::Delivered],
+            Duration::ZERO,
+        );
+        metrics.record_call("fcm", "1.1.0", "new", [CallOutcome::Trap], Duration::ZERO);
+        let live = std::collections::HashSet::from([("fcm".to_string(), "new".to_string())]);
+        metrics.prune_versions(&live);
+        let text = metrics.render();
+        assert!(!text.contains("id=\"old\""), "{text}");
+        let new = [("id", "new"), ("outcome", "trap")];
+        assert_eq!(
+            sample(&text, "switchboard_vendor_outcomes_total", &new),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "switchboard_vendor_call_duration_seconds_count",
+                &[("id", "new")]
+            ),
+            Some(1.0)
+        );
+        // A version that comes back (a rollback to it) starts its series again.
+        metrics.record_call(
+            "fcm",
+            "1.0.0",
+            "old",
+            [CallOutcome::Delivered],
+            Duration::ZERO,
+        );
+        let old = [("id", "old"), ("outcome", "delivered")];
+        let text = metrics.render();
+        assert_eq!(
+            sample(&text, "switchboard_vendor_outcomes_total", &old),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn dead_letters_count_by_reason_and_latency_by_lane() {
+        let metrics = Metrics::new();
+        metrics.declare_dead_letter_reasons(["rejected", "expired"]);
+        metrics.record_dead_letter("expired");
+        metrics.record_delivery_latency("realtime", Duration::from_millis(3));
+        metrics.record_delivery_latency("batch", Duration::from_secs(40));
+        let text = metrics.render();
+        let reason = |r: &str| sample(&text, "switchboard_dead_letters_total", &[("reason", r)]);
+        assert_eq!(reason("rejected"), Some(0.0), "{text}");
+        assert_eq!(reason("expired"), Some(1.0));
+        let under = |lane: &str, le: &str| {
+            sample(
+                &text,
+                "switchboard_delivery_latency_seconds_bucket",
+                &[("lane", lane), ("le", le)],
+            )
+        };
+        assert_eq!(under("realtime", "0.005"), Some(1.0), "{text}");
+        assert_eq!(under("batch", "0.005"), Some(0.0));
+        assert_eq!(
+            sample(
+                &text,
+                "switchboard_delivery_latency_seconds_count",
+                &[("lane", "batch")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "switchboard_build_info",
+                &[("wasmtime", WASMTIME_VERSION)]
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn build_info_names_the_pinned_wasmtime() -> anyhow::Result<()> {
+        let manifest = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"),
+        )?;
+        let pin = format!("wasmtime = {{ version = \"={WASMTIME_VERSION}\"");
+        assert!(manifest.contains(&pin), "Cargo.toml no longer pins {pin}");
+        Ok(())
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod metrics;
+pub mod process;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,5 +1,6 @@
-//! A vendor team's whole path, from a clean temp directory: scaffold, build, check, offline test
-//! (and a recorded one), load into a running host on embedded defaults, deliver to vendorsim.
+//! A vendor team's whole path, from a clean temp directory outside the checkout: the SDK packed
+//! as it would be published, scaffold against that packed crate, build, check, offline test (and
+//! a recorded one), load into a running host on embedded defaults, deliver to vendorsim.
 
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
@@ -42,11 +43,42 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `cargo package -p switchboard-sdk` (which builds the packed crate on its own to verify it),
+/// then the `.crate` unpacked into `into`: the SDK as an author outside this repository gets it.
+fn packed_sdk(into: &Path) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let packed = Command::new(env!("CARGO"))
+        .args(["package", "-p", "switchboard-sdk", "--allow-dirty"])
+        .current_dir(&workspace)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .output()
+        .unwrap();
+    assert!(
+        packed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&packed.stderr)
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    let file = target_dir().join(format!("package/switchboard-sdk-{version}.crate"));
+    let unpacked = Command::new("tar")
+        .args(["xzf", path(&file), "-C", path(into)])
+        .output()
+        .unwrap();
+    assert!(unpacked.status.success(), "{unpacked:?}");
+    let sdk = into.join(format!("switchboard-sdk-{version}"));
+    assert!(
+        sdk.join("wit/switchboard.wit").is_file(),
+        "the WIT is packed"
+    );
+    sdk
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaffold_build_check_test_load_and_deliver() {
     let work = tempfile::tempdir().unwrap();
+    let sdk = packed_sdk(work.path());
 
-    // 1. Scaffold.
+    // 1. Scaffold, against the packed SDK.
     ok(&switchboard(&[
         "plugin",
         "new",
@@ -55,6 +87,8 @@ async fn scaffold_build_check_test_load_and_deliver() {
         "sms",
         "--dir",
         path(work.path()),
+        "--sdk",
+        path(&sdk),
     ]));
     let crate_dir = work.path().join("acme-sms");
 

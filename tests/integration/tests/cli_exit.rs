@@ -123,3 +123,67 @@ fn a_failure_at_run_time_exits_1_and_a_refused_command_line_2() {
     assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
     assert!(stderr(&usage).contains("--config"), "{}", stderr(&usage));
 }
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn config_check_prints_every_problem_with_its_line_and_connects_to_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchboard.toml");
+    let fcm = switchboard_integration_tests::plugin_path("fcm");
+    // Nothing listens on port 9: a check that connected would hang or fail there.
+    let text = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:9\"\ntopics = [\"requests\"]\n\n\
+         [budget]\ntotal_mb = 4\n\n\
+         [plugins.fcm]\npath = \"missing/fcm.wasm\"\n\n\
+         [plugins.sms]\npath = \"{}\"\n\n\
+         [channels.sms]\nsms = 100\nghost = 1\n",
+        fcm.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = switchboard(&["config", "check"], Some(&config));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(EXIT_CONFIG)),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let printed = stdout(&out);
+    for (line, field) in [
+        (6, "budget.total_mb"),
+        (9, "plugins.fcm.path"),
+        (16, "channels.sms.ghost"),
+        (15, "channels.sms.sms"),
+    ] {
+        assert!(
+            printed
+                .lines()
+                .any(|l| l.starts_with("error:") && l.contains(&format!("line {line}: {field}"))),
+            "no error for {field} at line {line}:\n{printed}"
+        );
+    }
+    assert!(
+        printed.contains("serves channel `push-android`"),
+        "{printed}"
+    );
+    assert_eq!(
+        printed.lines().filter(|l| l.starts_with("error:")).count(),
+        4
+    );
+
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"127.0.0.1:9\"\ntopics = [\"requests\"]\n\n\
+             [plugins.fcm]\npath = \"{}\"\n\n[channels.push-android]\nfcm = 100\n",
+            fcm.display()
+        ),
+    )
+    .unwrap();
+    let ok = switchboard(&["config", "check", config.to_str().unwrap()], None);
+    assert_eq!(ok.status.code(), Some(0), "{}{}", stdout(&ok), stderr(&ok));
+    assert!(stdout(&ok).contains("ok:"), "{}", stdout(&ok));
+}

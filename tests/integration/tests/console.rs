@@ -2,8 +2,10 @@
 //! against a real host with the demo's vendors and the bundled components. Weights typed into
 //! the page and applied change the routing; without the token the page shows the refusal and
 //! nothing changes; the page keeps up with the host (weights after a refresh, a breaker badge per
-//! vendor, deliveries plotted from the series endpoint); a plugin version uploaded through the
-//! page's file field can be rolled back and activated again with its buttons.
+//! vendor, deliveries plotted from the series endpoint in a uPlot chart with axes and a legend);
+//! a plugin version uploaded through the page's file field can be rolled back and activated
+//! again with its buttons. A screenshot of the charts is left at
+//! `$CARGO_TARGET_TMPDIR/console-charts.png` (`target/tmp/`); the test log prints its path.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`make browser`, which `make test` runs). The
 //! test fails, rather than skips, when they are missing: a console nobody tested is not tested.
@@ -473,7 +475,7 @@ async fn drive(page: &Client, host: &RunningHost, base: &str, topic: &str) -> an
         Ok((host.counters.snapshot().deliveries_delivered >= MESSAGES).then_some(()))
     })
     .await?;
-    let chart = r#"svg[data-chart="throughput"][data-vendor="fcm"]"#;
+    let chart = r#"div.chart-plot[data-chart="throughput"][data-vendor="fcm"]"#;
     let plotted = eventually("the deliveries plotted", async || {
         let total = page.find(css(chart)).await?.attr("data-total").await?;
         let total: f64 = total.unwrap_or_default().parse().unwrap_or(0.0);
@@ -484,13 +486,77 @@ async fn drive(page: &Client, host: &RunningHost, base: &str, topic: &str) -> an
         plotted == MESSAGES as f64,
         "fcm's plot counts {plotted} deliveries, the host made {MESSAGES}"
     );
-    let line = page
-        .find(css(&format!("{chart} path.line")))
+    // A uPlot chart really rendered: its canvas, a legend naming the series (where hover values
+    // show), and two axes.
+    page.find(css(&format!("{chart} canvas")))
+        .await
+        .context("the plot has a canvas")?;
+    let legend = text_of(page, &format!("{chart} .u-legend")).await?;
+    ensure!(
+        legend.contains("deliveries/s"),
+        "the legend names the series: `{legend}`"
+    );
+    let axes = page.find_all(css(&format!("{chart} .u-axis"))).await?;
+    ensure!(
+        axes.len() == 2,
+        "an x-axis and a y-axis: {} found",
+        axes.len()
+    );
+    // uPlot draws axis labels and lines on the canvas, so they are read from the chart itself
+    // (the wrapper's `uplot` property) and from the canvas's pixels.
+    let drawn = page
+        .execute(
+            r#"const plot = document.querySelector(arguments[0]);
+               const u = plot.uplot;
+               const canvas = plot.querySelector("canvas");
+               const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+               let painted = 0;
+               for (let i = 3; i < pixels.length; i += 4) if (pixels[i] !== 0) painted++;
+               return {
+                 x: { scale: u.axes[0].scale, side: u.axes[0].side, time: u.scales.x.time === true },
+                 y: { scale: u.axes[1].scale, side: u.axes[1].side, label: u.axes[1].label },
+                 points: u.data[0].length,
+                 painted,
+               };"#,
+            vec![json!(chart)],
+        )
+        .await?;
+    ensure!(
+        drawn["x"] == json!({"scale": "x", "side": 2, "time": true}),
+        "a time x-axis below the plot: {drawn}"
+    );
+    ensure!(
+        drawn["y"] == json!({"scale": "y", "side": 3, "label": "deliveries/s"}),
+        "a y-axis on the left labelled with its unit: {drawn}"
+    );
+    let points: u64 = page
+        .find(css(chart))
         .await?
-        .attr("d")
+        .attr("data-points")
         .await?
-        .unwrap_or_default();
-    ensure!(line.starts_with('M'), "the plot has a line: `{line}`");
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
+    ensure!(
+        points > 0 && drawn["points"].as_u64() == Some(points),
+        "data-points {points} is what the chart plots: {drawn}"
+    );
+    ensure!(
+        drawn["painted"].as_u64().unwrap_or(0) > 0,
+        "the chart drew on its canvas: {drawn}"
+    );
+    // A picture of the charts for whoever reads the test log. CARGO_TARGET_TMPDIR is where
+    // cargo lets integration tests leave files; it is set when the test is compiled.
+    in_view(page, r#"[data-vendor-card="fcm"]"#).await?;
+    let png = page.screenshot().await?;
+    ensure!(
+        png.starts_with(b"\x89PNG"),
+        "the screenshot is a PNG ({} bytes)",
+        png.len()
+    );
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-charts.png");
+    std::fs::write(&shot, &png).with_context(|| format!("writing {}", shot.display()))?;
+    eprintln!("the console's charts: {}", shot.display());
 
     // A new version uploaded through the page's file field, rolled back with its button, then
     // activated again from the staged list.

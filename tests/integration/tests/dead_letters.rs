@@ -11,7 +11,7 @@ use switchboard::demo::{demo_envelope, produce};
 use switchboard::ingest::EmbeddedKafka;
 use switchboard::retry::replay::{ReplayFilter, replay};
 use switchboard::retry::{Outbox, ReasonClass};
-use switchboard_integration_tests::{FcmFixture, read_topic, wait_until};
+use switchboard_integration_tests::{FcmFixture, read_topic, switchboard_bin, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -76,6 +76,54 @@ async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once
     }
     assert!(by_class["undecodable"]["sb-reason"].contains("not a valid envelope"));
     assert_eq!(by_class["expired"]["sb-attempts"], "1");
+
+    // An operator reads the same from outside the host: `dlq list` and `dlq show`.
+    let work = tempfile::tempdir().unwrap();
+    let config_file = work.path().join("switchboard.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\ndlq_topic = \"{}\"\n",
+            config.kafka.dlq_topic
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(switchboard_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&config_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = cli(&["dlq", "list"]);
+    assert!(
+        table.contains("3 of 3 matching records shown (3 read)"),
+        "{table}"
+    );
+    for class in ["rejected", "undecodable", "expired"] {
+        assert!(table.contains(class), "{table}");
+    }
+    let listing: serde_json::Value =
+        serde_json::from_str(&cli(&["dlq", "list", "--reason", "rejected", "--json"])).unwrap();
+    assert_eq!(listing["matched"], 1, "{listing}");
+    let rejected_key = listing["records"][0]["key"].as_str().unwrap().to_string();
+    assert_eq!(listing["records"][0]["plugin"], "fcm");
+    let shown = cli(&["dlq", "show", &rejected_key]);
+    assert!(
+        shown.contains("sb-vendor-code: INVALID_ARGUMENT"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("sim-invalid_argument-1"),
+        "the value is shown: {shown}"
+    );
 
     // Replay the expired delivery: its second try succeeds (the token fails only once).
     let outbox = Outbox::connect(
