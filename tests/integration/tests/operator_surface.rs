@@ -151,7 +151,9 @@ async fn the_metric_tables_match_what_metrics_serves_and_readyz_tells_ready() ->
     let operations = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/OPERATIONS.md"),
     )?;
-    let documented = documented_series(&operations);
+    let mut documented = documented_series(&operations);
+    // Served only with a dependency to watch (Redis dedup); this host has none.
+    documented.remove("switchboard_dependency_up");
     let served = served_series(&metrics);
     let undocumented: Vec<_> = served.difference(&documented).collect();
     let not_served: Vec<_> = documented.difference(&served).collect();
