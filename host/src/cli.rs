@@ -3,7 +3,6 @@
 //! `vendors`).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -240,7 +239,7 @@ pub struct DlqSelection {
     pub config: PathBuf,
     /// Only records with this reason class.
     #[arg(long, value_enum)]
-    pub reason: Option<crate::retry::ReasonClass>,
+    pub reason: Option<crate::settle::ReasonClass>,
     /// Only records dead-lettered within this age: 90s, 30m, 2h, 7d, 1h 30m.
     #[arg(long, default_value = "7d")]
     pub since: String,
@@ -377,23 +376,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             plugin_dir,
             vendor_latency_ms,
         } => {
-            // Progress lines carry the demo; host logs only say what went wrong.
-            telemetry::init(cli.log_format, "warn,switchboard::host=info");
-            let summary = crate::demo::run(crate::demo::DemoOptions {
-                messages,
-                plugin_dir,
-                vendor_latency: Duration::from_millis(vendor_latency_ms),
-                ..Default::default()
-            })
-            .await?;
-            println!("{}", serde_json::to_string(&summary)?);
-            anyhow::ensure!(
-                summary.lost == 0 && summary.duplicates == 0,
-                "the demo lost {} and duplicated {} deliveries",
-                summary.lost,
-                summary.duplicates
-            );
-            Ok(())
+            #[cfg(feature = "demo")]
+            {
+                // Progress lines carry the demo; host logs only say what went wrong.
+                telemetry::init(cli.log_format, "warn,switchboard::host=info");
+                let summary = crate::demo::run(crate::demo::DemoOptions {
+                    messages,
+                    plugin_dir,
+                    vendor_latency: std::time::Duration::from_millis(vendor_latency_ms),
+                    ..Default::default()
+                })
+                .await?;
+                println!("{}", serde_json::to_string(&summary)?);
+                anyhow::ensure!(
+                    summary.lost == 0 && summary.duplicates == 0,
+                    "the demo lost {} and duplicated {} deliveries",
+                    summary.lost,
+                    summary.duplicates
+                );
+                Ok(())
+            }
+            #[cfg(not(feature = "demo"))]
+            {
+                let _ = (messages, plugin_dir, vendor_latency_ms);
+                anyhow::bail!(
+                    "this switchboard was built without the demo and its vendor simulators: \
+                     build it with `--features demo` (`make demo` does)"
+                )
+            }
         }
         Command::History {
             config,
@@ -561,7 +571,7 @@ fn dlq_config(path: &std::path::Path) -> anyhow::Result<(crate::Config, String)>
 /// `ms` since the epoch, `since` ago (`7d`, `2h`).
 fn since_ms(since: &str) -> anyhow::Result<u64> {
     let age = switchboard_history::parse_since(since)?;
-    Ok(crate::retry::now_ms().saturating_sub(age.as_millis() as u64))
+    Ok(crate::clock::now_ms().saturating_sub(age.as_millis() as u64))
 }
 
 /// Progress of a DLQ read, on stderr.
@@ -570,7 +580,7 @@ fn scan_progress(read: u64, total: u64) {
 }
 
 async fn run_dlq(command: DlqCommand) -> anyhow::Result<()> {
-    use crate::retry::inspect;
+    use crate::settle::inspect;
     match command {
         DlqCommand::List {
             select,
@@ -629,12 +639,12 @@ async fn run_dlq(command: DlqCommand) -> anyhow::Result<()> {
         }
         DlqCommand::Replay { select, dry_run } => {
             let (config, brokers) = dlq_config(&select.config)?;
-            let filter = crate::retry::replay::ReplayFilter {
+            let filter = crate::settle::replay::ReplayFilter {
                 reason: select.reason,
                 since_ms: since_ms(&select.since)?,
                 dry_run,
             };
-            let outbox = crate::retry::Outbox::connect(
+            let outbox = crate::settle::Outbox::connect(
                 &brokers,
                 &config.kafka.retry_topic,
                 &config.kafka.dlq_topic,
@@ -642,7 +652,7 @@ async fn run_dlq(command: DlqCommand) -> anyhow::Result<()> {
             )?
             .with_retry_tiers(config.kafka.retry_topics());
             eprintln!("reading {} from {brokers}…", config.kafka.dlq_topic);
-            let summary = crate::retry::replay::replay_with_progress(
+            let summary = crate::settle::replay::replay_with_progress(
                 &brokers,
                 &config.kafka.dlq_topic,
                 &config.kafka_properties()?,

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject as _;
 use serde::Deserialize;
@@ -394,12 +395,12 @@ impl TrafficClass {
     }
 }
 
-impl From<crate::plugin::Priority> for TrafficClass {
-    fn from(priority: crate::plugin::Priority) -> Self {
+impl From<crate::contract::Priority> for TrafficClass {
+    fn from(priority: crate::contract::Priority) -> Self {
         match priority {
-            crate::plugin::Priority::Realtime => TrafficClass::Realtime,
-            crate::plugin::Priority::Batch => TrafficClass::Batch,
-            crate::plugin::Priority::Ads => TrafficClass::Ads,
+            crate::contract::Priority::Realtime => TrafficClass::Realtime,
+            crate::contract::Priority::Batch => TrafficClass::Batch,
+            crate::contract::Priority::Ads => TrafficClass::Ads,
         }
     }
 }
@@ -620,14 +621,26 @@ impl Default for DedupConfig {
             redis_tls_ca_file: None,
             redis_prefix: "switchboard:dedup".into(),
             redis_shards: 16_384,
-            redis_connect_timeout_ms: crate::dedup::redis::DEFAULT_CONNECT_TIMEOUT.as_millis()
-                as u64,
-            redis_response_timeout_ms: crate::dedup::redis::DEFAULT_RESPONSE_TIMEOUT.as_millis()
-                as u64,
-            redis_probe_interval_ms: crate::dedup::redis::DEFAULT_PROBE_INTERVAL.as_millis() as u64,
+            redis_connect_timeout_ms: DEFAULT_REDIS_CONNECT_TIMEOUT.as_millis() as u64,
+            redis_response_timeout_ms: DEFAULT_REDIS_RESPONSE_TIMEOUT.as_millis() as u64,
+            redis_probe_interval_ms: DEFAULT_REDIS_PROBE_INTERVAL.as_millis() as u64,
         }
     }
 }
+
+/// How long a connection to Redis may take, its handshake included. Redis on the same network
+/// answers in milliseconds; 2 s rides out a slow TCP handshake or one lost SYN (Linux resends
+/// it after 1 s) without holding records long when Redis is truly gone.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one lookup or mark (one pipeline) may wait for Redis's answer. A pipeline of a
+/// large batch takes a few milliseconds; 1 s is far beyond a healthy Redis (a slow command or a
+/// fork for a snapshot included) and short enough that a hung one is noticed quickly.
+pub const DEFAULT_REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a store marked down looks for Redis again. Each probe costs one connection
+/// attempt; twice a second keeps the pause after Redis returns under half a second.
+pub const DEFAULT_REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The outbound HTTP client.
 #[derive(Debug, Clone, Default, Deserialize)]

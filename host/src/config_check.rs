@@ -18,7 +18,7 @@ pub struct CheckReport {
     pub problems: Vec<ConfigError>,
     pub notes: Vec<String>,
     /// Each plugin that loaded: its name and what it says of itself.
-    pub plugins: Vec<(String, crate::plugin::PluginInfo)>,
+    pub plugins: Vec<(String, crate::contract::PluginInfo)>,
 }
 
 /// Checks the config at `path`. `Err` only when it does not read or parse; every other problem

@@ -4,43 +4,59 @@
 //! Kafka and delivers them through vendor adapters compiled to WebAssembly components.
 //!
 //! ## Layout
-//! - [`config`]: the TOML configuration, documented field by field, validated at start;
-//! - [`config_check`]: `switchboard config check`, every problem of a config without a start;
-//! - [`ingest`]: the Kafka consumer, envelope decoding, the offset watermark, the embedded cluster;
-//! - [`dedup`]: which deliveries are done, by idempotency key (embedded store, Redis);
-//! - [`dispatch`]: batching per plugin, call concurrency, retries with backoff;
-//! - [`retry`]: the retry topic and the DLQ: records, headers, the idempotent producer;
-//! - [`route`]: channel → vendor choice: live weights, health and breakers, failover, fallback;
-//! - [`state`]: what operators change live, kept across restarts;
+//! In the order a record flows (docs/ARCHITECTURE.md numbers the steps):
+//! - [`ingest`]: consume and decode: the Kafka consumers, the envelope, refused records;
+//! - [`lane`]: the traffic classes: memory budgets, key order, admission;
+//! - [`dedup`]: which deliveries are done, by idempotency key: look-up and mark rules, stores;
+//! - [`route`]: channel → vendor: live weights, health and breakers, failover, fallback;
+//! - [`dispatch`]: batching per plugin, call concurrency, the plugin call;
+//! - [`settle`]: outcome → actions (retry, DLQ, results, the dedup mark) and their effects;
+//! - [`offsets`]: the record ticket, the watermark, the offsets stored for commit.
+//!
+//! Beside the flow:
 //! - [`plugin`]: the wasmtime runtime, plugin loading, the registry of versions (hot swap,
 //!   canaries), and the host capabilities plugins import;
+//! - [`kafka`]: the embedded cluster and the topics the host makes sure of at start;
+//! - [`config`], [`config_check`]: the TOML configuration, checked at start or on its own;
 //! - [`secrets`]: secret values, loaded once and never printed;
-//! - [`telemetry`]: tracing setup, counters, one struct per observable event;
-//! - [`text`]: outside text cut to a known size before it becomes a header or a field;
+//! - [`state`]: what operators change live, kept across restarts;
+//! - [`telemetry`]: tracing setup, counters, metric families, one struct per observable event;
 //! - [`admin`]: the admin API (weights, plugin versions, health, `/metrics`, the console) and the
 //!   operator CLI's client;
-//! - [`host`]: wires the parts into a running host, [`run`] and [`host::start`];
-//! - [`demo`]: the self-contained demo (embedded Kafka, simulated vendors, bundled plugins);
+//! - [`host`]: wires the stages into a running host, [`run`] and [`host::start`];
+//! - `demo`: the self-contained demo (embedded Kafka, simulated vendors, bundled plugins), with
+//!   the `demo` feature only, so a production build links no simulator;
 //! - [`authoring`]: for vendor teams: the plugin scaffold and offline tests;
 //! - [`cli`]: the `switchboard` command line.
+//!
+//! The ground floor, which imports nothing of the host: [`contract`] (the WIT world's types),
+//! [`clock`], [`window`] (the per-second window) and [`text`]. `tests/layers.rs` checks that
+//! every module imports only modules below it.
 
 pub mod admin;
 pub mod authoring;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod config_check;
+pub mod contract;
 pub mod dedup;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dispatch;
 pub mod host;
 pub mod ingest;
+pub mod kafka;
+pub mod lane;
+pub mod offsets;
 pub mod plugin;
-pub mod retry;
 pub mod route;
 pub mod secrets;
+pub mod settle;
 pub mod state;
 pub mod telemetry;
 pub mod text;
+pub mod window;
 
 pub use config::Config;
 pub use host::{RunningHost, StartOptions, run, start, start_with};

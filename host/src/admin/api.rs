@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::AdminState;
 use super::auth;
-use crate::ingest::budget::LaneBudget;
+use super::error::{ApiError, Refusal};
+use crate::lane::budget::LaneBudget;
 use crate::plugin::registry::{PluginView, SwapError, Version, VersionSource};
 use crate::route::WeightError;
 use crate::route::health::{Bucket, VendorHealthView};
@@ -83,69 +84,6 @@ pub fn routes(state: Shared) -> axum::Router {
         ))
         .layer(middleware::from_fn(log_refusals))
         .with_state(state)
-}
-
-/// An API error: a status and a message for operators.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-/// The body of every error answer.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody<'a> {
-    pub error: &'a str,
-}
-
-/// Why a request was refused, carried on the response so [`log_refusals`] can log it.
-#[derive(Debug, Clone)]
-struct Refusal(String);
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: &self.message,
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        response.extensions_mut().insert(Refusal(self.message));
-        response
-    }
-}
-
-impl From<WeightError> for ApiError {
-    fn from(error: WeightError) -> Self {
-        let status = match &error {
-            WeightError::UnknownChannel(_) => StatusCode::NOT_FOUND,
-            WeightError::UnknownVendor { .. } | WeightError::AllZero(_) => StatusCode::BAD_REQUEST,
-            WeightError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, error.to_string())
-    }
-}
-
-impl From<SwapError> for ApiError {
-    fn from(error: SwapError) -> Self {
-        let status = match &error {
-            SwapError::UnknownPlugin(_) | SwapError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
-            SwapError::Load(_) | SwapError::WrongChannel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            SwapError::NothingToRollBack(_) | SwapError::AlreadyActive { .. } => {
-                StatusCode::CONFLICT
-            }
-            SwapError::BadPercent(_) => StatusCode::BAD_REQUEST,
-            SwapError::Store { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, error.to_string())
-    }
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;

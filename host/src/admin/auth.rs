@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 
 use super::AdminState;
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// True for methods that change something.
 pub fn is_mutation(method: &Method) -> bool {

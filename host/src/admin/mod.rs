@@ -8,12 +8,16 @@
 //!
 //! - [`api`]: the routes and their JSON shapes;
 //! - [`auth`]: the token every mutation must carry, compared in constant time;
+//! - [`error`]: the errors every route answers with;
 //! - [`client`]: the operator CLI's HTTP client and its tables;
+//! - [`collector`]: the series `/metrics` reads from the host's parts when it renders;
 //! - [`readiness`]: what `/readyz` answers.
 
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod collector;
+pub mod error;
 pub mod readiness;
 
 use std::net::SocketAddr;
@@ -25,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{AdminConfig, Config, SecretSource};
-use crate::ingest::budget::Budget;
+use crate::lane::budget::Budget;
 use crate::plugin::registry::Registry;
 use crate::route::Router;
 use crate::secrets::SecretValue;

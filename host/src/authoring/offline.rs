@@ -19,11 +19,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::RuntimeConfig;
-use crate::plugin::bindings_http as http;
+use crate::contract::bindings_http as http;
+use crate::contract::{Delivery, Outcome, Priority};
 use crate::plugin::capabilities::{
     AllowedHost, Capabilities, ExchangeRecorder, ExchangeScript, PluginCache,
 };
-use crate::plugin::{Delivery, LoadedPlugin, Outcome, PluginLimits, PluginRuntime, Priority};
+use crate::plugin::{LoadedPlugin, PluginLimits, PluginRuntime};
 use crate::secrets::PluginSecrets;
 
 /// A cases file.
@@ -615,7 +616,7 @@ mod tests {
             code: None,
             after_ms: Some(1000),
         };
-        let got = Outcome::Retry(crate::plugin::RetryInfo {
+        let got = Outcome::Retry(crate::contract::RetryInfo {
             reason: "429".into(),
             after_ms: Some(1000),
         });

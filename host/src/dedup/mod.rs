@@ -26,6 +26,7 @@
 
 pub mod embedded;
 pub mod redis;
+mod rules;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ use crate::telemetry::events;
 
 pub use embedded::EmbeddedDedup;
 pub use redis::{RedisDedup, RedisTimeouts};
+pub use rules::{done_among, mark_finished};
 
 /// Why the dedup store could not answer. Callers branch on [`DedupError::is_unavailable`]: an
 /// unavailable store is waited for (see [`DedupStore::seen_waiting`]); any other error is

@@ -28,6 +28,9 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, Pipeline};
 
 use super::{Availability, DedupError, ProbeOutcome};
+use crate::config::{
+    DEFAULT_REDIS_CONNECT_TIMEOUT, DEFAULT_REDIS_PROBE_INTERVAL, DEFAULT_REDIS_RESPONSE_TIMEOUT,
+};
 
 /// Buckets per retention window, as in the embedded store.
 const BUCKETS: u64 = 8;
@@ -35,37 +38,23 @@ const BUCKETS: u64 = 8;
 /// The name of this dependency in events and metrics.
 const DEPENDENCY: &str = "redis";
 
-/// How long a connection to Redis may take, its handshake included. Redis on the same network
-/// answers in milliseconds; 2 s rides out a slow TCP handshake or one lost SYN (Linux resends
-/// it after 1 s) without holding records long when Redis is truly gone.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long one lookup or mark (one pipeline) may wait for Redis's answer. A pipeline of a
-/// large batch takes a few milliseconds; 1 s is far beyond a healthy Redis (a slow command or a
-/// fork for a snapshot included) and short enough that a hung one is noticed quickly.
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How often a store marked down looks for Redis again. Each probe costs one connection
-/// attempt; twice a second keeps the pause after Redis returns under half a second.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
-
 /// How long the Redis store waits for Redis, and how often it looks for it once lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RedisTimeouts {
-    /// Longest wait for a connection, its handshake included ([`DEFAULT_CONNECT_TIMEOUT`]).
+    /// Longest wait for a connection, its handshake included ([`DEFAULT_REDIS_CONNECT_TIMEOUT`]).
     pub connect: Duration,
-    /// Longest wait for the answer to one lookup or mark ([`DEFAULT_RESPONSE_TIMEOUT`]).
+    /// Longest wait for the answer to one lookup or mark ([`DEFAULT_REDIS_RESPONSE_TIMEOUT`]).
     pub response: Duration,
-    /// Time between two probes of a store marked down ([`DEFAULT_PROBE_INTERVAL`]).
+    /// Time between two probes of a store marked down ([`DEFAULT_REDIS_PROBE_INTERVAL`]).
     pub probe_interval: Duration,
 }
 
 impl Default for RedisTimeouts {
     fn default() -> Self {
         Self {
-            connect: DEFAULT_CONNECT_TIMEOUT,
-            response: DEFAULT_RESPONSE_TIMEOUT,
-            probe_interval: DEFAULT_PROBE_INTERVAL,
+            connect: DEFAULT_REDIS_CONNECT_TIMEOUT,
+            response: DEFAULT_REDIS_RESPONSE_TIMEOUT,
+            probe_interval: DEFAULT_REDIS_PROBE_INTERVAL,
         }
     }
 }

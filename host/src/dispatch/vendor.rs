@@ -13,10 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::TrafficClass;
-
-/// The longest a Retry-After may hold a vendor; a vendor asking for longer is treated as down
-/// for this long, and its deliveries go on through the retry topic.
-pub(crate) const MAX_HOLD: Duration = Duration::from_secs(60);
+use crate::settle::backoff::MAX_HOLD;
 
 /// A token bucket over deliveries, with a reserve only realtime may spend.
 #[derive(Debug)]

@@ -23,9 +23,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -36,15 +35,16 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use super::budget::{Budget, Charge, PER_DELIVERY_OVERHEAD};
 use super::envelope::Envelope;
-use super::watermark::OffsetWatermark;
+use crate::clock::now_ms;
 use crate::config::{KafkaConfig, LanesConfig, Ordering as RecordOrdering, TrafficClass};
+use crate::contract::SharedDelivery;
 use crate::dedup::DedupStore;
-use crate::dispatch::{Dispatcher, Job};
-use crate::plugin::SharedDelivery;
-use crate::retry::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord, now_ms};
+use crate::dispatch::Dispatcher;
+use crate::lane::{Admission, Arrival, Budget, KeyOrder};
+use crate::offsets::{OffsetBook, OffsetSink, RecordTicket};
 use crate::route::Router;
+use crate::settle::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord};
 use crate::telemetry::{Counters, events};
 
 /// Which records a consumer reads.
@@ -159,9 +159,10 @@ impl IngestContext {
                 keep
             });
         }
-        dropped += self
-            .order
-            .drop_where(|ticket| revoked.contains(&(ticket.topic.clone(), ticket.partition)));
+        dropped += self.order.drop_where(|ticket| {
+            let (topic, partition) = ticket.partition();
+            revoked.contains(&(topic.to_string(), partition))
+        });
         dropped
     }
 
@@ -280,158 +281,6 @@ fn describe_partitions(tpl: &TopicPartitionList) -> String {
 
 type IngestConsumer = StreamConsumer<IngestContext>;
 
-/// The watermarks of the partitions this consumer reads, and the consumer to store them in.
-pub struct OffsetBook {
-    marks: Mutex<HashMap<(String, i32), OffsetWatermark>>,
-    consumer: std::sync::OnceLock<Weak<IngestConsumer>>,
-}
-
-impl OffsetBook {
-    fn new() -> Self {
-        Self {
-            marks: Mutex::new(HashMap::new()),
-            consumer: std::sync::OnceLock::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), OffsetWatermark>> {
-        self.marks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn open(&self, topic: &str, partition: i32, offset: i64) {
-        self.lock()
-            .entry((topic.to_string(), partition))
-            .or_default()
-            .open(offset);
-    }
-
-    fn finish(&self, topic: &str, partition: i32, offset: i64) {
-        let advanced = {
-            let mut marks = self.lock();
-            let Some(mark) = marks.get_mut(&(topic.to_string(), partition)) else {
-                // The partition was revoked while the record was in flight; its new owner
-                // consumes it again from the last commit.
-                return;
-            };
-            mark.finish(offset);
-            mark.advance()
-        };
-        if let Some(next) = advanced {
-            self.store(topic, partition, next);
-        }
-    }
-
-    fn store(&self, topic: &str, partition: i32, next_offset: i64) {
-        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
-            return;
-        };
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(topic, partition, Offset::Offset(next_offset))
-            .is_ok()
-            && let Err(e) = consumer.store_offsets(&tpl)
-        {
-            events::OffsetStoreFailed {
-                topic,
-                partition,
-                offset: next_offset,
-                error: &e,
-            }
-            .emit();
-        }
-    }
-
-    fn forget(&self, tpl: &TopicPartitionList) {
-        let mut marks = self.lock();
-        for e in tpl.elements() {
-            marks.remove(&(e.topic().to_string(), e.partition()));
-        }
-    }
-
-    fn open_in(&self, tpl: &TopicPartitionList) -> usize {
-        let marks = self.lock();
-        tpl.elements()
-            .iter()
-            .filter_map(|e| marks.get(&(e.topic().to_string(), e.partition())))
-            .map(OffsetWatermark::open_count)
-            .sum()
-    }
-
-    /// Records consumed and not yet finished, over all partitions.
-    pub fn open_records(&self) -> usize {
-        self.lock().values().map(OffsetWatermark::open_count).sum()
-    }
-}
-
-/// One consumed record, shared by its deliveries. The record is finished (and its offset may be
-/// committed) only when every delivery called [`RecordTicket::complete`]; merely dropping the
-/// ticket, as on shutdown, never finishes it, so an unfinished record is consumed again.
-pub struct RecordTicket {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    remaining: AtomicUsize,
-    book: Arc<OffsetBook>,
-    /// The record's bytes against the budget, from admission until the last delivery lets go.
-    charge: OnceLock<Charge>,
-    /// The record's place in its key's order, released when it finishes.
-    order: OnceLock<(Weak<KeyOrder>, u64)>,
-}
-
-impl RecordTicket {
-    /// One delivery of this record reached a final outcome, or was handed to the retry topic.
-    pub fn complete(&self) {
-        if self
-            .remaining
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
-            self.book.finish(&self.topic, self.partition, self.offset);
-            if let Some((order, key)) = self.order.get()
-                && let Some(order) = order.upgrade()
-            {
-                order.release(*key);
-            }
-        }
-    }
-
-    /// Where the record came from, for logs.
-    pub fn coordinates(&self) -> (&str, i32, i64) {
-        (&self.topic, self.partition, self.offset)
-    }
-}
-
-/// The deliveries of one record, on their way to the dispatcher.
-struct Arrival {
-    /// One per recipient, all sharing the request's content.
-    deliveries: Vec<SharedDelivery>,
-    /// A DLQ replay: skip only what was delivered, not what was dead-lettered.
-    replayed: bool,
-    channel: Arc<str>,
-    class: TrafficClass,
-    /// The record's Kafka key (hashed with its partition), when its lane keeps key order.
-    order_key: Option<u64>,
-    origin: Arc<Origin>,
-    first_seen_ms: u64,
-    ticket: Arc<RecordTicket>,
-    /// Where a retried delivery went last.
-    route: Option<crate::route::RouteHint>,
-}
-
-impl Arrival {
-    /// What the record costs in memory while the host holds it: its one content, and each
-    /// recipient's key, address and bookkeeping.
-    fn cost(&self) -> usize {
-        let content = self.deliveries.first().map_or(0, |d| d.content.len());
-        content
-            + self
-                .deliveries
-                .iter()
-                .map(|d| d.key.len() + d.recipient.len() + PER_DELIVERY_OVERHEAD)
-                .sum::<usize>()
-    }
-}
-
 /// What a consumed record turns into.
 enum Accepted {
     /// Deliveries to send.
@@ -448,187 +297,6 @@ enum Accepted {
         offset: i64,
         due_at_ms: u64,
     },
-}
-
-/// Records waiting for the record before them with the same key to finish. A key is present
-/// while a record of it is in flight; its queue holds the ones behind it, in offset order.
-pub struct KeyOrder {
-    waiting: Mutex<HashMap<u64, VecDeque<Arrival>>>,
-    /// The next record of a key whose previous one finished, for the consumer to dispatch.
-    next: mpsc::UnboundedSender<Arrival>,
-}
-
-impl KeyOrder {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, VecDeque<Arrival>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Lets `arrival` go now, or queues it behind its key's record in flight.
-    fn enter(self: &Arc<Self>, key: u64, arrival: Arrival) -> Option<Arrival> {
-        let _ = arrival.ticket.order.set((Arc::downgrade(self), key));
-        let mut waiting = self.lock();
-        match waiting.get_mut(&key) {
-            Some(queue) => {
-                queue.push_back(arrival);
-                None
-            }
-            None => {
-                waiting.insert(key, VecDeque::new());
-                Some(arrival)
-            }
-        }
-    }
-
-    /// The record in flight for `key` finished: the next one goes.
-    fn release(&self, key: u64) {
-        let next = {
-            let mut waiting = self.lock();
-            match waiting.get_mut(&key).and_then(VecDeque::pop_front) {
-                Some(next) => Some(next),
-                None => {
-                    waiting.remove(&key);
-                    None
-                }
-            }
-        };
-        if let Some(next) = next {
-            // The receiver lives as long as the consumer; after it, nothing is dispatched.
-            let _ = self.next.send(next);
-        }
-    }
-
-    /// Drops the waiting records whose ticket matches `revoked`; returns how many.
-    fn drop_where(&self, revoked: impl Fn(&RecordTicket) -> bool) -> usize {
-        let mut waiting = self.lock();
-        let mut dropped = 0;
-        for queue in waiting.values_mut() {
-            let before = queue.len();
-            queue.retain(|arrival| !revoked(&arrival.ticket));
-            dropped += before - queue.len();
-        }
-        dropped
-    }
-
-    /// Records waiting behind another of their key.
-    pub fn waiting(&self) -> usize {
-        self.lock().values().map(VecDeque::len).sum()
-    }
-}
-
-/// Admits records: charges the budget, keeps key order, skips what is done, and hands the rest
-/// to the dispatcher.
-struct Feed {
-    budget: Arc<Budget>,
-    order: Arc<KeyOrder>,
-    dedup: Option<Arc<DedupStore>>,
-    router: Arc<Router>,
-    dispatcher: Arc<Dispatcher>,
-    counters: Arc<Counters>,
-}
-
-impl Feed {
-    /// False while the dedup store is down: consumption pauses rather than sending without
-    /// knowing what is done, or piling records up in memory behind the look-up.
-    fn dedup_available(&self) -> bool {
-        self.dedup.as_ref().is_none_or(|dedup| dedup.is_available())
-    }
-
-    async fn admit(self: &Arc<Self>, arrival: Arrival) {
-        let _ = arrival
-            .ticket
-            .charge
-            .set(self.budget.charge(arrival.class, arrival.cost()));
-        let arrival = match arrival.order_key {
-            Some(key) => match self.order.enter(key, arrival) {
-                Some(arrival) => arrival,
-                None => return,
-            },
-            None => arrival,
-        };
-        self.dispatch_or_spawn(arrival).await;
-    }
-
-    /// Dispatches `arrival` here, or on a task of its own when the dedup look-up goes over
-    /// the network: the consumer loop must never wait one round trip per record.
-    async fn dispatch_or_spawn(self: &Arc<Self>, arrival: Arrival) {
-        if matches!(self.dedup.as_deref(), Some(DedupStore::Redis(_))) {
-            let feed = self.clone();
-            tokio::spawn(async move { feed.dispatch(arrival).await });
-        } else {
-            self.dispatch(arrival).await;
-        }
-    }
-
-    /// Skips the recipients the dedup store knows as done (a redelivered or replayed request),
-    /// and hands the rest to the dispatcher.
-    async fn dispatch(&self, arrival: Arrival) {
-        let Arrival {
-            deliveries,
-            replayed,
-            channel,
-            class,
-            origin,
-            first_seen_ms,
-            ticket,
-            route,
-            ..
-        } = arrival;
-        let counters = &self.counters;
-        let done = match &self.dedup {
-            None => vec![false; deliveries.len()],
-            Some(dedup) => {
-                // Each delivery is looked up as delivered and, unless replayed, as dead.
-                let per_delivery = if replayed { 1 } else { 2 };
-                let mut keys = Vec::with_capacity(deliveries.len() * per_delivery);
-                for d in &deliveries {
-                    keys.push(d.key.clone());
-                    if !replayed {
-                        keys.push(crate::dedup::dead_key(&d.key));
-                    }
-                }
-                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                // While the store is down this waits for it: a look-up never answers "not seen"
-                // for a key it could not look up.
-                match dedup.seen_waiting(&refs).await {
-                    Ok(seen) => seen
-                        .chunks(per_delivery)
-                        .map(|c| c.iter().any(|s| *s))
-                        .collect(),
-                    Err(error) => {
-                        // The store answered with an error, not an outage: waiting would not
-                        // change it. Sent at least once, and counted and logged.
-                        counters.dedup_errors.fetch_add(1, Relaxed);
-                        events::DedupFailed { error: &error }.emit();
-                        vec![false; deliveries.len()]
-                    }
-                }
-            }
-        };
-        for (delivery, done) in deliveries.into_iter().zip(done) {
-            if done {
-                counters.deliveries_skipped_done.fetch_add(1, Relaxed);
-                ticket.complete();
-                continue;
-            }
-            let plugin = self
-                .router
-                .pick(&channel, route.as_ref())
-                .unwrap_or_default();
-            if route.as_ref().is_some_and(|r| r.vendor != plugin) {
-                counters.deliveries_failed_over.fetch_add(1, Relaxed);
-            }
-            let job = Job::new(
-                delivery,
-                class,
-                ticket.clone(),
-                channel.clone(),
-                origin.clone(),
-                first_seen_ms,
-            )
-            .retried_after(route.clone());
-            self.dispatcher.submit(&plugin, job).await;
-        }
-    }
 }
 
 /// A record that will not be delivered, on its way to the DLQ as it is.
@@ -759,7 +427,7 @@ pub struct Ingest {
     consumer: Arc<IngestConsumer>,
     book: Arc<OffsetBook>,
     source: Source,
-    feed: Arc<Feed>,
+    admission: Arc<Admission>,
     /// Where the next record of a key comes out once the one before it finished.
     released: Mutex<Option<mpsc::UnboundedReceiver<Arrival>>>,
     /// Lane ordering, by class.
@@ -852,10 +520,7 @@ impl Ingest {
             client.set(k, v);
         }
         let (next, released) = mpsc::unbounded_channel();
-        let order = Arc::new(KeyOrder {
-            waiting: Mutex::new(HashMap::new()),
-            next,
-        });
+        let order = Arc::new(KeyOrder::new(next));
         let held: Arc<Mutex<HeldRecords>> = Arc::new(Mutex::new(HashMap::new()));
         let context = IngestContext {
             book: book.clone(),
@@ -873,7 +538,7 @@ impl Ingest {
             .subscribe(&names)
             .with_context(|| format!("subscribing to {names:?}"))?;
         let consumer = Arc::new(consumer);
-        let _ = book.consumer.set(Arc::downgrade(&consumer));
+        book.store_in(Arc::downgrade(&consumer) as Weak<dyn OffsetSink>);
         let ordering = match source {
             // Retries come back in due order, not offset order: there is no order to keep.
             Source::Retries => [RecordOrdering::None; 3],
@@ -883,7 +548,7 @@ impl Ingest {
             consumer,
             book,
             source,
-            feed: Arc::new(Feed {
+            admission: Arc::new(Admission {
                 budget: shared.budget.clone(),
                 order,
                 dedup: shared.dedup.clone(),
@@ -917,14 +582,14 @@ impl Ingest {
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
-            let feed = self.feed.clone();
+            let admission = self.admission.clone();
             tasks.spawn(async move {
                 while let Some(next) = released.recv().await {
-                    feed.dispatch_or_spawn(next).await;
+                    admission.dispatch_or_spawn(next).await;
                 }
             });
         }
-        let counters = self.feed.counters.clone();
+        let counters = self.admission.counters.clone();
         loop {
             let message = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -962,7 +627,10 @@ impl Ingest {
     /// partition already holds records: then the partition is paused and the record held until
     /// the lane is below low water and the store answers again.
     async fn admit_or_hold(&self, arrival: Arrival, tasks: &mut HoldTasks) {
-        let partition = (arrival.ticket.topic.clone(), arrival.ticket.partition);
+        let partition = {
+            let (topic, partition) = arrival.ticket.partition();
+            (topic.to_string(), partition)
+        };
         let class = arrival.class;
         let admit_now = {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -971,7 +639,7 @@ impl Ingest {
                 queue.push_back(arrival);
                 return;
             }
-            if self.feed.budget.is_over(class) || !self.feed.dedup_available() {
+            if self.admission.budget.is_over(class) || !self.admission.dedup_available() {
                 held.insert(partition.clone(), VecDeque::from([arrival]));
                 None
             } else {
@@ -979,7 +647,7 @@ impl Ingest {
             }
         };
         if let Some(arrival) = admit_now {
-            self.feed.admit(arrival).await;
+            self.admission.admit(arrival).await;
             return;
         }
         let mut tpl = TopicPartitionList::new();
@@ -987,18 +655,22 @@ impl Ingest {
         if let Err(e) = self.consumer.pause(&tpl) {
             tracing::warn!(error = %e, topic = %partition.0, partition = partition.1, "pausing a partition over budget failed");
         }
-        let paused = self.feed.budget.paused(class);
+        let paused = self.admission.budget.paused(class);
         events::LanePaused {
             lane: class.as_str(),
             topic: &partition.0,
             partition: partition.1,
-            used_bytes: self.feed.budget.used(class),
+            used_bytes: self.admission.budget.used(class),
         }
         .emit();
-        let (feed, held, consumer) = (self.feed.clone(), self.held.clone(), self.consumer.clone());
+        let (admission, held, consumer) = (
+            self.admission.clone(),
+            self.held.clone(),
+            self.consumer.clone(),
+        );
         tasks.spawn(async move {
-            feed.budget.wait_below_low_water(class).await;
-            if let Some(dedup) = &feed.dedup {
+            admission.budget.wait_below_low_water(class).await;
+            if let Some(dedup) = &admission.dedup {
                 dedup.wait_available().await;
             }
             loop {
@@ -1013,7 +685,7 @@ impl Ingest {
                     }
                 };
                 for arrival in batch {
-                    feed.admit(arrival).await;
+                    admission.admit(arrival).await;
                 }
             }
             if let Err(e) = consumer.resume(&tpl) {
@@ -1031,20 +703,11 @@ impl Ingest {
         offset: i64,
         deliveries: usize,
     ) -> Arc<RecordTicket> {
-        self.book.open(topic, partition, offset);
-        Arc::new(RecordTicket {
-            topic: topic.to_string(),
-            partition,
-            offset,
-            remaining: AtomicUsize::new(deliveries),
-            book: self.book.clone(),
-            charge: OnceLock::new(),
-            order: OnceLock::new(),
-        })
+        RecordTicket::open(&self.book, topic, partition, offset, deliveries)
     }
 
     /// The lane of a request: its consumer's, or the one its `priority` names.
-    fn class_of(&self, priority: crate::plugin::Priority) -> TrafficClass {
+    fn class_of(&self, priority: crate::contract::Priority) -> TrafficClass {
         match self.source {
             Source::Lane(class) => class,
             Source::Mixed | Source::Retries => priority.into(),
@@ -1168,7 +831,7 @@ impl Ingest {
                 &counters.records_expired,
             );
         }
-        if !self.feed.router.knows(&envelope.channel) {
+        if !self.admission.router.knows(&envelope.channel) {
             let reason = format!("unknown channel `{}`", envelope.channel);
             return refuse(
                 ReasonClass::UnknownChannel,
@@ -1214,7 +877,7 @@ impl Ingest {
         }
         let wait = Duration::from_millis(due_at_ms.saturating_sub(now_ms()));
         let consumer = Arc::downgrade(&self.consumer);
-        crate::retry::after(wait, move || {
+        resume_after(wait, move || {
             if let Some(consumer) = consumer.upgrade()
                 && let Err(e) = consumer.resume(&tpl)
             {
@@ -1254,6 +917,18 @@ impl Ingest {
     }
 }
 
+/// Runs `resume` once `wait` has passed, on the tokio timer: how a paused retry partition
+/// comes back at its record's due time.
+fn resume_after(
+    wait: Duration,
+    resume: impl FnOnce() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        resume();
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1264,10 +939,7 @@ mod tests {
             book: Arc::new(OffsetBook::new()),
             drain,
             held: Arc::new(Mutex::new(HashMap::new())),
-            order: Arc::new(KeyOrder {
-                waiting: Mutex::new(HashMap::new()),
-                next,
-            }),
+            order: Arc::new(KeyOrder::new(next)),
             closing: std::sync::atomic::AtomicBool::new(false),
             lag: crate::telemetry::metrics::Metrics::new().consumer_lag("mixed"),
         }
@@ -1283,22 +955,13 @@ mod tests {
 
     /// A one-recipient record at `offset`, opened in `book`.
     fn arrival(book: &Arc<OffsetBook>, topic: &str, partition: i32, offset: i64) -> Arrival {
-        book.open(topic, partition, offset);
-        let ticket = Arc::new(RecordTicket {
-            topic: topic.into(),
-            partition,
-            offset,
-            remaining: AtomicUsize::new(1),
-            book: book.clone(),
-            charge: OnceLock::new(),
-            order: OnceLock::new(),
-        });
+        let ticket = RecordTicket::open(book, topic, partition, offset, 1);
         Arrival {
             deliveries: vec![SharedDelivery {
                 key: format!("r{offset}/0"),
                 recipient: "token".into(),
                 content: "{}".into(),
-                priority: crate::plugin::Priority::Ads,
+                priority: crate::contract::Priority::Ads,
                 attempt: 1,
             }],
             replayed: false,
@@ -1367,11 +1030,11 @@ mod tests {
             );
             held.insert(("t".into(), 1), VecDeque::from([arrival(&book, "t", 1, 1)]));
         }
-        // A record of partition 0 waits behind its key's record, which is in flight elsewhere.
-        context
-            .order
-            .lock()
-            .insert(7, VecDeque::from([arrival(&book, "t", 0, 4)]));
+        // A record of partition 0 waits behind its key's record, which is in flight (here, one
+        // of partition 1: what the revoke drops must not depend on where that one came from).
+        let in_flight = context.order.enter(7, arrival(&book, "t", 1, 9));
+        assert!(in_flight.is_some(), "the first of its key goes at once");
+        assert!(context.order.enter(7, arrival(&book, "t", 0, 4)).is_none());
         let revoked = partitions(&[("t", 0)])?;
         let dropped = context.drop_unsent(&revoked);
         assert_eq!(dropped, 3);
@@ -1458,9 +1121,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_lag_gauge_follows_librdkafkas_own_statistics() -> anyhow::Result<()> {
         let topic = "lag".to_string();
-        let cluster = crate::ingest::EmbeddedKafka::start(1, std::slice::from_ref(&topic), 1)?;
+        let cluster = crate::kafka::EmbeddedKafka::start(1, std::slice::from_ref(&topic), 1)?;
         let brokers = cluster.bootstrap_servers().to_string();
-        crate::demo::produce(&brokers, &topic, 10, |i| (i.to_string(), "{}".into())).await?;
+        crate::kafka::produce(&brokers, &topic, 10, |i| (i.to_string(), "{}".into())).await?;
         let metrics = crate::telemetry::metrics::Metrics::new();
         let context = IngestContext {
             lag: metrics.consumer_lag("mixed"),
@@ -1485,5 +1148,37 @@ mod tests {
         }
         assert_eq!(lag.get(), 7, "{}", metrics.render());
         Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_resumes_exactly_at_its_backoff_and_not_before_retry_after() {
+        let backoff = crate::settle::backoff::Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+        );
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+        for (attempt, retry_after) in [(1, None), (4, None), (2, Some(Duration::from_secs(5)))] {
+            let wait = backoff.delay(attempt, retry_after, &mut rng);
+            if let Some(floor) = retry_after {
+                assert!(wait >= floor, "{wait:?} is before Retry-After {floor:?}");
+            }
+            let resumed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = resumed.clone();
+            let task = resume_after(wait, move || {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst)
+            });
+            tokio::time::advance(wait - Duration::from_millis(1)).await;
+            tokio::task::yield_now().await;
+            assert!(
+                !resumed.load(std::sync::atomic::Ordering::SeqCst),
+                "attempt {attempt}: resumed early"
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+            let _ = task.await;
+            assert!(
+                resumed.load(std::sync::atomic::Ordering::SeqCst),
+                "attempt {attempt}: not resumed at {wait:?}"
+            );
+        }
     }
 }

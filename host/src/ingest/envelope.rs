@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use std::sync::Arc;
 
-use crate::plugin::{Priority, SharedDelivery};
+use crate::contract::{Priority, SharedDelivery};
 
 /// The most recipients one request may hold.
 pub const MAX_RECIPIENTS: usize = 1000;

@@ -1,12 +1,8 @@
-//! Kafka ingest: the consumer, the envelope decoder, the offset watermark, and the embedded
-//! mock cluster used when no brokers are configured.
+//! Ingest: the Kafka consumers and the envelope decoder. The first stage a record meets: it is
+//! consumed, ticketed, decoded, given its lane, and handed to the lane's admission; or, when it
+//! is not a usable request, sent to the DLQ with a reason.
 
-pub mod budget;
 pub mod consumer;
-pub mod embedded;
 pub mod envelope;
-pub mod watermark;
 
-pub use embedded::EmbeddedKafka;
 pub use envelope::{Envelope, EnvelopeError};
-pub use watermark::OffsetWatermark;

@@ -21,10 +21,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use futures::StreamExt as _;
 
-use super::bindings::{cache, http, log, secrets};
 use super::outbound::send_one;
 use super::signing::Signer256;
 use crate::config::PluginBounds;
+use crate::contract::bindings::{cache, http, log, secrets};
 use crate::secrets::PluginSecrets;
 /// Cache bounds per plugin, so a plugin cannot grow host memory through the cache.
 const MAX_CACHE_ENTRIES: usize = 4096;
@@ -644,7 +644,7 @@ impl log::Host for PluginState {
     }
 }
 
-impl super::bindings::switchboard::adapter::types::Host for PluginState {}
+impl crate::contract::bindings::switchboard::adapter::types::Host for PluginState {}
 
 #[cfg(test)]
 mod tests {

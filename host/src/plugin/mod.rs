@@ -9,9 +9,7 @@
 //! same capabilities, deadline and counters. It exists to measure what the sandbox costs.
 
 pub mod artifacts;
-mod bindings;
 pub mod capabilities;
-pub mod delivery;
 mod limiter;
 mod native;
 mod outbound;
@@ -27,12 +25,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, ComponentExportIndex, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
+use crate::contract::bindings::{self, AdapterPre};
+use crate::contract::{Delivery, Outcome, PluginInfo, RetryInfo, SharedDelivery};
 use artifacts::ArtifactCache;
-use bindings::AdapterPre;
-pub use bindings::http as bindings_http;
-pub use bindings::{Delivery, Outcome, PluginInfo, Priority, Rejection, RetryInfo};
 use capabilities::{CallCapabilities, Capabilities, ExchangeTally, PluginState};
-pub use delivery::SharedDelivery;
 pub use native::NativePlugins;
 pub use switchboard_sdk::native::NativeAdapter;
 

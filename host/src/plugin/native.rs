@@ -20,12 +20,12 @@ use std::time::Instant;
 use switchboard_sdk::native::{NativeAdapter, NativeHost, with_host};
 use tokio::runtime::Handle;
 
-use super::bindings::{http, log};
 use super::capabilities::{CallCapabilities, Capabilities};
 use super::{
-    Backend, CallCounters, CallError, LoadError, LoadedPlugin, Outcome, PluginInfo, PluginLimits,
-    PluginRuntime, Priority, Rejection, RetryInfo, SharedDelivery,
+    Backend, CallCounters, CallError, LoadError, LoadedPlugin, PluginLimits, PluginRuntime,
 };
+use crate::contract::bindings::{http, log};
+use crate::contract::{Outcome, PluginInfo, Priority, Rejection, RetryInfo, SharedDelivery};
 
 /// Adapters to run natively, by the configured plugin name they serve. Given to
 /// [`crate::host::start_with`], each replaces the component that `[plugins.NAME]` names; the

@@ -17,9 +17,9 @@ use std::time::Instant;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 
-use super::bindings::http::{self, HttpError};
 use super::capabilities::{Capabilities, ExchangeCounts};
 use super::resolver::RefusedAddress;
+use crate::contract::bindings::http::{self, HttpError};
 use crate::secrets::{PluginSecrets, fill_placeholders, fill_placeholders_noting};
 
 /// Largest vendor response body a plugin may receive; a larger one is a protocol error rather

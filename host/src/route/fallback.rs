@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::config::{FallbackConfig, FallbackOn};
-use crate::plugin::Outcome;
+use crate::contract::Outcome;
 
 /// The fallback delivery's idempotency key.
 pub fn fallback_key(key: &str, channel: &str) -> String {
@@ -111,7 +111,7 @@ fn fill(template: &str, params: &BTreeMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::Rejection;
+    use crate::contract::Rejection;
 
     fn fallback() -> FallbackConfig {
         FallbackConfig {

@@ -490,7 +490,7 @@ mod tests {
 
     fn report(outcomes: Result<(), CallError>, exchanges: [u32; 3]) -> CallReport {
         let [answered, unanswered, never_sent] = exchanges;
-        let retry = crate::plugin::Outcome::Retry(crate::plugin::RetryInfo {
+        let retry = crate::contract::Outcome::Retry(crate::contract::RetryInfo {
             reason: "http connect error".into(),
             after_ms: None,
         });

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use crate::plugin::CallError;
-
 /// A record that will not be delivered: undecodable, expired, or for an unknown channel.
 pub struct RecordRefused<'a> {
     pub topic: &'a str,
@@ -81,7 +79,8 @@ impl OutboxWriteRefused<'_> {
 /// A DLQ record was stored with only a prefix of its value: the whole value did not fit.
 pub struct DeadLetterTruncated<'a> {
     pub topic: &'a str,
-    pub origin: &'a crate::retry::Origin,
+    /// Where the whole record is: its topic, partition and offset.
+    pub origin: (&'a str, i32, i64),
     pub original_bytes: usize,
 }
 
@@ -90,9 +89,9 @@ impl DeadLetterTruncated<'_> {
         tracing::warn!(
             event = "dead_letter_truncated",
             topic = self.topic,
-            origin_topic = %self.origin.topic,
-            origin_partition = self.origin.partition,
-            origin_offset = self.origin.offset,
+            origin_topic = self.origin.0,
+            origin_partition = self.origin.1,
+            origin_offset = self.origin.2,
             original_bytes = self.original_bytes,
             "DLQ record stored truncated; the whole record is at its origin"
         );
@@ -123,7 +122,7 @@ pub struct PluginCallFailed<'a> {
     pub version: &'a str,
     pub batch: usize,
     pub elapsed: Duration,
-    pub error: &'a CallError,
+    pub error: &'a dyn std::fmt::Display,
 }
 
 impl PluginCallFailed<'_> {
@@ -204,7 +203,7 @@ impl DeliveryGivenUp<'_> {
 
 /// The dedup store did not answer a lookup or a mark.
 pub struct DedupFailed<'a> {
-    pub error: &'a crate::dedup::DedupError,
+    pub error: &'a dyn std::fmt::Display,
 }
 
 impl DedupFailed<'_> {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard::config::PluginBounds;
+use switchboard::contract::{Delivery, Priority};
 use switchboard::plugin::capabilities::{AllowedHost, Capabilities, PluginCache, PluginQuotas};
-use switchboard::plugin::{Delivery, LoadedPlugin, PluginLimits, PluginRuntime, Priority};
+use switchboard::plugin::{LoadedPlugin, PluginLimits, PluginRuntime};
 use switchboard::secrets::PluginSecrets;
 
 fn repo_root() -> PathBuf {
@@ -367,7 +368,7 @@ pub fn misbehave_plugin() -> switchboard::config::PluginConfig {
 }
 
 /// `topics` and the topics a host on the default config writes to (every retry tier and the
-/// DLQ), for a cluster made before the host starts ([`switchboard::ingest::EmbeddedKafka`]
+/// DLQ), for a cluster made before the host starts ([`switchboard::kafka::EmbeddedKafka`]
 /// adds them too).
 pub fn cluster_topics(topics: &[&str]) -> Vec<String> {
     let kafka = switchboard::config::KafkaConfig::default();
@@ -475,7 +476,7 @@ impl RealBroker {
         };
         let names: Vec<String> = topics.iter().map(|t| broker.topic(t)).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        switchboard::retry::ensure_topics(&broker.brokers, &names, partitions, &Default::default())
+        switchboard::kafka::ensure_topics(&broker.brokers, &names, partitions, &Default::default())
             .await
             .expect("the test's topics created on the broker");
         broker

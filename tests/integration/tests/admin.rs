@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use switchboard::config::SecretSource;
 use switchboard::demo::{DemoVendors, demo_envelope, produce};
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard::plugin::registry::version_id;
 use switchboard::route::Router;
 use switchboard_integration_tests::{

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchboard::contract::Outcome;
 use switchboard::plugin::artifacts::{ArtifactCache, ArtifactStats};
-use switchboard::plugin::{LoadedPlugin, Outcome, PluginRuntime};
+use switchboard::plugin::{LoadedPlugin, PluginRuntime};
 use switchboard_integration_tests::{
     FcmFixture, LoadOptions, delivery, guest_path, load, plugin_path,
 };

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use switchboard::demo::{DemoVendors, demo_request, produce};
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_integration_tests::{CapturedLogs, plugin_dir, wait_until};
 
 const WAIT: Duration = Duration::from_secs(90);

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use switchboard::plugin::{LoadedPlugin, Outcome, PluginRuntime, Priority};
+use switchboard::contract::{Outcome, Priority};
+use switchboard::plugin::{LoadedPlugin, PluginRuntime};
 use switchboard_integration_tests::{LoadOptions, delivery, load, plugin_path, runtime};
 use vendorsim::apns::{ApnsConfig, ApnsError, ApnsKey, device_token};
 

@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};
-use switchboard::plugin::{LoadedPlugin, Outcome, PluginRuntime};
+use switchboard::contract::Outcome;
+use switchboard::plugin::{LoadedPlugin, PluginRuntime};
 use switchboard_integration_tests::{LoadOptions, delivery, load, plugin_path, runtime};
 use vendorsim::twilio::{MAGIC_FROM, MAX_BODY_CHARS, TwilioConfig};
 use vendorsim::{OutageMode, RateLimit};

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use switchboard::demo::{demo_envelope, produce};
-use switchboard::ingest::EmbeddedKafka;
-use switchboard::retry::replay::{ReplayFilter, replay};
-use switchboard::retry::{Outbox, ReasonClass};
+use switchboard::kafka::EmbeddedKafka;
+use switchboard::settle::replay::{ReplayFilter, replay};
+use switchboard::settle::{Outbox, ReasonClass};
 use switchboard_integration_tests::{FcmFixture, read_topic, switchboard_bin, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -369,7 +369,7 @@ async fn a_host_pauses_while_redis_is_down_and_delivers_everything_once_when_it_
     let _serial = SERIAL.lock().await;
     let proxy = SwitchProxy::start(redis_addr()).await;
     let topic = "outage-requests";
-    let cluster = switchboard::ingest::EmbeddedKafka::start(1, &[topic.to_string()], 2).unwrap();
+    let cluster = switchboard::kafka::EmbeddedKafka::start(1, &[topic.to_string()], 2).unwrap();
     let brokers = cluster.bootstrap_servers().to_string();
     let fixture = switchboard_integration_tests::FcmFixture::start(|_| {}).await;
     let mut config = fixture.host_config(&brokers, topic, "g-redis-outage");

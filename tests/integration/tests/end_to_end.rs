@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use switchboard::demo::{demo_envelope, produce};
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_integration_tests::{FcmFixture, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);

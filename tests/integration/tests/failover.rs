@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use switchboard::demo::{DemoVendors, produce};
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard::route::health::BreakerState;
 use switchboard_integration_tests::{plugin_dir, wait_until};
 use vendorsim::OutageMode;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use switchboard::config::{PluginConfig, SecretSource};
 use switchboard::demo::{DemoVendors, produce};
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_integration_tests::{host_config_in, misbehave_plugin, plugin_dir, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use switchboard::demo::produce;
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_history::{HistoryQuery, OutcomeClass, render_text};
 use switchboard_integration_tests::{FcmFixture, wait_until};
 

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use switchboard::demo::produce;
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard::plugin::registry::{SwapError, VersionSource, version_id};
 use switchboard_integration_tests::{
     FcmFixture, guest_path, plugin_path, relabelled_component, wait_until,

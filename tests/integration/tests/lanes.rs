@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use switchboard::config::{Ordering, TrafficClass};
 use switchboard::demo::produce;
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_integration_tests::{FcmFixture, wait_until};
 use vendorsim::Latency;
 

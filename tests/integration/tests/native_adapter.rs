@@ -9,9 +9,10 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use switchboard::contract::Outcome;
 use switchboard::demo::{demo_envelope, produce};
-use switchboard::ingest::EmbeddedKafka;
-use switchboard::plugin::{CallError, LoadedPlugin, NativePlugins, Outcome, PluginRuntime};
+use switchboard::kafka::EmbeddedKafka;
+use switchboard::plugin::{CallError, LoadedPlugin, NativePlugins, PluginRuntime};
 use switchboard::{StartOptions, start_with};
 use switchboard_integration_tests::{
     FcmFixture, LoadOptions, delivery, load, load_settings, plugin_path, runtime, wait_until,

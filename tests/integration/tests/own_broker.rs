@@ -85,7 +85,7 @@ async fn a_broker_killed_mid_stream_and_restarted_loses_nothing() {
     let broker = Broker::start(dir.path(), port);
     let brokers = broker.address.clone();
     let topic = "requests";
-    switchboard::retry::ensure_topics(&brokers, &[topic], 2, &Default::default())
+    switchboard::kafka::ensure_topics(&brokers, &[topic], 2, &Default::default())
         .await
         .unwrap();
     const REQUESTS: u64 = 2000;
@@ -159,7 +159,7 @@ async fn the_host_reaches_a_tls_only_broker_with_zstd_compression() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let topic = "secured";
-    switchboard::retry::ensure_topics(&brokers, &[topic], 2, &secured)
+    switchboard::kafka::ensure_topics(&brokers, &[topic], 2, &secured)
         .await
         .unwrap();
 

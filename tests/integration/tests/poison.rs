@@ -10,7 +10,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchboard::demo::demo_envelope;
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_integration_tests::{FcmFixture, headers_of, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -16,7 +16,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use serde_json::Value;
 use switchboard::demo::{DemoVendors, produce};
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_integration_tests::{cluster_topics, plugin_dir, wait_until};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -134,7 +134,7 @@ async fn read_all(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_and_invalidations_match_the_counters_and_the_metrics() {
     let topic = "results-e2e";
-    let started_ms = switchboard::retry::now_ms();
+    let started_ms = switchboard::clock::now_ms();
     let vendors = DemoVendors::start(Duration::from_millis(1)).await.unwrap();
     let mut config = vendors.host_config(&plugin_dir()).unwrap();
     config.kafka.results_topic = RESULTS.into();
@@ -246,7 +246,7 @@ async fn results_and_invalidations_match_the_counters_and_the_metrics() {
             .count() as u64;
         assert_eq!(delivered_by, per_vendor[vendor].delivered, "{vendor}");
     }
-    let now_ms = switchboard::retry::now_ms();
+    let now_ms = switchboard::clock::now_ms();
     for r in &results {
         let at = r["at_ms"].as_u64().unwrap();
         assert!((started_ms..=now_ms).contains(&at), "{r}");

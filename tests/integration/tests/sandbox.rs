@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard::config::{PluginBounds, RuntimeConfig};
+use switchboard::contract::Outcome;
 use switchboard::plugin::capabilities::CapabilityCounters;
-use switchboard::plugin::{CallError, LoadError, LoadedPlugin, Outcome, PluginRuntime};
+use switchboard::plugin::{CallError, LoadError, LoadedPlugin, PluginRuntime};
 use switchboard_integration_tests::{
     FcmFixture, LoadOptions, delivery, guest_path, load, plugin_path, with_extra_instances,
 };

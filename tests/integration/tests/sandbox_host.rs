@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchboard::demo::produce;
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_integration_tests::{batch_request, cluster_topics, guest_path, switchboard_bin};
 use vendorsim::slowloris::{self, SlowlorisConfig};
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use switchboard::config::{DedupBackend, MaybeSecret, SecretSource};
 use switchboard::dedup::{DedupStore, RedisDedup, RedisTimeouts};
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_history::{HistoryBackend, HistoryConfig, HistoryStore, UrlSecret, UrlSetting};
 use switchboard_integration_tests::{FcmFixture, cluster_topics};
 

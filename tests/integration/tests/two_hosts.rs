@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchboard::config::DedupBackend;
 use switchboard::demo::demo_envelope;
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard::telemetry::CountersSnapshot;
 use switchboard_integration_tests::{FcmFixture, cluster_topics, wait_until};
 

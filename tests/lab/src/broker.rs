@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 
 /// The `--broker` flag of the scenarios that run on either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -71,7 +71,7 @@ impl LabKafka {
                 };
                 let names: Vec<String> = topics.iter().map(|t| kafka.topic(t)).collect();
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                switchboard::retry::ensure_topics(
+                switchboard::kafka::ensure_topics(
                     &kafka.brokers,
                     &names,
                     partitions,

@@ -17,7 +17,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde_json::json;
 use switchboard::demo::{demo_envelope, produce};
-use switchboard::retry::Outbox;
+use switchboard::settle::Outbox;
 use switchboard_integration_tests::FcmFixture;
 
 use crate::broker::{BrokerKind, LabKafka};

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 use switchboard::demo::{demo_envelope, produce};
-use switchboard::retry::Outbox;
-use switchboard::retry::replay::{ReplayFilter, replay};
+use switchboard::settle::Outbox;
+use switchboard::settle::replay::{ReplayFilter, replay};
 use switchboard_integration_tests::{FCM_EMAIL, FCM_PROJECT, FcmFixture};
 
 use crate::broker::{BrokerKind, LabKafka};

@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use switchboard::demo::produce;
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_integration_tests::FcmFixture;
 
 use crate::crash::{HostProcess, fcm_component, fcm_plugin_toml, host_binary, toml_string};

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::json;
-use switchboard::plugin::Outcome;
+use switchboard::contract::Outcome;
 use switchboard_integration_tests::{LoadOptions, delivery, load, runtime};
 
 mod broker;

@@ -18,7 +18,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use switchboard::demo::{DemoVendors, produce};
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard::plugin::registry::VersionSource;
 use switchboard::route::health::BreakerState;
 use switchboard_integration_tests::{FcmFixture, relabelled_component};

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard_integration_tests::{FcmFixture, cluster_topics};
 
 const TOPIC: &str = "lab.poison";

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 use switchboard::demo::{demo_envelope, produce};
-use switchboard::retry::Outbox;
+use switchboard::settle::Outbox;
 use switchboard_integration_tests::FcmFixture;
 
 use crate::broker::{BrokerKind, LabKafka};

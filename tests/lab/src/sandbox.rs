@@ -22,7 +22,8 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use switchboard::config::{PluginBounds, RuntimeConfig};
-use switchboard::plugin::{CallError, LoadError, LoadedPlugin, Outcome, PluginRuntime};
+use switchboard::contract::Outcome;
+use switchboard::plugin::{CallError, LoadError, LoadedPlugin, PluginRuntime};
 use switchboard_integration_tests::{FcmFixture, LoadOptions, delivery, load};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -22,7 +22,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::json;
 use switchboard::demo::produce;
-use switchboard::ingest::EmbeddedKafka;
+use switchboard::kafka::EmbeddedKafka;
 use switchboard::plugin::NativePlugins;
 use switchboard::{StartOptions, start_with};
 use switchboard_integration_tests::FcmFixture;

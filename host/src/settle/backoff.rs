@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// The longest a Retry-After may hold a vendor; a vendor asking for longer is treated as down
+/// for this long, and its deliveries go on through the retry topic.
+pub const MAX_HOLD: Duration = Duration::from_secs(60);
+
 /// How long to wait before the next try of a delivery.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -37,9 +41,7 @@ impl Backoff {
         // A vendor's Retry-After is honoured up to the longest the vendor itself is held: a
         // vendor asking for hours is treated as down for that long, and the retry may then
         // fail over, instead of passing `give_up_after` at once or holding its retry partition.
-        let retry_after = retry_after
-            .unwrap_or_default()
-            .min(self.max.max(super::vendor::MAX_HOLD));
+        let retry_after = retry_after.unwrap_or_default().min(self.max.max(MAX_HOLD));
         jittered.max(floor).max(retry_after)
     }
 }
@@ -71,6 +73,6 @@ mod tests {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let d = backoff.delay(1, Some(Duration::from_secs(7200)), &mut rng);
-        assert_eq!(d, super::super::vendor::MAX_HOLD);
+        assert_eq!(d, MAX_HOLD);
     }
 }

@@ -1,31 +1,21 @@
-//! The retry topic and the dead-letter queue (DLQ).
+//! The outbox: the retry topic and the dead-letter queue (DLQ), written through one idempotent
+//! producer, and the result topics on a producer of their own.
 //!
 //! A `retry` outcome is written to the retry topic as one [`RetryRecord`], with the time it is
 //! due. The retry consumer delivers it again once that time comes. Deliveries that cannot be
 //! delivered go to the DLQ with reason headers: rejected outcomes, exhausted or expired retries,
 //! plugin faults that never cleared, and records that are not a usable request.
 //!
-//! Both writes use one idempotent producer. The source record's offset may advance only after
-//! the write is acknowledged: the caller awaits [`Outbox::retry`] or [`Outbox::dead_letter`]
-//! before it finishes the delivery. Neither call gives up, so a Kafka outage holds offsets back
-//! instead of dropping deliveries.
+//! The source record's offset may advance only after the write is acknowledged: the caller
+//! awaits [`Outbox::retry`] or [`Outbox::dead_letter`] before it finishes the delivery. Neither
+//! call gives up, so a Kafka outage holds offsets back instead of dropping deliveries.
 //!
-//! The result topics ([`results`]) go out through the outbox too, on a producer of their own
-//! that is never awaited: results are informational and must not hold a delivery back.
-//!
-//! Operators read the DLQ with [`inspect`] (`dlq list`, `dlq show`) and send records back with
-//! [`replay`] (`dlq replay`).
-
-pub mod inspect;
-pub mod replay;
-pub mod results;
-pub mod topics;
-
-pub use topics::{TopicsMissing, ensure_topics};
+//! The result topics ([`super::results`]) are never awaited: results are informational and
+//! must not hold a delivery back.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering as AtomicOrdering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::ClientConfig;
@@ -33,7 +23,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::{Priority, SharedDelivery};
+use crate::clock::now_ms;
+use crate::contract::{Priority, SharedDelivery};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::{Counters, events};
 
@@ -185,26 +176,6 @@ impl RetryRecord {
     }
 }
 
-/// Runs `resume` once `wait` has passed, on the tokio timer: how a paused retry partition
-/// comes back at its record's due time.
-pub fn after(
-    wait: Duration,
-    resume: impl FnOnce() + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        resume();
-    })
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// What goes into a DLQ record's headers besides the origin.
 #[derive(Debug, Clone)]
 pub struct DeadLetterReason<'a> {
@@ -227,7 +198,7 @@ pub struct Outbox {
     /// `retry_topic` with 0.
     retry_tiers: Vec<(String, u64)>,
     dlq_topic: String,
-    results: Option<results::ResultsPublisher>,
+    results: Option<super::results::ResultsPublisher>,
     /// Turns true at shutdown: writes still retrying give up.
     abandon: tokio::sync::watch::Sender<bool>,
     /// Where truncated and refused writes are counted.
@@ -311,20 +282,20 @@ impl Outbox {
     }
 
     /// Publishes settled results through `results` from now on (`None` keeps them off).
-    pub fn with_results(mut self, results: Option<results::ResultsPublisher>) -> Self {
+    pub fn with_results(mut self, results: Option<super::results::ResultsPublisher>) -> Self {
         self.results = results;
         self
     }
 
     /// Enqueues a settled result, made only when the results topic is on. Never waits.
-    pub fn publish_result(&self, make: impl FnOnce() -> results::ResultRecord) {
+    pub fn publish_result(&self, make: impl FnOnce() -> super::results::ResultRecord) {
         if let Some(results) = self.results.as_ref().filter(|r| r.publishes_results()) {
             results.result(&make());
         }
     }
 
     /// Enqueues an invalid recipient, made only when the invalidations topic is on. Never waits.
-    pub fn publish_invalidation(&self, make: impl FnOnce() -> results::Invalidation) {
+    pub fn publish_invalidation(&self, make: impl FnOnce() -> super::results::Invalidation) {
         if let Some(results) = self
             .results
             .as_ref()
@@ -434,7 +405,7 @@ impl Outbox {
                     .fetch_add(1, AtomicOrdering::Relaxed);
                 events::DeadLetterTruncated {
                     topic: &self.dlq_topic,
-                    origin,
+                    origin: (&origin.topic, origin.partition, origin.offset),
                     original_bytes: value.len(),
                 }
                 .emit();
@@ -692,37 +663,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::dispatch::backoff::Backoff;
-    use rand::SeedableRng;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    #[tokio::test(start_paused = true)]
-    async fn a_retry_resumes_exactly_at_its_backoff_and_not_before_retry_after() {
-        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for (attempt, retry_after) in [(1, None), (4, None), (2, Some(Duration::from_secs(5)))] {
-            let wait = backoff.delay(attempt, retry_after, &mut rng);
-            if let Some(floor) = retry_after {
-                assert!(wait >= floor, "{wait:?} is before Retry-After {floor:?}");
-            }
-            let resumed = Arc::new(AtomicBool::new(false));
-            let flag = resumed.clone();
-            let task = after(wait, move || flag.store(true, Ordering::SeqCst));
-            tokio::time::advance(wait - Duration::from_millis(1)).await;
-            tokio::task::yield_now().await;
-            assert!(
-                !resumed.load(Ordering::SeqCst),
-                "attempt {attempt}: resumed early"
-            );
-            tokio::time::advance(Duration::from_millis(1)).await;
-            let _ = task.await;
-            assert!(
-                resumed.load(Ordering::SeqCst),
-                "attempt {attempt}: not resumed at {wait:?}"
-            );
-        }
-    }
 
     /// The records of `topic` (one partition) as (headers, value), read from the start.
     /// A record read back: its headers as (name, value), and its value.
@@ -783,7 +724,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dead_letter_too_large_for_the_producer_is_stored_truncated_and_never_retried()
     -> anyhow::Result<()> {
-        let cluster = crate::ingest::EmbeddedKafka::start(1, &["retry".into(), "dlq".into()], 1)?;
+        let cluster = crate::kafka::EmbeddedKafka::start(1, &["retry".into(), "dlq".into()], 1)?;
         let brokers = cluster.bootstrap_servers().to_string();
         let properties = [("message.max.bytes".to_string(), "50000".to_string())].into();
         let counters = Arc::new(Counters::default());

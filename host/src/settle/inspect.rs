@@ -15,7 +15,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::{ReasonClass, headers, now_ms};
+use super::{ReasonClass, headers};
+use crate::clock::now_ms;
 
 /// How often a long scan reports its progress on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);

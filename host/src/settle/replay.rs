@@ -13,7 +13,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::inspect::DlqScan;
-use super::{Outbox, ReasonClass, RetryRecord, headers, now_ms};
+use super::{Outbox, ReasonClass, RetryRecord, headers};
+use crate::clock::now_ms;
 
 /// Which DLQ records to replay.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! Host bindings for the `switchboard:adapter@0.1.0` world, generated from `sdk/wit/`: the WIT
 //! ships inside the SDK crate, so authors outside this repository bind the same file.
-//! Kept private to the plugin module; the rest of the host sees the curated re-exports below.
+//! The host sees the curated re-exports of [`crate::contract`]; only the plugin runtime reaches
+//! into the generated interfaces to implement them.
 
 wasmtime::component::bindgen!({
     world: "adapter",
