@@ -19,9 +19,6 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use futures::StreamExt as _;
-
-use super::outbound::send_one;
 use super::signing::Signer256;
 use crate::config::PluginBounds;
 use crate::contract::bindings::{cache, http, log, secrets};
@@ -454,12 +451,12 @@ impl ExchangeCounts {
 /// these, so the allow-list, the secret placeholders, signing and the cache bounds exist once.
 #[derive(Clone)]
 pub(crate) struct CallCapabilities {
-    caps: Arc<Capabilities>,
+    pub(super) caps: Arc<Capabilities>,
     /// When the whole call must be over; HTTP requests get only what is left.
-    deadline: Instant,
+    pub(super) deadline: Instant,
     /// What this call's requests came to. Shared by the clones of one call, so the caller can
     /// read it after the call is over, however it ended.
-    exchanges: Arc<ExchangeCounts>,
+    pub(super) exchanges: Arc<ExchangeCounts>,
 }
 
 impl CallCapabilities {
@@ -474,27 +471,6 @@ impl CallCapabilities {
     /// What this call's requests came to so far.
     pub(crate) fn exchanges(&self) -> ExchangeTally {
         self.exchanges.tally()
-    }
-
-    pub(crate) async fn send(
-        &self,
-        request: http::Request,
-    ) -> Result<http::Response, http::HttpError> {
-        send_one(&self.caps, self.deadline, &self.exchanges, request).await
-    }
-
-    /// Sends `requests` at most `bounds.requests_in_flight_per_call` at a time, and answers in
-    /// their order.
-    pub(crate) async fn send_all(
-        &self,
-        requests: Vec<http::Request>,
-    ) -> Vec<Result<http::Response, http::HttpError>> {
-        let at_once = self.caps.bounds.requests_in_flight_per_call.max(1) as usize;
-        futures::stream::iter(requests)
-            .map(|r| send_one(&self.caps, self.deadline, &self.exchanges, r))
-            .buffered(at_once)
-            .collect()
-            .await
     }
 
     pub(crate) fn sign(&self, key: &str, alg: &str, data: &[u8]) -> Result<Vec<u8>, String> {

@@ -14,10 +14,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use futures::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 
-use super::capabilities::{Capabilities, ExchangeCounts};
+use super::capabilities::{CallCapabilities, Capabilities, ExchangeCounts};
 use super::resolver::RefusedAddress;
 use crate::contract::bindings::http::{self, HttpError};
 use crate::secrets::{PluginSecrets, fill_placeholders, fill_placeholders_noting};
@@ -32,6 +33,32 @@ const MAX_REDIRECTS: usize = 10;
 /// The shortest secret value scrubbed out of answers. A shorter one would match ordinary text
 /// of the answer and garble it; real API keys, tokens and passwords are longer.
 pub(super) const MIN_SCRUBBED_SECRET_BYTES: usize = 8;
+
+/// A call's `http` imports: each request goes out through [`send_one`], within what is left of
+/// the call's deadline. Here rather than beside the other capabilities, so the grants
+/// (`capabilities.rs`) know nothing of how a request is carried out.
+impl CallCapabilities {
+    pub(crate) async fn send(
+        &self,
+        request: http::Request,
+    ) -> Result<http::Response, http::HttpError> {
+        send_one(&self.caps, self.deadline, &self.exchanges, request).await
+    }
+
+    /// Sends `requests` at most `bounds.requests_in_flight_per_call` at a time, and answers in
+    /// their order.
+    pub(crate) async fn send_all(
+        &self,
+        requests: Vec<http::Request>,
+    ) -> Vec<Result<http::Response, http::HttpError>> {
+        let at_once = self.caps.bounds().requests_in_flight_per_call.max(1) as usize;
+        futures::stream::iter(requests)
+            .map(|r| send_one(&self.caps, self.deadline, &self.exchanges, r))
+            .buffered(at_once)
+            .collect()
+            .await
+    }
+}
 
 /// Sends one request of a call, counting in `exchanges` whether it reached the vendor. A
 /// request refused here (bad URL, host not granted, secret not owned, a limit reached) is not

@@ -265,3 +265,170 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use switchboard_sdk::{Adapter, Config, Delivery, Outcome, PluginInfo, PluginInfoExt};
+
+    use super::*;
+    use crate::config::{CanaryConfig, PluginBounds, RuntimeConfig};
+    use crate::plugin::capabilities::PluginQuotas;
+    use crate::plugin::registry::PluginSpec;
+    use crate::plugin::{PluginLimits, PluginRuntime};
+
+    /// An adapter that delivers everything: the swaps only need versions to move around.
+    struct Echo;
+
+    impl Adapter for Echo {
+        fn describe() -> PluginInfo {
+            PluginInfo::new("echo", "1.0.0", "push")
+        }
+
+        fn init(_config: Config) -> Result<Self, String> {
+            Ok(Echo)
+        }
+
+        fn deliver(&self, batch: Vec<Delivery>) -> Vec<Outcome> {
+            batch.iter().map(|_| Outcome::delivered("")).collect()
+        }
+    }
+
+    fn spec() -> PluginSpec {
+        let bounds = PluginBounds::default();
+        PluginSpec {
+            name: "echo".into(),
+            allowed_hosts: Vec::new(),
+            secrets: Default::default(),
+            limits: PluginLimits {
+                timeout: Duration::from_secs(5),
+                memory_bytes: 16 << 20,
+            },
+            init_config: Vec::new(),
+            max_batch: 100,
+            capability_counters: Default::default(),
+            bounds,
+            quotas: PluginQuotas::new(&bounds),
+        }
+    }
+
+    /// A registry with plugin `echo` (version `config`), keeping its state in `dir`.
+    async fn registry(dir: &std::path::Path) -> anyhow::Result<Registry> {
+        let runtime = Arc::new(PluginRuntime::new(&RuntimeConfig::default(), 16 << 20)?);
+        let client = reqwest::Client::new();
+        let mut registry = Registry::new(
+            runtime.clone(),
+            client.clone(),
+            None,
+            Some(dir.to_path_buf()),
+            CanaryConfig::default(),
+        );
+        let spec = spec();
+        let loaded = runtime
+            .load_native::<Echo>("echo", spec.capabilities(client), spec.limits, Vec::new())
+            .await?;
+        registry.add(spec, loaded, Some(&b"config"[..]));
+        Ok(registry)
+    }
+
+    /// Stages another version of `echo` under the id of `bytes`, as an upload would, without
+    /// compiling a component.
+    async fn stage(registry: &Registry, bytes: &[u8]) -> anyhow::Result<Arc<Version>> {
+        let slot = registry.known("echo")?;
+        let loaded = registry
+            .runtime
+            .load_native::<Echo>(
+                "echo",
+                slot.spec.capabilities(registry.client.clone()),
+                slot.spec.limits,
+                Vec::new(),
+            )
+            .await?;
+        let version = registry.version(version_id(bytes), loaded, VersionSource::Upload);
+        slot.replace(slot.lineup().staging(version.clone()));
+        Ok(version)
+    }
+
+    #[tokio::test]
+    async fn activating_keeps_the_choice_and_a_rollback_goes_back() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let registry = registry(dir.path()).await?;
+        let config_id = version_id(b"config");
+        let next = stage(&registry, b"next").await?;
+        registry.activate("echo", &next.id).await?;
+        let kept = kept::read(dir.path());
+        assert_eq!(kept["echo"].active, next.id, "kept across a restart");
+        assert_eq!(kept["echo"].config, config_id);
+        let back = registry.rollback("echo").await?;
+        assert_eq!(back.id, config_id);
+        assert_eq!(kept::read(dir.path())["echo"].active, config_id);
+        let lineup = registry.known("echo")?.lineup();
+        assert_eq!(
+            lineup.staged.len(),
+            1,
+            "the version rolled back from stays loaded"
+        );
+        assert!(matches!(
+            registry.rollback("echo").await,
+            Err(SwapError::NothingToRollBack(_))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn refused_changes_leave_the_active_version() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let registry = registry(dir.path()).await?;
+        let active = registry.known("echo")?.active().id.clone();
+        let staged = stage(&registry, b"staged").await?;
+        assert!(matches!(
+            registry.activate("nope", &staged.id).await,
+            Err(SwapError::UnknownPlugin(_))
+        ));
+        assert!(matches!(
+            registry.activate("echo", "no-such-version").await,
+            Err(SwapError::UnknownVersion { .. })
+        ));
+        assert!(matches!(
+            registry.set_canary("echo", &staged.id, 100).await,
+            Err(SwapError::BadPercent(100))
+        ));
+        assert!(matches!(
+            registry.set_canary("echo", &active, 10).await,
+            Err(SwapError::AlreadyActive { .. })
+        ));
+        assert_eq!(registry.known("echo")?.active().id, active);
+        assert!(
+            kept::read(dir.path()).is_empty(),
+            "nothing changed, nothing kept"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_canary_activated_is_promoted_and_one_ended_is_noted() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let registry = registry(dir.path()).await?;
+        let slot = registry.known("echo")?.clone();
+        let first = stage(&registry, b"first").await?;
+        registry.set_canary("echo", &first.id, 10).await?;
+        assert_eq!(slot.lineup().canary.as_ref().map(|c| c.percent), Some(10));
+        registry.set_canary("echo", &first.id, 0).await?;
+        assert!(slot.lineup().canary.is_none());
+        assert_eq!(
+            slot.last_canary_end().map(|e| e.how),
+            Some("rolled-back".into())
+        );
+        let second = stage(&registry, b"second").await?;
+        registry.set_canary("echo", &second.id, 25).await?;
+        registry.activate("echo", &second.id).await?;
+        assert_eq!(slot.active().id, second.id);
+        assert!(slot.lineup().canary.is_none());
+        assert_eq!(
+            slot.last_canary_end().map(|e| e.how),
+            Some("promoted".into())
+        );
+        Ok(())
+    }
+}
