@@ -75,8 +75,12 @@ guests: toolchain
 	for g in $(GUESTS); do cp $(GUESTS_TARGET)/wasm32-wasip2/release/$$g.wasm build/guests/; done
 
 ## host: the host, the lab and the simulators (release)
+# Every target, tests included: the test targets' dev-dependencies turn on features of crates
+# the binaries share (syn and what derives with it, up to wasmtime and librdkafka), so building
+# the binaries alone made `make test` rebuild 109 crates afterwards on a fresh machine. Built
+# this way, `make test` compiles nothing more.
 host: sysdeps
-	cargo build --release --workspace --bins
+	cargo build --release --workspace --all-targets
 
 ## lint: formatting and clippy for the host workspace and the plugin workspaces
 lint: toolchain sysdeps

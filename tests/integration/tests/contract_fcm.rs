@@ -118,3 +118,14 @@ async fn fcm_refreshes_a_token_the_vendor_stopped_accepting() {
     assert!(matches!(&again[0], Outcome::Delivered(_)), "{again:?}");
     assert_eq!(fixture.sim.stats.snapshot().token_requests, 2);
 }
+
+async fn reqwest_post(url: &str) {
+    let client = switchboard::host::http_client(&[]).expect("http client");
+    let status = client
+        .post(url)
+        .send()
+        .await
+        .expect("revoke request")
+        .status();
+    assert!(status.is_success(), "{status}");
+}

@@ -135,6 +135,14 @@ fn sequences(outcomes: &[Outcome]) -> Vec<&str> {
 /// One row of a product's outcome table: what it is, the recipient, the content, the outcome.
 type Row = (&'static str, String, String, &'static str);
 
+/// A mixed batch: each delivery's recipient, content and outcome; the deliveries the simulator
+/// counts as delivered; and what it counts as refused, by code.
+type Mixed = (
+    Vec<(String, String, &'static str)>,
+    u64,
+    Vec<(&'static str, u64)>,
+);
+
 /// An NHN Cloud product, and everything the suite needs to know of it.
 #[derive(Debug, Clone, Copy)]
 enum Product {
@@ -264,13 +272,7 @@ impl Product {
     }
 
     /// A batch mixing every kind of per-recipient result, and what the simulator counts of it.
-    fn mixed(
-        self,
-    ) -> (
-        Vec<(String, String, &'static str)>,
-        u64,
-        Vec<(&'static str, u64)>,
-    ) {
+    fn mixed(self) -> Mixed {
         match self {
             Product::Alimtalk => {
                 let ok = template_content(TEMPLATE, "Park");

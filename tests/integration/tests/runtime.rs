@@ -234,17 +234,6 @@ async fn a_file_that_is_not_a_component_is_refused_with_a_reason() {
     );
 }
 
-async fn reqwest_post(url: &str) {
-    let client = switchboard::host::http_client(&[]).expect("http client");
-    let status = client
-        .post(url)
-        .send()
-        .await
-        .expect("revoke request")
-        .status();
-    assert!(status.is_success(), "{status}");
-}
-
 #[tokio::test]
 async fn outage_windows_answer_503_or_refuse_connections_then_recover() {
     let fixture = FcmFixture::start(|_| {}).await;
