@@ -48,7 +48,7 @@ demo: plugins host
 
 ## test: unit, integration and end-to-end tests (release profile, the one the lab measures)
 test: sysdeps plugins guests services browser
-	cargo test --release --workspace --all-targets
+	cargo test --release --workspace --all-targets --no-fail-fast
 	cargo test --release --doc -p switchboard-sdk
 	$(MAKE) example
 

@@ -100,9 +100,10 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     let counters = Arc::new(Counters::default());
     let metrics = Arc::new(Metrics::new());
 
-    let broker = stages::connect_broker(&config).await?;
+    let broker = stages::open_broker(&config)?;
     let plugins = stages::load_plugins(&config, &options).await?;
     let (health, router) = stages::route(&config);
+    stages::ensure_output_topics(&config, &broker).await?;
     let dedup = stages::open_dedup(&config, &metrics).await?;
     let (outbox, history) = stages::open_settle(&config, &broker, &counters, &metrics).await?;
     let records = Records {

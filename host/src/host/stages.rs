@@ -41,9 +41,9 @@ pub struct Broker {
     pub embedded: Option<EmbeddedKafka>,
 }
 
-/// The configured broker, with the topics the host writes to made sure of; or, when none is
-/// configured, the embedded cluster made with every topic.
-pub async fn connect_broker(config: &Config) -> anyhow::Result<Broker> {
+/// The configured broker, or, when none is configured, the embedded cluster made with every
+/// topic.
+pub fn open_broker(config: &Config) -> anyhow::Result<Broker> {
     let properties = config.kafka_properties()?;
     let Some(brokers) = &config.kafka.brokers else {
         let mut topics = config.kafka.topics.clone();
@@ -60,23 +60,30 @@ pub async fn connect_broker(config: &Config) -> anyhow::Result<Broker> {
             embedded: Some(cluster),
         });
     };
-    // Before anything reads or writes: a host that cannot write its DLQ or retry topics would
-    // hold every record it cannot settle, so it refuses to start instead.
-    let topics = config.kafka.output_topics();
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    crate::kafka::ensure_topics(
-        brokers,
-        &names,
-        config.kafka.new_topic_partitions,
-        &properties,
-    )
-    .await
-    .context("the retry, DLQ and result topics")?;
     Ok(Broker {
         brokers: brokers.clone(),
         properties,
         embedded: None,
     })
+}
+
+/// Makes sure of the topics the host writes to, on a configured broker (the embedded cluster
+/// was made with them). Before anything reads or writes: a host that cannot write its DLQ or
+/// retry topics would hold every record it cannot settle, so it refuses to start instead.
+pub async fn ensure_output_topics(config: &Config, broker: &Broker) -> anyhow::Result<()> {
+    if broker.embedded.is_some() {
+        return Ok(());
+    }
+    let topics = config.kafka.output_topics();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    crate::kafka::ensure_topics(
+        &broker.brokers,
+        &names,
+        config.kafka.new_topic_partitions,
+        &broker.properties,
+    )
+    .await
+    .context("the retry, DLQ and result topics")
 }
 
 /// The plugin runtime and every configured plugin's versions.

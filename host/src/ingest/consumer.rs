@@ -25,17 +25,18 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use super::envelope::Envelope;
+use super::lag::STATISTICS_INTERVAL_MS;
+use super::rebalance::{HeldRecords, IngestConsumer, IngestContext};
+use super::refused::{REFUSED_IN_FLIGHT_BYTES, Refused, RefusedRecords, Rehop};
 use crate::clock::now_ms;
 use crate::config::{KafkaConfig, LanesConfig, Ordering as RecordOrdering, TrafficClass};
 use crate::contract::SharedDelivery;
@@ -44,7 +45,7 @@ use crate::dispatch::Dispatcher;
 use crate::lane::{Admission, Arrival, Budget, KeyOrder};
 use crate::offsets::{OffsetBook, OffsetSink, RecordTicket};
 use crate::route::Router;
-use crate::settle::{DeadLetterReason, Origin, Outbox, ReasonClass, RetryRecord};
+use crate::settle::{Origin, Outbox, ReasonClass, RetryRecord};
 use crate::telemetry::{Counters, events};
 
 /// Which records a consumer reads.
@@ -105,182 +106,6 @@ impl Source {
     }
 }
 
-/// How often librdkafka reports the statistics the consumer lag is read from, in milliseconds.
-const STATISTICS_INTERVAL_MS: &str = "5000";
-
-/// Drains revoked partitions before they go, and forgets their watermarks after. Keeps the
-/// consumer's lag from librdkafka's statistics.
-pub struct IngestContext {
-    book: Arc<OffsetBook>,
-    drain: Duration,
-    /// Records held for the budget: those of a revoked partition are dropped, never sent.
-    held: Arc<Mutex<HeldRecords>>,
-    /// Records waiting behind their key: those of a revoked partition are dropped too.
-    order: Arc<KeyOrder>,
-    /// Set once the consumer is closing after its own drain: a revoke then only commits, so
-    /// shutdown never waits for a second drain.
-    closing: std::sync::atomic::AtomicBool,
-    /// Records behind the end of the assigned partitions: `switchboard_consumer_lag_records`.
-    lag: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl ClientContext for IngestContext {
-    // Only the lag is wanted: parsing just those fields is cheaper than rdkafka's full
-    // `Statistics`, and does not break on fields a librdkafka release adds or drops.
-    fn stats_raw(&self, statistics: &[u8]) {
-        match serde_json::from_slice::<LagStatistics>(statistics) {
-            Ok(statistics) => {
-                self.lag.set(statistics.lag());
-            }
-            Err(error) => tracing::debug!(%error, "librdkafka statistics without a usable lag"),
-        }
-    }
-}
-
-impl IngestContext {
-    /// Drops the records of the revoked partitions that were never handed to the dispatcher
-    /// (held for the budget, or waiting behind their key): the next owner reads them again,
-    /// and sending them now would only send them twice. Returns how many were dropped; their
-    /// tickets stay open, so no offset passes them.
-    fn drop_unsent(&self, tpl: &TopicPartitionList) -> usize {
-        let revoked: std::collections::HashSet<(String, i32)> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
-        let mut dropped = 0;
-        {
-            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            held.retain(|partition, queue| {
-                let keep = !revoked.contains(partition);
-                if !keep {
-                    dropped += queue.len();
-                }
-                keep
-            });
-        }
-        dropped += self.order.drop_where(|ticket| {
-            let (topic, partition) = ticket.partition();
-            revoked.contains(&(topic.to_string(), partition))
-        });
-        dropped
-    }
-
-    /// Waits, up to the drain time, until the revoked partitions hold nothing in flight but the
-    /// `dropped` records that will never finish here. Returns the records still in flight.
-    ///
-    /// This runs inside librdkafka's rebalance callback, on the consumer's polling task. The
-    /// records it waits for finish on other tasks, possibly of the same runtime (the realtime
-    /// lane has one thread), so the wait hands this thread's other work to another thread
-    /// first; sleeping here would freeze the very tasks the drain waits for.
-    fn drain_revoked(&self, tpl: &TopicPartitionList, dropped: usize) -> usize {
-        let in_flight = || self.book.open_in(tpl).saturating_sub(dropped);
-        if self.closing.load(Relaxed) || in_flight() == 0 {
-            return in_flight();
-        }
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !multi_thread {
-            // Nothing could finish while this thread waits: commit what is finished now.
-            return in_flight();
-        }
-        let deadline = Instant::now() + self.drain;
-        tokio::task::block_in_place(|| {
-            while in_flight() > 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        in_flight()
-    }
-}
-
-/// The part of librdkafka's statistics JSON the lag is summed from.
-#[derive(serde::Deserialize)]
-struct LagStatistics {
-    #[serde(default)]
-    topics: HashMap<String, LagTopic>,
-}
-
-#[derive(serde::Deserialize)]
-struct LagTopic {
-    #[serde(default)]
-    partitions: HashMap<String, LagPartition>,
-}
-
-#[derive(serde::Deserialize)]
-struct LagPartition {
-    partition: i32,
-    /// Assigned to this consumer.
-    #[serde(default)]
-    desired: bool,
-    /// -1 while unknown (no committed offset or high watermark yet).
-    #[serde(default = "unknown_lag")]
-    consumer_lag: i64,
-}
-
-fn unknown_lag() -> i64 {
-    -1
-}
-
-impl LagStatistics {
-    /// The lag summed over the assigned partitions whose lag is known. Partition -1 is
-    /// librdkafka's internal "unassigned" partition, not a real one.
-    fn lag(&self) -> i64 {
-        self.topics
-            .values()
-            .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.desired && p.consumer_lag >= 0)
-            .map(|p| p.consumer_lag)
-            .sum()
-    }
-}
-
-impl ConsumerContext for IngestContext {
-    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
-        };
-        let dropped = self.drop_unsent(tpl);
-        let open = self.drain_revoked(tpl, dropped);
-        if open > 0 {
-            tracing::warn!(
-                open_records = open,
-                "rebalance drain timed out; the next owner redelivers them"
-            );
-        }
-        match base.commit_consumer_state(CommitMode::Sync) {
-            Ok(())
-            | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
-            Err(e) => tracing::warn!(error = %e, "commit before giving up partitions failed"),
-        }
-    }
-
-    fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = %describe_partitions(tpl), "partitions assigned");
-            }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = %describe_partitions(tpl), "partitions revoked");
-                self.book.forget(tpl);
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
-        }
-    }
-}
-
-fn describe_partitions(tpl: &TopicPartitionList) -> String {
-    tpl.elements()
-        .iter()
-        .map(|e| format!("{}/{}", e.topic(), e.partition()))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-type IngestConsumer = StreamConsumer<IngestContext>;
-
 /// What a consumed record turns into.
 enum Accepted {
     /// Deliveries to send.
@@ -297,103 +122,6 @@ enum Accepted {
         offset: i64,
         due_at_ms: u64,
     },
-}
-
-/// A record that will not be delivered, on its way to the DLQ as it is.
-struct Refused {
-    key: String,
-    value: Vec<u8>,
-    origin: Origin,
-    class: ReasonClass,
-    reason: String,
-    first_seen_ms: u64,
-    ticket: Arc<RecordTicket>,
-}
-
-/// A retry record on its way to its next retry tier.
-struct Rehop {
-    record: RetryRecord,
-    ticket: Arc<RecordTicket>,
-}
-
-/// Bytes of refused records on their way to the DLQ at once, per consumer: enough for the
-/// producer to batch thousands of small records, and a bound on what a flood of large ones
-/// holds in memory.
-const REFUSED_IN_FLIGHT_BYTES: usize = 8 << 20;
-
-/// Writes refused records to the DLQ, and retry records to their next tier, while the consumer
-/// keeps polling. Each write runs on a task of its own and the producer batches them, so a
-/// backlog of bad records drains at the producer's rate, not one acknowledgement at a time; the
-/// bytes in flight are bounded.
-struct RefusedRecords {
-    outbox: Arc<Outbox>,
-    counters: Arc<Counters>,
-    in_flight: Arc<tokio::sync::Semaphore>,
-}
-
-impl RefusedRecords {
-    /// Starts the write of `refused`; waits only while the bytes in flight are at their bound.
-    async fn write(&self, refused: Refused) {
-        let cost = refused.value.len().clamp(1, REFUSED_IN_FLIGHT_BYTES) as u32;
-        let Ok(permit) = self.in_flight.clone().acquire_many_owned(cost).await else {
-            return;
-        };
-        let (outbox, counters) = (self.outbox.clone(), self.counters.clone());
-        tokio::spawn(async move {
-            let why = DeadLetterReason {
-                class: refused.class,
-                reason: &refused.reason,
-                vendor_code: None,
-                plugin: None,
-                attempts: 0,
-                first_seen_ms: refused.first_seen_ms,
-            };
-            match outbox
-                .dead_letter(&refused.key, &refused.value, &refused.origin, &why)
-                .await
-            {
-                Ok(()) => {
-                    counters.dead_lettered.fetch_add(1, Relaxed);
-                    refused.ticket.complete();
-                }
-                Err(error) => {
-                    // Never finished: the record stays below the committed offset.
-                    counters.deliveries_unsettled.fetch_add(1, Relaxed);
-                    events::DeliveryUnsettled {
-                        key: &refused.key,
-                        error: &error,
-                    }
-                    .emit();
-                }
-            }
-            drop(permit);
-        });
-    }
-
-    /// Starts the write of `rehop` to the retry tier its remaining wait fits; the record is
-    /// finished once Kafka has the copy.
-    async fn rehop(&self, mut rehop: Rehop) {
-        let cost = rehop.record.content.len().clamp(1, REFUSED_IN_FLIGHT_BYTES) as u32;
-        let Ok(permit) = self.in_flight.clone().acquire_many_owned(cost).await else {
-            return;
-        };
-        let (outbox, counters) = (self.outbox.clone(), self.counters.clone());
-        tokio::spawn(async move {
-            match outbox.retry(&mut rehop.record).await {
-                Ok(()) => rehop.ticket.complete(),
-                Err(error) => {
-                    // Never finished: the record stays below the committed offset.
-                    counters.deliveries_unsettled.fetch_add(1, Relaxed);
-                    events::DeliveryUnsettled {
-                        key: &rehop.record.key,
-                        error: &error,
-                    }
-                    .emit();
-                }
-            }
-            drop(permit);
-        });
-    }
 }
 
 /// The consumer's own background tasks (admitting a paused partition's held records, handing
@@ -418,9 +146,6 @@ impl HoldTasks {
         self.0.abort_all();
     }
 }
-
-/// Records held for the budget, in offset order, by (topic, partition).
-type HeldRecords = HashMap<(String, i32), VecDeque<Arrival>>;
 
 /// A running consumer.
 pub struct Ingest {
@@ -933,148 +658,6 @@ fn resume_after(
 mod tests {
     use super::*;
 
-    fn context(drain: Duration) -> IngestContext {
-        let (next, _released) = mpsc::unbounded_channel();
-        IngestContext {
-            book: Arc::new(OffsetBook::new()),
-            drain,
-            held: Arc::new(Mutex::new(HashMap::new())),
-            order: Arc::new(KeyOrder::new(next)),
-            closing: std::sync::atomic::AtomicBool::new(false),
-            lag: crate::telemetry::metrics::Metrics::new().consumer_lag("mixed"),
-        }
-    }
-
-    fn partitions(list: &[(&str, i32)]) -> anyhow::Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in list {
-            tpl.add_partition(topic, *partition);
-        }
-        Ok(tpl)
-    }
-
-    /// A one-recipient record at `offset`, opened in `book`.
-    fn arrival(book: &Arc<OffsetBook>, topic: &str, partition: i32, offset: i64) -> Arrival {
-        let ticket = RecordTicket::open(book, topic, partition, offset, 1);
-        Arrival {
-            deliveries: vec![SharedDelivery {
-                key: format!("r{offset}/0"),
-                recipient: "token".into(),
-                content: "{}".into(),
-                priority: crate::contract::Priority::Ads,
-                attempt: 1,
-            }],
-            replayed: false,
-            channel: "push".into(),
-            class: TrafficClass::Ads,
-            order_key: None,
-            origin: Arc::new(Origin {
-                topic: topic.into(),
-                partition,
-                offset,
-            }),
-            first_seen_ms: 0,
-            ticket,
-            route: None,
-        }
-    }
-
-    #[test]
-    fn the_rebalance_drain_lets_records_finish_on_the_thread_it_waits_on() -> anyhow::Result<()> {
-        // The realtime lane runs on one thread: its consumer's rebalance callback and the calls
-        // that finish its records share it.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let context = Arc::new(context(Duration::from_secs(5)));
-        context.book.open("t", 0, 10);
-        let revoked = partitions(&[("t", 0)])?;
-        let started = Instant::now();
-        let left = runtime.block_on({
-            let context = context.clone();
-            async move {
-                tokio::spawn(async move {
-                    let finishing = context.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        finishing.book.finish("t", 0, 10);
-                    });
-                    context.drain_revoked(&revoked, 0)
-                })
-                .await
-            }
-        })?;
-        assert_eq!(
-            left, 0,
-            "the record in flight never finished during the drain"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "{:?}",
-            started.elapsed()
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn a_revoked_partition_drops_its_unsent_records_and_the_drain_does_not_wait_for_them()
-    -> anyhow::Result<()> {
-        let context = context(Duration::from_secs(5));
-        let book = context.book.clone();
-        {
-            let mut held = context.held.lock().unwrap_or_else(|p| p.into_inner());
-            held.insert(
-                ("t".into(), 0),
-                VecDeque::from([arrival(&book, "t", 0, 1), arrival(&book, "t", 0, 2)]),
-            );
-            held.insert(("t".into(), 1), VecDeque::from([arrival(&book, "t", 1, 1)]));
-        }
-        // A record of partition 0 waits behind its key's record, which is in flight (here, one
-        // of partition 1: what the revoke drops must not depend on where that one came from).
-        let in_flight = context.order.enter(7, arrival(&book, "t", 1, 9));
-        assert!(in_flight.is_some(), "the first of its key goes at once");
-        assert!(context.order.enter(7, arrival(&book, "t", 0, 4)).is_none());
-        let revoked = partitions(&[("t", 0)])?;
-        let dropped = context.drop_unsent(&revoked);
-        assert_eq!(dropped, 3);
-        let held = context.held.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(!held.contains_key(&("t".to_string(), 0)));
-        assert_eq!(
-            held[&("t".to_string(), 1)].len(),
-            1,
-            "another partition keeps its own"
-        );
-        drop(held);
-        assert_eq!(context.order.waiting(), 0);
-        let started = Instant::now();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let left = runtime.block_on(async { context.drain_revoked(&revoked, dropped) });
-        assert_eq!(left, 0);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "waited for records never sent"
-        );
-        // They stay open: no offset of partition 0 may pass them.
-        assert_eq!(book.open_in(&revoked), 3);
-        Ok(())
-    }
-
-    #[test]
-    fn a_closing_consumer_commits_on_revoke_without_a_second_drain() -> anyhow::Result<()> {
-        let context = context(Duration::from_secs(5));
-        context.book.open("t", 0, 1);
-        context.closing.store(true, Relaxed);
-        let started = Instant::now();
-        let left = context.drain_revoked(&partitions(&[("t", 0)])?, 0);
-        assert_eq!(left, 1);
-        assert!(started.elapsed() < Duration::from_secs(1));
-        Ok(())
-    }
-
     #[tokio::test]
     async fn finished_background_tasks_are_reaped_as_new_ones_start() {
         let mut tasks = HoldTasks::default();
@@ -1083,71 +666,6 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(tasks.len() <= 2, "{} finished tasks kept", tasks.len());
-    }
-
-    #[test]
-    fn the_lag_sums_assigned_partitions_with_a_known_lag() -> anyhow::Result<()> {
-        // Trimmed from a librdkafka statistics report: the fields besides these are ignored.
-        let report = serde_json::json!({
-            "name": "rdkafka#consumer-1",
-            "type": "consumer",
-            "brokers": {"localhost:9092/1": {"rtt": {"avg": 1}}},
-            "topics": {
-                "notifications": {
-                    "topic": "notifications",
-                    "partitions": {
-                        "0": {"partition": 0, "desired": true, "consumer_lag": 120, "hi_offset": 500},
-                        "1": {"partition": 1, "desired": true, "consumer_lag": 30},
-                        // Not known yet: no committed offset.
-                        "2": {"partition": 2, "desired": true, "consumer_lag": -1},
-                        // Revoked: no longer this consumer's.
-                        "3": {"partition": 3, "desired": false, "consumer_lag": 7000},
-                        // librdkafka's internal unassigned partition.
-                        "-1": {"partition": -1, "desired": false, "consumer_lag": -1}
-                    }
-                },
-                "switchboard.retry": {
-                    "partitions": {"0": {"partition": 0, "desired": true, "consumer_lag": 5}}
-                }
-            }
-        });
-        let statistics: LagStatistics = serde_json::from_value(report)?;
-        assert_eq!(statistics.lag(), 155);
-        let empty: LagStatistics = serde_json::from_str(r#"{"name": "c", "topics": {}}"#)?;
-        assert_eq!(empty.lag(), 0);
-        Ok(())
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_lag_gauge_follows_librdkafkas_own_statistics() -> anyhow::Result<()> {
-        let topic = "lag".to_string();
-        let cluster = crate::kafka::EmbeddedKafka::start(1, std::slice::from_ref(&topic), 1)?;
-        let brokers = cluster.bootstrap_servers().to_string();
-        crate::kafka::produce(&brokers, &topic, 10, |i| (i.to_string(), "{}".into())).await?;
-        let metrics = crate::telemetry::metrics::Metrics::new();
-        let context = IngestContext {
-            lag: metrics.consumer_lag("mixed"),
-            ..context(Duration::from_millis(10))
-        };
-        let consumer: BaseConsumer<IngestContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "g-lag")
-            .set("enable.auto.commit", "false")
-            .set("statistics.interval.ms", "100")
-            .create_with_context(context)?;
-        // Three records committed, seven behind.
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Offset(3))?;
-        consumer.assign(&tpl)?;
-        consumer.commit(&tpl, CommitMode::Sync)?;
-        let lag = metrics.consumer_lag("mixed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while lag.get() != 7 && Instant::now() < deadline {
-            // Polling serves the statistics callback; the records read are never committed.
-            let _ = consumer.poll(Duration::from_millis(50));
-        }
-        assert_eq!(lag.get(), 7, "{}", metrics.render());
-        Ok(())
     }
 
     #[tokio::test(start_paused = true)]
