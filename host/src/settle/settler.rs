@@ -228,7 +228,10 @@ impl Settler {
             },
             plugin_fault,
             host_busy,
-            fallback: self.fallback_applies(&job, &outcome),
+            // Only a refusal can fall back: a delivered or retried outcome (the hot path) skips
+            // the look-up.
+            fallback: matches!(outcome, Outcome::Rejected(_) | Outcome::InvalidRecipient(_))
+                && self.fallback_applies(&job, &outcome),
         };
         match (decide(&outcome, &facts, &self.policy), outcome) {
             (Decision::Delivered, Outcome::Delivered(id)) => {

@@ -294,7 +294,8 @@ mod tests {
     }
 
     #[test]
-    fn activating_keeps_the_old_active_to_roll_back_to_and_rolling_back_stages_the_new() {
+    fn activating_keeps_the_old_active_to_roll_back_to_and_rolling_back_stages_the_new()
+    -> Result<(), &'static str> {
         let a = Arc::new(V("a", "1.0"));
         let b = Arc::new(V("b", "1.1"));
         let lineup = Lineup::new(a.clone()).staging(b.clone()).activating(&b);
@@ -304,29 +305,31 @@ mod tests {
             lineup.staged.is_empty(),
             "an activated version leaves the staged"
         );
-        let back = lineup.rolling_back().expect("a previous version");
+        let back = lineup.rolling_back().ok_or("no previous version")?;
         assert_eq!(back.active.0, "a");
         assert_eq!(ids(&back.staged), ["b"]);
         assert!(back.rolling_back().is_none(), "nothing before a");
+        Ok(())
     }
 
     #[test]
-    fn a_canary_replaced_is_staged_and_an_ended_one_too() {
+    fn a_canary_replaced_is_staged_and_an_ended_one_too() -> Result<(), &'static str> {
         let a = Arc::new(V("a", "1.0"));
         let b = Arc::new(V("b", "1.1"));
         let c = Arc::new(V("c", "1.2"));
         let lineup = Lineup::new(a).with_canary(&b, 10, 5);
         let lineup = lineup.with_canary(&c, 20, 6);
-        let canary = lineup.canary.as_ref().expect("a canary");
+        let canary = lineup.canary.as_ref().ok_or("no canary")?;
         assert_eq!(
             (canary.version.0, canary.percent, canary.started_at_ms),
             ("c", 20, 6)
         );
         assert_eq!(ids(&lineup.staged), ["b"]);
-        let ended = lineup.ending_canary().expect("a canary to end");
+        let ended = lineup.ending_canary().ok_or("no canary to end")?;
         assert!(ended.canary.is_none());
         assert_eq!(ids(&ended.staged), ["b", "c"]);
         assert!(ended.ending_canary().is_none());
+        Ok(())
     }
 
     #[test]
