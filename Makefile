@@ -40,23 +40,53 @@ export SWITCHBOARD_TEST_KAFKA ?= 127.0.0.1:$(BROKER_PORT)
 # Tests that kill and restart a broker start one of their own from this binary.
 export SWITCHBOARD_TEST_BROKER_BIN ?= $(BROKER)
 
-.PHONY: demo test example plugins guests host lint fmt bench toolchain sysdeps services broker browser clean-build
+.PHONY: demo test example example-ts sdk-ts plugins guests guests-ts host lint fmt bench toolchain sysdeps node services broker browser clean-build
 
 ## demo: build everything and run the demo on embedded defaults (prints one JSON line last)
 demo: plugins host
 	$(BIN)/switchboard demo --messages $(MESSAGES)
 
 ## test: unit, integration and end-to-end tests (release profile, the one the lab measures)
-test: sysdeps plugins guests services browser
+test: sysdeps plugins guests guests-ts services browser
 	cargo test --release --workspace --all-targets --no-fail-fast
 	cargo test --release --doc -p switchboard-sdk
-	$(MAKE) example
+	$(MAKE) example example-ts
 
 ## example: build examples/hello-vendor, check it, and run its offline tests
 example: toolchain
 	cd examples/hello-vendor && cargo build --release
 	$(BIN)/switchboard plugin check $(WASM_OUT)/hello_vendor.wasm
 	cd examples/hello-vendor && $(BIN)/switchboard plugin test $(WASM_OUT)/hello_vendor.wasm --cases tests/cases.yaml
+
+## sdk-ts: the TypeScript SDK's tools (jco, TypeScript) from npm; checks that it ships the Rust
+## SDK's WIT, that its types are what jco generates from it, and that it type-checks
+# The npm cache is kept in $(HOME)/.npm, so a second install downloads nothing.
+NPM := npm --no-fund --no-audit --loglevel=error
+JCO := $(CURDIR)/sdk-ts/node_modules/.bin/jco
+sdk-ts: node
+	cd sdk-ts && $(NPM) install
+	cmp sdk/wit/switchboard.wit sdk-ts/wit/switchboard.wit || { echo "sdk-ts/wit differs from sdk/wit: copy it over"; exit 1; }
+	rm -rf $(CARGO_TARGET_DIR)/sdk-ts-types && cd sdk-ts && $(JCO) guest-types wit -n adapter -o $(CARGO_TARGET_DIR)/sdk-ts-types >/dev/null
+	diff -r sdk-ts/types $(CARGO_TARGET_DIR)/sdk-ts-types || { echo "sdk-ts/types is stale: cd sdk-ts && npm run types"; exit 1; }
+	cd sdk-ts && npx tsc --noEmit -p .
+
+## example-ts: build examples/twilio-ts (TypeScript), check it, and run its offline tests
+example-ts: sdk-ts
+	cd examples/twilio-ts && $(NPM) install && npm run build --silent
+	$(BIN)/switchboard plugin check examples/twilio-ts/dist/sms_twilio_ts.wasm
+	cd examples/twilio-ts && $(BIN)/switchboard plugin test dist/sms_twilio_ts.wasm --cases tests/cases.yaml
+
+## guests-ts: the hostile TypeScript test guest, into build/guests/
+guests-ts: build/guests/hostile_ts.wasm
+build/guests/hostile_ts.wasm: tests/guests-ts/hostile.ts $(wildcard sdk-ts/src/*.ts) | sdk-ts
+	mkdir -p build/guests
+	cd sdk-ts && $(JCO) componentize ../tests/guests-ts/hostile.ts --wit wit --world-name adapter \
+	  --bundle-config bundle.config.js --disable stdio http fetch-event --out ../$@ >/dev/null
+
+## node: Node.js and npm, for the TypeScript SDK (on the machine already, or from Debian's packages)
+node:
+	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	@node --version
 
 ## plugins: the bundled vendor adapters as wasm32-wasip2 components, into build/plugins/
 plugins: toolchain

@@ -274,10 +274,15 @@ pub enum PluginCommand {
         /// Where to create it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// A local switchboard-sdk crate to depend on (an unpacked `.crate`, a checkout's
-        /// `sdk/`). Without it, the crate depends on the SDK release matching this host.
+        /// A local SDK to depend on: for Rust the switchboard-sdk crate (an unpacked `.crate`,
+        /// a checkout's `sdk/`), for TypeScript a checkout's `sdk-ts/`. Without it, the project
+        /// depends on the SDK release matching this host.
         #[arg(long)]
         sdk: Option<PathBuf>,
+        /// The language: `rust` (a crate built with cargo) or `ts` (TypeScript, built with npm
+        /// and `jco componentize`).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::authoring::scaffold::Language,
     },
     /// Run a component offline against recorded vendor exchanges and print a pass/fail table.
     Test {
@@ -445,11 +450,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     channel,
                     dir,
                     sdk,
+                    lang,
                 },
         } => {
-            let root = crate::authoring::scaffold::create(&dir, &name, &channel, sdk.as_deref())?;
+            use crate::authoring::scaffold::{self, Language};
+            let root = scaffold::create(&dir, &name, &channel, sdk.as_deref(), lang)?;
             println!("created {}", root.display());
-            println!("next: cd {} && cargo build --release", root.display());
+            let build = match lang {
+                Language::Rust => "cargo build --release",
+                Language::TypeScript => "npm install && npm run build",
+            };
+            println!("next: cd {} && {build}", root.display());
             Ok(())
         }
         Command::Plugin {

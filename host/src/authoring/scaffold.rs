@@ -1,25 +1,42 @@
-//! `switchboard plugin new NAME --channel CHANNEL`: a plugin crate that builds, passes
-//! `plugin check` and `plugin test` as generated, and shows where the vendor mapping goes.
+//! `switchboard plugin new NAME --channel CHANNEL [--lang rust|ts]`: a plugin project that
+//! builds, passes `plugin check` and `plugin test` as generated, and shows where the vendor
+//! mapping goes. A Rust crate on `switchboard-sdk`, or a TypeScript package on
+//! `@switchboard/adapter-sdk` (`sdk-ts/`) built into a component by `jco componentize`.
 //!
 //! The generated adapter speaks a minimal JSON API (`POST {endpoint}/v1/messages` with
 //! `{"to", "text"}` and an `x-api-key` header, the "Hello" vendor of `vendorsim`), so that an
-//! author starts from working code and replaces the wire format with their vendor's.
+//! author starts from working code and replaces the wire format with their vendor's. Both
+//! languages share the offline cases file: the same exchanges, the same outcomes.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+mod typescript;
+
 /// Channels the scaffold knows the content shape of.
 pub const CHANNELS: [&str; 4] = ["sms", "push-android", "push-ios", "alimtalk"];
 
-/// Creates the plugin crate `dir/name`. It depends on the `switchboard-sdk` release this host
-/// was built with, from the registry; `sdk` names a local copy of the crate instead (an
-/// unpacked `.crate`, a checkout's `sdk/`).
+/// The language a plugin is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Language {
+    /// A Rust crate built for wasm32-wasip2.
+    #[default]
+    Rust,
+    /// A TypeScript package built by `jco componentize` (a JavaScript engine in the component).
+    #[value(name = "ts", alias = "typescript")]
+    TypeScript,
+}
+
+/// Creates the plugin project `dir/name` in `language`. It depends on the SDK release this host
+/// was built with, from the registry (crates.io or npm); `sdk` names a local copy instead (for
+/// Rust an unpacked `.crate` or a checkout's `sdk/`, for TypeScript a checkout's `sdk-ts/`).
 pub fn create(
     dir: &Path,
     name: &str,
     channel: &str,
     sdk: Option<&Path>,
+    language: Language,
 ) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(
         !name.is_empty()
@@ -43,23 +60,43 @@ pub fn create(
             let path = path
                 .canonicalize()
                 .with_context(|| format!("the SDK is not at {}", path.display()))?;
+            let (manifest, package) = match language {
+                Language::Rust => ("Cargo.toml", "the switchboard-sdk crate"),
+                Language::TypeScript => ("package.json", "the @switchboard/adapter-sdk package"),
+            };
             anyhow::ensure!(
-                path.join("Cargo.toml").is_file() && path.join("wit").is_dir(),
-                "{} is not the switchboard-sdk crate (no Cargo.toml and wit/ there)",
+                path.join(manifest).is_file() && path.join("wit").is_dir(),
+                "{} is not {package} (no {manifest} and wit/ there)",
                 path.display()
             );
             SdkSource::Path(path)
         }
         None => SdkSource::Registry,
     };
-    let files = [
-        ("Cargo.toml", cargo_toml(name, &sdk)),
-        (".cargo/config.toml", CARGO_CONFIG.to_string()),
-        ("src/lib.rs", lib_rs(name, channel)),
-        ("README.md", readme(name, channel)),
-        ("tests/cases.yaml", cases_yaml(channel)),
-        (".gitignore", "/target\n".to_string()),
-    ];
+    let files = match language {
+        Language::Rust => vec![
+            ("Cargo.toml", cargo_toml(name, &sdk)),
+            (".cargo/config.toml", CARGO_CONFIG.to_string()),
+            ("src/lib.rs", lib_rs(name, channel)),
+            ("README.md", readme(name, channel)),
+            (
+                "tests/cases.yaml",
+                cases_yaml(channel, &rust_component(name)),
+            ),
+            (".gitignore", "/target\n".to_string()),
+        ],
+        Language::TypeScript => vec![
+            ("package.json", typescript::package_json(name, &sdk)),
+            ("tsconfig.json", typescript::TSCONFIG.to_string()),
+            ("src/adapter.ts", typescript::adapter_ts(name, channel)),
+            ("README.md", typescript::readme(name, channel)),
+            (
+                "tests/cases.yaml",
+                cases_yaml(channel, &typescript::component(name)),
+            ),
+            (".gitignore", "/node_modules\n/dist\n".to_string()),
+        ],
+    };
     for (file, text) in files {
         let path = root.join(file);
         if let Some(parent) = path.parent() {
@@ -69,6 +106,14 @@ pub fn create(
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(root)
+}
+
+/// Where `cargo build --release` puts a Rust plugin's component.
+fn rust_component(name: &str) -> String {
+    format!(
+        "target/wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    )
 }
 
 fn type_name(name: &str) -> String {
@@ -278,10 +323,11 @@ fn sample_content(channel: &str) -> &'static str {
     }
 }
 
-fn cases_yaml(channel: &str) -> String {
+/// The offline cases of the generated adapter; `component` is where its build puts it.
+fn cases_yaml(channel: &str, component: &str) -> String {
     let content = sample_content(channel);
     format!(
-        r#"# Offline tests: `switchboard plugin test target/wasm32-wasip2/release/PLUGIN.wasm --cases tests/cases.yaml`.
+        r#"# Offline tests: `switchboard plugin test {component} --cases tests/cases.yaml`.
 # Each case gives a delivery, the vendor exchanges it should cause (requests are matched as the
 # plugin sends them: secrets stay {{{{secret:NAME}}}} placeholders), and the outcome it must end in.
 plugin:
@@ -369,8 +415,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
         let sdk = Some(sdk.as_path());
-        assert!(create(dir.path(), "Acme SMS", "sms", sdk).is_err());
-        let root = create(dir.path(), "acme-sms", "sms", sdk)?;
+        assert!(create(dir.path(), "Acme SMS", "sms", sdk, Language::Rust).is_err());
+        let root = create(dir.path(), "acme-sms", "sms", sdk, Language::Rust)?;
         for file in [
             "Cargo.toml",
             "src/lib.rs",
@@ -381,7 +427,7 @@ mod tests {
             assert!(root.join(file).exists(), "{file}");
         }
         assert!(
-            create(dir.path(), "acme-sms", "sms", sdk).is_err(),
+            create(dir.path(), "acme-sms", "sms", sdk, Language::Rust).is_err(),
             "refuses to overwrite"
         );
         let cases: crate::authoring::offline::CasesFile =
@@ -395,7 +441,7 @@ mod tests {
     #[test]
     fn the_sdk_comes_from_the_registry_unless_a_local_copy_is_named() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let root = create(dir.path(), "acme-push", "push-ios", None)?;
+        let root = create(dir.path(), "acme-push", "push-ios", None, Language::Rust)?;
         let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
         let wanted = format!(
             "switchboard-sdk = \"{}\"",
@@ -404,8 +450,63 @@ mod tests {
         assert!(manifest.contains(&wanted), "{manifest}");
         assert!(!manifest.contains(env!("CARGO_MANIFEST_DIR")), "{manifest}");
         assert_eq!(minor_requirement("0.1.3"), "0.1");
-        let not_sdk = create(dir.path(), "acme-sms", "sms", Some(dir.path()));
+        let not_sdk = create(
+            dir.path(),
+            "acme-sms",
+            "sms",
+            Some(dir.path()),
+            Language::Rust,
+        );
         assert!(not_sdk.is_err());
+        Ok(())
+    }
+
+    /// A TypeScript project: its files, the SDK from npm unless a local `sdk-ts/` is named, and
+    /// the cases file pointing at the component its build makes.
+    #[test]
+    fn a_typescript_project_names_its_sdk_and_its_component() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let root = create(dir.path(), "acme-sms", "sms", None, Language::TypeScript)?;
+        for file in [
+            "package.json",
+            "tsconfig.json",
+            "src/adapter.ts",
+            "README.md",
+            "tests/cases.yaml",
+            ".gitignore",
+        ] {
+            assert!(root.join(file).exists(), "{file}");
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("package.json"))?)?;
+        let wanted = format!("~{}.0", minor_requirement(env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            manifest["dependencies"]["@switchboard/adapter-sdk"], wanted,
+            "{manifest}"
+        );
+        let cases = std::fs::read_to_string(root.join("tests/cases.yaml"))?;
+        assert!(cases.contains("plugin test dist/acme_sms.wasm"), "{cases}");
+
+        let sdk_ts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk-ts");
+        let local = create(
+            dir.path(),
+            "acme-push",
+            "push-ios",
+            Some(&sdk_ts),
+            Language::TypeScript,
+        )?;
+        let manifest = std::fs::read_to_string(local.join("package.json"))?;
+        assert!(manifest.contains("\"file:/"), "{manifest}");
+        // The Rust SDK is not a TypeScript SDK.
+        let rust_sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+        let wrong = create(
+            dir.path(),
+            "acme-other",
+            "sms",
+            Some(&rust_sdk),
+            Language::TypeScript,
+        );
+        assert!(wrong.is_err());
         Ok(())
     }
 }

@@ -408,6 +408,31 @@ pub fn switchboard_bin() -> PathBuf {
     bin
 }
 
+/// Runs the built `switchboard` binary with `args` and waits for it.
+pub fn run_switchboard(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(switchboard_bin())
+        .args(args)
+        .output()
+        .expect("running switchboard")
+}
+
+/// The standard output of a command that must have succeeded; otherwise the test fails with
+/// both of its outputs.
+pub fn succeeded(output: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A path as the UTF-8 argument a command takes.
+pub fn path_arg(path: &std::path::Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
 /// Every record of `topic` from the beginning, as far as its watermarks reached when asked:
 /// its headers by name, and its value.
 pub fn read_topic(

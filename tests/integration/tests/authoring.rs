@@ -6,41 +6,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use switchboard::config::{PluginConfig, SecretSource};
 use switchboard::demo::produce;
-use switchboard_integration_tests::wait_until;
+use switchboard_integration_tests::{
+    path_arg as path, run_switchboard as switchboard, succeeded as ok, wait_until,
+};
 
 /// The target directory this test was built into (`target/<profile>/deps/this-test`).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.ancestors().nth(3).unwrap().to_path_buf()
-}
-
-fn switchboard(args: &[&str]) -> Output {
-    let bin = target_dir().join("release/switchboard");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the host first",
-        bin.display()
-    );
-    Command::new(bin).args(args).output().unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// `cargo package -p switchboard-sdk` (which builds the packed crate on its own to verify it),

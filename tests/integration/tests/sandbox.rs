@@ -1088,3 +1088,107 @@ async fn a_full_pool_makes_calls_wait_and_never_counts_against_the_plugin() {
     assert_eq!(traps(&waiting) + timeouts(&waiting), 0);
     assert_eq!(waiting.counters.host_busy.load(Ordering::Relaxed), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A guest in another language
+
+/// The sandbox holds for a JavaScript engine as it does for Rust: a TypeScript guest
+/// (`tests/guests-ts/hostile.ts`, built with `jco componentize`) that loops, allocates past its
+/// cap, calls a host not granted or throws costs its own call, while a neighbour keeps
+/// delivering; and no call sees what an earlier one left in the module's state. One load for
+/// every case: compiling the 12 MB component takes seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_typescript_guest_is_contained_like_a_rust_one() {
+    let _serial = MEMORY_MEASURE.lock().await;
+    let echo = slowloris::start(SlowlorisConfig::new()).await.unwrap();
+    let rt = roomy_runtime();
+    let next = neighbour(&rt).await;
+    let options = LoadOptions {
+        // The echo's address on another port: the echo itself is not granted.
+        allowed_hosts: vec!["127.0.0.1:1".into()],
+        ..hostile(64)
+    };
+    let plugin = load(&rt, "hostile-ts", &guest_path("hostile_ts"), options)
+        .await
+        .unwrap();
+    assert_eq!(plugin.info.name, "hostile-ts");
+    let ok = |key: &str| delivery(key, "ok", "{}");
+    let works = |outcomes: Result<Vec<Outcome>, CallError>, key: &str| {
+        assert!(
+            matches!(&outcomes.as_deref(), Ok([Outcome::Delivered(id)]) if *id == format!("ok-{key}")),
+            "{outcomes:?}"
+        );
+    };
+    works(plugin.deliver(&[ok("first")]).await, "first");
+
+    // A loop is stopped at the deadline.
+    let started = Instant::now();
+    let (result, traffic) =
+        alongside(&next, plugin.deliver(&[delivery("k/loop", "loop", "{}")])).await;
+    assert!(matches!(result, Err(CallError::Timeout(_))), "{result:?}");
+    assert!(started.elapsed() < HOSTILE_TIMEOUT + SLACK);
+    assert!(traffic.calls >= 5, "{traffic:?}");
+    assert_eq!(timeouts(&plugin), 1);
+    works(plugin.deliver(&[ok("after-loop")]).await, "after-loop");
+
+    // An allocation past the cap traps on the memory limit, and the host does not grow by it.
+    let ((result, _), grown) = peak_growth(alongside(
+        &next,
+        plugin.deliver(&[delivery("k/grow", "grow:512", "{}")]),
+    ))
+    .await;
+    assert!(
+        matches!(&result, Err(CallError::Trap(why)) if why.contains("forcing trap when growing memory")),
+        "{result:?}"
+    );
+    assert!(grown < 256, "peak memory grew by {grown} MiB");
+    assert_eq!(traps(&plugin), 1);
+    works(plugin.deliver(&[ok("after-grow")]).await, "after-grow");
+
+    // A request to a host not granted is denied before it leaves the host.
+    let verb = format!("http:{}/echo", echo.url());
+    let (result, _) = alongside(&next, plugin.deliver(&[delivery("k/http", &verb, "{}")])).await;
+    match result.as_deref() {
+        Ok([Outcome::Rejected(r)]) => {
+            assert!(
+                r.reason.contains("denied") && r.reason.contains("not granted"),
+                "{r:?}"
+            )
+        }
+        other => panic!("expected a denied request, got {other:?}"),
+    }
+    assert_eq!(denied_hosts(&plugin), 1);
+    assert_eq!(echo.stats.snapshot().delivered, 0);
+
+    // An exception out of `deliver` is a trap of that call only.
+    let result = plugin.deliver(&[delivery("k/throw", "throw", "{}")]).await;
+    assert!(matches!(result, Err(CallError::Trap(_))), "{result:?}");
+    assert_eq!(traps(&plugin), 2);
+
+    // Module state starts afresh on every call: three deliveries in one call count to three,
+    // and the next call counts from one again.
+    let counts = |outcomes: Vec<Outcome>| -> Vec<String> {
+        outcomes
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Delivered(n) => n,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let batch = [
+        delivery("c/0", "count", "{}"),
+        delivery("c/1", "count", "{}"),
+        delivery("c/2", "count", "{}"),
+    ];
+    assert_eq!(
+        counts(plugin.deliver(&batch).await.unwrap()),
+        ["1", "2", "3"]
+    );
+    assert_eq!(
+        counts(plugin.deliver(&batch[..1]).await.unwrap()),
+        ["1"],
+        "a call saw an earlier call's module state"
+    );
+    works(plugin.deliver(&[ok("last")]).await, "last");
+}

@@ -23,6 +23,7 @@ mod rebalance;
 mod retry_tiers;
 mod sandbox;
 mod throughput;
+mod typescript;
 
 #[derive(Parser)]
 #[command(name = "switchboard-lab", about)]
@@ -62,6 +63,24 @@ enum Scenario {
         guest: PathBuf,
         #[arg(long, default_value_t = 20_000)]
         calls: u64,
+    },
+    /// An adapter in TypeScript next to the same in Rust: per-call runtime cost (test guests
+    /// with no I/O), component sizes, and the pipeline rate through each Twilio adapter.
+    Typescript {
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 5_000)]
+        calls: u64,
+        #[arg(long, default_value = "build/guests/misbehave.wasm")]
+        rust_guest: PathBuf,
+        #[arg(long, default_value = "build/guests/hostile_ts.wasm")]
+        ts_guest: PathBuf,
+        #[arg(long, default_value = "build/plugins/sms-twilio.wasm")]
+        rust_adapter: PathBuf,
+        #[arg(long, default_value = "examples/twilio-ts/dist/sms_twilio_ts.wasm")]
+        ts_adapter: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        vendor_latency_ms: u64,
     },
     /// Crash recovery: the host as a child process, SIGKILLed while deliveries are in flight and
     /// restarted; counts what was lost and what was sent twice.
@@ -311,6 +330,26 @@ async fn main() -> anyhow::Result<()> {
             serde_json::to_value(summary)?
         }
         Scenario::Runtime { guest, calls } => runtime_cost(&guest, calls).await?,
+        Scenario::Typescript {
+            messages,
+            calls,
+            rust_guest,
+            ts_guest,
+            rust_adapter,
+            ts_adapter,
+            vendor_latency_ms,
+        } => {
+            typescript::run(typescript::TypeScriptOptions {
+                messages,
+                calls,
+                rust_guest,
+                ts_guest,
+                rust_adapter,
+                ts_adapter,
+                vendor_latency_ms,
+            })
+            .await?
+        }
         Scenario::Poison { valid, rounds } => poison::poison(valid, rounds).await?,
         Scenario::Fanout {
             records,
@@ -519,7 +558,12 @@ async fn main() -> anyhow::Result<()> {
 
 async fn runtime_cost(guest: &std::path::Path, calls: u64) -> anyhow::Result<serde_json::Value> {
     let rt = runtime();
-    let plugin = load(&rt, "misbehave", guest, LoadOptions::default())
+    // 64 MiB: a JavaScript engine's heap needs more than the 32 MiB a Rust guest is given.
+    let options = LoadOptions {
+        memory_mb: 64,
+        ..LoadOptions::default()
+    };
+    let plugin = load(&rt, "misbehave", guest, options)
         .await
         .with_context(|| format!("loading {}", guest.display()))?;
     let one = [delivery("k/0", "ok", "{}")];
