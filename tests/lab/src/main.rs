@@ -81,6 +81,9 @@ enum Scenario {
         ts_adapter: PathBuf,
         #[arg(long, default_value_t = 20)]
         vendor_latency_ms: u64,
+        /// The batch lane's linger, in milliseconds (the default config's is 5).
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
     },
     /// Crash recovery: the host as a child process, SIGKILLed while deliveries are in flight and
     /// restarted; counts what was lost and what was sent twice.
@@ -338,8 +341,10 @@ async fn main() -> anyhow::Result<()> {
             rust_adapter,
             ts_adapter,
             vendor_latency_ms,
+            linger_ms,
         } => {
             typescript::run(typescript::TypeScriptOptions {
+                linger_ms,
                 messages,
                 calls,
                 rust_guest,

@@ -29,6 +29,14 @@ pub struct TypeScriptOptions {
     pub rust_adapter: PathBuf,
     pub ts_adapter: PathBuf,
     pub vendor_latency_ms: u64,
+    /// The batch lane's linger: how long a partial batch waits for more deliveries.
+    pub linger_ms: u64,
+}
+
+/// A pipeline run's figures.
+struct PipelineRun {
+    rate_per_s: f64,
+    deliveries_per_call: f64,
 }
 
 fn size_of(path: &Path) -> anyhow::Result<u64> {
@@ -58,22 +66,24 @@ pub async fn run(options: TypeScriptOptions) -> anyhow::Result<serde_json::Value
 
     let latency = Duration::from_millis(options.vendor_latency_ms);
     let cluster = backlog(options.messages).await?;
-    let rust_rate = pipeline(
+    let settings = (latency, options.linger_ms);
+    let rust = pipeline(
         &cluster,
         &options.rust_adapter,
         options.messages,
-        latency,
+        settings,
         "rust",
     )
     .await?;
-    let ts_rate = pipeline(
+    let ts = pipeline(
         &cluster,
         &options.ts_adapter,
         options.messages,
-        latency,
+        settings,
         "ts",
     )
     .await?;
+    let (rust_rate, ts_rate) = (rust.rate_per_s, ts.rate_per_s);
 
     let field = |line: &serde_json::Value, key: &str| line[key].as_f64().unwrap_or(f64::NAN);
     let ratio = |a: f64, b: f64| (a / b * 100.0).round() / 100.0;
@@ -94,6 +104,9 @@ pub async fn run(options: TypeScriptOptions) -> anyhow::Result<serde_json::Value
         "rust_rate_per_s": rust_rate.round(),
         "ts_rate_per_s": ts_rate.round(),
         "ts_rate_ratio": ratio(ts_rate, rust_rate),
+        "batch_linger_ms": options.linger_ms,
+        "rust_deliveries_per_call": (rust.deliveries_per_call * 10.0).round() / 10.0,
+        "ts_deliveries_per_call": (ts.deliveries_per_call * 10.0).round() / 10.0,
     }))
 }
 
@@ -125,9 +138,9 @@ async fn pipeline(
     cluster: &EmbeddedKafka,
     wasm: &Path,
     messages: u64,
-    latency: Duration,
+    (latency, linger_ms): (Duration, u64),
     label: &str,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<PipelineRun> {
     let mut twilio =
         vendorsim::twilio::TwilioConfig::new(ACCOUNT, "f0e1d2c3b4a5968778695a4b3c2d1e0f");
     twilio.faults.latency = vendorsim::Latency::fixed(latency);
@@ -143,6 +156,7 @@ async fn pipeline(
     config.kafka.topics = vec![TOPIC.to_string()];
     config.kafka.group_id = format!("lab-typescript-{label}");
     config.kafka.commit_interval_ms = 1000;
+    config.lanes.batch.linger_ms = Some(linger_ms);
     config.plugins.insert(
         "sms".into(),
         PluginConfig {
@@ -195,6 +209,17 @@ async fn pipeline(
     }
     let (first_at, first_count) = first.unwrap_or((Instant::now(), 0));
     let elapsed = first_at.elapsed();
+    let calls: u64 = host
+        .registry
+        .slots()
+        .map(|slot| {
+            slot.active()
+                .plugin
+                .counters
+                .calls
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
     host.stop().await?;
     let snapshot = stats.snapshot();
     anyhow::ensure!(
@@ -203,6 +228,9 @@ async fn pipeline(
         snapshot.duplicates
     );
     let rate = (messages - first_count) as f64 / elapsed.as_secs_f64().max(1e-9);
-    eprintln!("[typescript] {label}: {rate:.0}/s");
-    Ok(rate)
+    eprintln!("[typescript] {label}: {rate:.0}/s, {calls} calls");
+    Ok(PipelineRun {
+        rate_per_s: rate,
+        deliveries_per_call: messages as f64 / calls.max(1) as f64,
+    })
 }
