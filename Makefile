@@ -40,14 +40,14 @@ export SWITCHBOARD_TEST_KAFKA ?= 127.0.0.1:$(BROKER_PORT)
 # Tests that kill and restart a broker start one of their own from this binary.
 export SWITCHBOARD_TEST_BROKER_BIN ?= $(BROKER)
 
-.PHONY: demo test example example-ts sdk-ts plugins guests guests-ts host lint fmt bench toolchain sysdeps node services broker browser clean-build
+.PHONY: demo test example example-ts example-ts-build sdk-ts plugins guests guests-ts host lint fmt bench toolchain sysdeps node services broker browser clean-build
 
 ## demo: build everything and run the demo on embedded defaults (prints one JSON line last)
 demo: plugins host
 	$(BIN)/switchboard demo --messages $(MESSAGES)
 
 ## test: unit, integration and end-to-end tests (release profile, the one the lab measures)
-test: sysdeps plugins guests guests-ts services browser
+test: sysdeps plugins guests guests-ts example-ts-build services browser
 	cargo test --release --workspace --all-targets --no-fail-fast
 	cargo test --release --doc -p switchboard-sdk
 	$(MAKE) example example-ts
@@ -71,8 +71,10 @@ sdk-ts: node
 	cd sdk-ts && npx tsc --noEmit -p .
 
 ## example-ts: build examples/twilio-ts (TypeScript), check it, and run its offline tests
-example-ts: sdk-ts
+# Built before `cargo test` too: the end-to-end test delivers through it.
+example-ts-build: sdk-ts
 	cd examples/twilio-ts && $(NPM) install && npm run build --silent
+example-ts: example-ts-build
 	$(BIN)/switchboard plugin check examples/twilio-ts/dist/sms_twilio_ts.wasm
 	cd examples/twilio-ts && $(BIN)/switchboard plugin test dist/sms_twilio_ts.wasm --cases tests/cases.yaml
 
