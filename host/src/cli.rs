@@ -669,6 +669,7 @@ async fn run_dlq(command: DlqCommand) -> anyhow::Result<()> {
                 &config.kafka_properties()?,
                 &outbox,
                 &filter,
+                crate::settle::inspect::PROGRESS_EVERY,
                 &mut |read, total, so_far| {
                     eprintln!(
                         "read {read} of {total} DLQ records; {} to the retry topic, {} to their \

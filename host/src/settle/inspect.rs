@@ -19,7 +19,8 @@ use super::{ReasonClass, headers};
 use crate::clock::now_ms;
 
 /// How often a long scan reports its progress on stderr.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// How often a long scan tells the operator how far it is.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// One DLQ record as read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,6 +86,8 @@ pub struct DlqScan {
     pub read: u64,
     idle_polls: u32,
     last_progress: Instant,
+    /// How often [`DlqScan::progress_due`] says yes.
+    progress_every: Duration,
 }
 
 impl DlqScan {
@@ -128,7 +131,14 @@ impl DlqScan {
             read: 0,
             idle_polls: 0,
             last_progress: Instant::now(),
+            progress_every: PROGRESS_EVERY,
         })
+    }
+
+    /// Reports progress every `every` instead of every two seconds.
+    pub fn with_progress_every(mut self, every: Duration) -> Self {
+        self.progress_every = every;
+        self
     }
 
     /// The next record, or `None` once every partition is read to the end it had at the start.
@@ -179,7 +189,7 @@ impl DlqScan {
 
     /// `true` at most every two seconds: time to tell the operator how far the scan is.
     pub fn progress_due(&mut self) -> bool {
-        if self.last_progress.elapsed() < PROGRESS_EVERY {
+        if self.last_progress.elapsed() < self.progress_every {
             return false;
         }
         self.last_progress = Instant::now();

@@ -8,11 +8,12 @@
 //! cannot be replayed and are only counted.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::inspect::DlqScan;
+use super::inspect::{DlqScan, PROGRESS_EVERY};
 use super::{Outbox, ReasonClass, RetryRecord, headers};
 use crate::clock::now_ms;
 
@@ -56,22 +57,24 @@ pub async fn replay(
         properties,
         outbox,
         filter,
+        PROGRESS_EVERY,
         &mut |_, _, _| {},
     )
     .await
 }
 
 /// As [`replay`], telling `progress` (records read, records in the DLQ, the summary so far)
-/// how far it is every two seconds.
+/// how far it is every `every` ([`PROGRESS_EVERY`] on the command line).
 pub async fn replay_with_progress(
     brokers: &str,
     dlq_topic: &str,
     properties: &BTreeMap<String, String>,
     outbox: &Outbox,
     filter: &ReplayFilter,
+    every: Duration,
     progress: &mut dyn FnMut(u64, u64, &ReplaySummary),
 ) -> anyhow::Result<ReplaySummary> {
-    let mut scan = DlqScan::open(brokers, dlq_topic, properties)?;
+    let mut scan = DlqScan::open(brokers, dlq_topic, properties)?.with_progress_every(every);
     let mut summary = ReplaySummary::default();
     while let Some(record) = scan.next_record()? {
         if scan.progress_due() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use switchboard::demo::{demo_envelope, produce};
 use switchboard::kafka::EmbeddedKafka;
-use switchboard::settle::replay::{ReplayFilter, replay};
+use switchboard::settle::replay::{ReplayFilter, replay, replay_with_progress};
 use switchboard::settle::{Outbox, ReasonClass};
 use switchboard_integration_tests::{FcmFixture, read_topic, switchboard_bin, wait_until};
 
@@ -191,4 +191,30 @@ async fn rejected_undecodable_and_expired_go_to_the_dlq_and_replay_delivers_once
     .await
     .unwrap();
     assert_eq!(dry.not_replayable, 1);
+
+    // Progress, as `dlq replay` prints it: how many records are read of how many, and what the
+    // replay came to so far. Reported on every record here; every two seconds on the command
+    // line.
+    let mut reports = Vec::new();
+    let watched = replay_with_progress(
+        &brokers,
+        &config.kafka.dlq_topic,
+        &config.kafka_properties().unwrap(),
+        &outbox,
+        &all,
+        Duration::ZERO,
+        &mut |read, total, so_far| reports.push((read, total, so_far.scanned)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(watched.scanned, dry.scanned);
+    let total = dry.scanned;
+    assert_eq!(reports.len() as u64, total, "{reports:?}");
+    for (i, (read, of, scanned)) in reports.iter().enumerate() {
+        assert_eq!(
+            (*read, *of, *scanned),
+            (i as u64 + 1, total, i as u64),
+            "{reports:?}"
+        );
+    }
 }

@@ -126,13 +126,13 @@ async fn the_typescript_twilio_adapter_delivers_through_the_host_exactly_once() 
     let stats = sim.stats.clone();
     assert!(
         wait_until(Duration::from_secs(120), || stats.snapshot().delivered
-            >= messages as u64)
+            >= messages)
         .await,
         "{:?}",
         stats.snapshot()
     );
     host.stop().await.unwrap();
     let seen = sim.stats.snapshot();
-    assert_eq!(seen.delivered, messages as u64, "{seen:?}");
+    assert_eq!(seen.delivered, messages, "{seen:?}");
     assert_eq!(seen.duplicates, 0, "{seen:?}");
 }
