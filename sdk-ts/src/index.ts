@@ -105,10 +105,9 @@ export function defineAdapter<State>(adapter: Adapter<State>): Exports {
       try {
         state = { value: adapter.init(new Config(entries)) };
       } catch (refused) {
-        if (refused instanceof Refusal) throw refused.message;
-        if (typeof refused === "string") throw refused;
-        // An unexpected exception is a fault of the adapter: let it trap, with its message.
-        throw refused;
+        // A string thrown out of `init` is its `err`; anything else (an unexpected exception)
+        // is a fault of the adapter and traps, with its message.
+        throw refused instanceof Refusal ? refused.message : refused;
       }
     },
     deliver(batch) {

@@ -174,32 +174,14 @@ async fn pipeline(
             stats.clone(),
         ))
     });
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut first = None;
-    let mut next_report = Instant::now() + Duration::from_secs(10);
-    loop {
-        let delivered = stats.snapshot().delivered;
-        if delivered > 0 {
-            first.get_or_insert((Instant::now(), delivered));
-        }
-        if delivered >= messages {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "[{label}] only {delivered} of {messages} delivered"
-        );
-        if Instant::now() >= next_report {
-            next_report += Duration::from_secs(10);
-            eprintln!(
-                "[throughput] {label}: {delivered}/{messages} delivered, {} records read, {} bytes held",
-                host.counters.snapshot().records_consumed,
-                host.budget.used_total()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let (first_at, first_count) = first.unwrap_or((Instant::now(), 0));
+    let (first_at, first_count) = until_delivered(&stats, messages, label, |delivered| {
+        format!(
+            "[throughput] {label}: {delivered}/{messages} delivered, {} records read, {} bytes held",
+            host.counters.snapshot().records_consumed,
+            host.budget.used_total()
+        )
+    })
+    .await?;
     let elapsed = first_at.elapsed();
     let call_p99 = host
         .registry
@@ -223,6 +205,37 @@ async fn pipeline(
         rate_per_s: rate,
         call_p99_ms: call_p99.as_secs_f64() * 1000.0,
     })
+}
+
+/// Waits until the simulator has accepted `messages` deliveries, printing `report` every 10 s;
+/// when the first was accepted, and how many had been by then. Gives up after 30 minutes.
+pub(crate) async fn until_delivered(
+    stats: &vendorsim::SimStats,
+    messages: u64,
+    label: &str,
+    report: impl Fn(u64) -> String,
+) -> anyhow::Result<(Instant, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut first = None;
+    let mut next_report = Instant::now() + Duration::from_secs(10);
+    loop {
+        let delivered = stats.snapshot().delivered;
+        if delivered > 0 {
+            first.get_or_insert((Instant::now(), delivered));
+        }
+        if delivered >= messages {
+            return Ok(first.unwrap_or((Instant::now(), 0)));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "[{label}] only {delivered} of {messages} delivered"
+        );
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(10);
+            eprintln!("{}", report(delivered));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn peak_rss_mib() -> u64 {

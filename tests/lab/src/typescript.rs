@@ -10,7 +10,7 @@
 //! Everything shares this process's two cores, so the ratios mean more than the rates.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::json;
@@ -186,28 +186,11 @@ async fn pipeline(
         .insert("sms".into(), [("sms".to_string(), 100)].into());
     let host = switchboard::start(config).await?;
     let stats = sim.stats.clone();
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut first = None;
-    let mut next_report = Instant::now() + Duration::from_secs(10);
-    loop {
-        let delivered = stats.snapshot().delivered;
-        if delivered > 0 {
-            first.get_or_insert((Instant::now(), delivered));
-        }
-        if delivered >= messages {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "[{label}] only {delivered} of {messages} delivered"
-        );
-        if Instant::now() >= next_report {
-            next_report += Duration::from_secs(10);
-            eprintln!("[typescript] {label}: {delivered}/{messages} delivered");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let (first_at, first_count) = first.unwrap_or((Instant::now(), 0));
+    let (first_at, first_count) =
+        crate::throughput::until_delivered(&stats, messages, label, |delivered| {
+            format!("[typescript] {label}: {delivered}/{messages} delivered")
+        })
+        .await?;
     let elapsed = first_at.elapsed();
     let calls: u64 = host
         .registry
