@@ -246,6 +246,9 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         .set("linger.ms", "0")
         .create()
         .context("creating the realtime producer")?;
+    // A consumer of the lab's own reads the realtime topic as the host's realtime lane does
+    // (10 ms fetch wait): when a record becomes readable is the broker's share of its latency.
+    let watch = RealtimeWatch::start(&brokers, realtime)?;
     // The realtime lane joins its own consumer group; measure only once it is reading, or the
     // first requests would time the group join instead of the lane.
     let warm_up = "rt-warm-up";
@@ -265,6 +268,10 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         .await?,
         "the realtime lane delivered nothing in 120 s; see {}",
         log.display()
+    );
+    anyhow::ensure!(
+        wait_for(&mut host, Duration::from_secs(120), || watch.seen(warm_up)).await?,
+        "the lab's realtime watcher read nothing in 120 s"
     );
     let warm_ups = stats.arrivals().len() as u64;
     let ads_at_start = stats.snapshot().delivered - warm_ups;
@@ -319,10 +326,30 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
 
     let mut latencies = Histogram::<u64>::new(3)?;
     let trace = std::env::var_os("SWITCHBOARD_LAB_TRACE").is_some();
+    let readable = watch.stop();
+    let entries = stats.entries();
+    // Each realtime request's latency in three parts: produced → readable from the broker,
+    // readable → at the vendor's handler (the host's share), at the handler → accepted (the
+    // simulated latency and the simulator's own wait for a core).
+    let mut parts = [(); 3].map(|()| Histogram::<u64>::new(3));
     for (recipient, at) in &arrivals {
         if let Some(sent) = sent_at.get(recipient) {
             let latency = at.duration_since(*sent);
             latencies.record(latency.as_micros() as u64)?;
+            if let (Some(readable), Some(entered)) =
+                (readable.get(recipient), entries.get(recipient))
+            {
+                let spans = [
+                    readable.saturating_duration_since(*sent),
+                    entered.saturating_duration_since(*readable),
+                    at.saturating_duration_since(*entered),
+                ];
+                for (part, span) in parts.iter_mut().zip(spans) {
+                    if let Ok(part) = part {
+                        part.record(span.as_micros() as u64)?;
+                    }
+                }
+            }
             if trace && latency > Duration::from_millis(100) {
                 eprintln!(
                     "[isolation] slow: {recipient} sent at +{} ms took {} ms",
@@ -335,8 +362,26 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
     let realtime_delivered = arrivals.len() as u64 - warm_ups;
     let ads_delivered = snapshot.delivered - realtime_delivered - warm_ups - ads_at_start;
     let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
+    let [broker, in_host, vendor] = parts;
+    let (broker, in_host, vendor) = (broker?, in_host?, vendor?);
+    eprintln!(
+        "[isolation] realtime latency parts (p50 / p99 ms): broker {} / {}, host {} / {}, vendor {} / {} ({} requests timed in parts)",
+        ms(broker.value_at_quantile(0.5)),
+        ms(broker.value_at_quantile(0.99)),
+        ms(in_host.value_at_quantile(0.5)),
+        ms(in_host.value_at_quantile(0.99)),
+        ms(vendor.value_at_quantile(0.5)),
+        ms(vendor.value_at_quantile(0.99)),
+        broker.len()
+    );
     Ok(json!({
         "scenario": "isolation",
+        "broker_p50_ms": ms(broker.value_at_quantile(0.5)),
+        "broker_p99_ms": ms(broker.value_at_quantile(0.99)),
+        "host_p50_ms": ms(in_host.value_at_quantile(0.5)),
+        "host_p99_ms": ms(in_host.value_at_quantile(0.99)),
+        "vendor_p50_ms": ms(vendor.value_at_quantile(0.5)),
+        "vendor_p99_ms": ms(vendor.value_at_quantile(0.99)),
         "backlog": options.backlog,
         "partitions": partitions,
         "realtime_sent": realtime_sent,
@@ -351,6 +396,70 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         "vendor_latency_ms": options.vendor_latency_ms,
         "lost": realtime_sent - realtime_delivered,
     }))
+}
+
+/// A consumer of the lab's own on the realtime topic, noting when each record became readable.
+struct RealtimeWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    readable: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RealtimeWatch {
+    fn start(brokers: &str, topic: &str) -> anyhow::Result<Self> {
+        use rdkafka::Message as _;
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "switchboard-lab-realtime-watch")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .context("creating the realtime watcher")?;
+        consumer.subscribe(&[topic])?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readable = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let (stopping, noted) = (stop.clone(), readable.clone());
+        let thread = std::thread::Builder::new()
+            .name("lab-rt-watch".into())
+            .spawn(move || {
+                while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) else {
+                        continue;
+                    };
+                    let at = Instant::now();
+                    if let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                        noted
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(key.to_string())
+                            .or_insert(at);
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            readable,
+            thread: Some(thread),
+        })
+    }
+
+    fn seen(&self, key: &str) -> bool {
+        self.readable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
+    /// Stops reading; when each key became readable.
+    fn stop(mut self) -> HashMap<String, Instant> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        std::mem::take(&mut *self.readable.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// What `backlog` runs.

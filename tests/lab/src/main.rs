@@ -14,6 +14,8 @@ use switchboard_integration_tests::{LoadOptions, delivery, load, runtime};
 
 mod broker;
 mod broker_restart;
+mod ceiling;
+mod cpu;
 mod crash;
 mod dedup;
 mod lanes;

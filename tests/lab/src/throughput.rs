@@ -2,17 +2,20 @@
 //! dedup mark → offset) run in this process against a backlog, timed from the first delivery the
 //! vendor accepts to the last.
 //!
-//! - `throughput` runs it three ways on the same records: a bare rdkafka consumer that reads and
-//!   drops them (the ceiling), the pipeline with the FCM adapter as a WebAssembly component, and
-//!   the same pipeline with the same adapter crate compiled natively into this program. The
-//!   ratio of the last two is what the sandbox costs.
+//! - `throughput` runs it three ways on the same records: the pipeline with the FCM adapter as a
+//!   WebAssembly component, the same pipeline with the same adapter crate compiled natively into
+//!   this program (their ratio is what the sandbox costs), and a bare HTTP client sending the
+//!   same requests to the same simulator (`ceiling.rs`). It also reads the records with a bare
+//!   consumer that drops them. For each it counts the CPU of the host's own threads
+//!   (`cpu.rs`): the simulator runs on a runtime of its own and the mock cluster's threads are
+//!   known from its start, so neither is counted.
 //! - `partitions` runs the component pipeline on 1 partition and on 12, with key ordering and a
 //!   key per record: concurrency comes from keys, not from partitions. The mock cluster keeps
 //!   only 5 MiB per partition, so here the records are produced while the host runs, keeping at
 //!   most 10,000 ahead of the vendor, the same way for both runs.
 //!
-//! Everything shares this process's two cores (the cluster, the simulator, the host), so the
-//! figures are comparable with each other rather than absolute.
+//! Everything shares this process's two cores (the cluster, the simulator, the host), so rates
+//! are comparable with each other rather than absolute; CPU per delivery is the host's alone.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -27,6 +30,11 @@ use switchboard::plugin::NativePlugins;
 use switchboard::{StartOptions, start_with};
 use switchboard_integration_tests::FcmFixture;
 
+use crate::cpu::{Others, SideRuntime};
+
+/// Names the simulator's runtime threads, so their CPU is not counted as the host's.
+const SIM_THREADS: &str = "lab-vendor";
+
 /// What a pipeline run is made of.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Adapter {
@@ -37,6 +45,18 @@ enum Adapter {
 struct PipelineRun {
     rate_per_s: f64,
     call_p99_ms: f64,
+    /// CPU of the host's threads per delivery, from the first delivery to the last.
+    cpu_per_delivery: Duration,
+    /// The most requests the simulator had in flight at once.
+    peak_in_flight: u64,
+}
+
+/// Starts the FCM simulator at `latency` on `side`, so that its work is on its own threads.
+async fn simulator(side: &SideRuntime, latency: Duration) -> anyhow::Result<FcmFixture> {
+    side.run(FcmFixture::start(move |c| {
+        c.faults.latency = vendorsim::Latency::fixed(latency)
+    }))
+    .await
 }
 
 fn envelope(i: u64) -> String {
@@ -52,10 +72,13 @@ fn envelope(i: u64) -> String {
 
 const TOPIC: &str = "lab.throughput";
 
-/// A fresh cluster with `messages` records on enough partitions to keep them, one key per record.
-async fn backlog(messages: u64) -> anyhow::Result<EmbeddedKafka> {
+/// A fresh cluster with `messages` records on enough partitions to keep them, one key per record;
+/// and its threads, which are not the host's.
+async fn backlog(messages: u64) -> anyhow::Result<(EmbeddedKafka, Others)> {
     let partitions = crate::lanes::partitions_for(messages);
+    let before = crate::cpu::thread_ids();
     let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
+    let cluster_threads = Others::default().born_since(&before);
     let started = Instant::now();
     produce(cluster.bootstrap_servers(), TOPIC, messages, |i| {
         (format!("k{i}"), envelope(i))
@@ -66,7 +89,7 @@ async fn backlog(messages: u64) -> anyhow::Result<EmbeddedKafka> {
         "[throughput] produced {messages} records on {partitions} partitions in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(cluster)
+    Ok((cluster, cluster_threads))
 }
 
 /// Produces `messages` records to `TOPIC` while the host runs, never more than `ahead` beyond
@@ -139,7 +162,8 @@ async fn consume_ceiling(cluster: &EmbeddedKafka, messages: u64) -> anyhow::Resu
     Ok(messages.saturating_sub(1) as f64 / elapsed.as_secs_f64().max(1e-9))
 }
 
-/// Runs the host on the cluster's backlog until the vendor accepted every record.
+/// Runs the host on the cluster's backlog until the vendor accepted every record. `others` are
+/// the threads that are not the host's besides the simulator's.
 async fn pipeline(
     cluster: &EmbeddedKafka,
     messages: u64,
@@ -147,9 +171,11 @@ async fn pipeline(
     vendor_latency: Duration,
     label: &str,
     paced: bool,
+    others: &Others,
 ) -> anyhow::Result<PipelineRun> {
-    let fixture =
-        FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(vendor_latency)).await;
+    let side = SideRuntime::new(SIM_THREADS, 2)?;
+    let fixture = simulator(&side, vendor_latency).await?;
+    let others = others.clone().named(SIM_THREADS);
     let brokers = cluster.bootstrap_servers();
     let mut config = fixture.host_config(brokers, TOPIC, &format!("lab-{label}"));
     config.kafka.commit_interval_ms = 1000;
@@ -174,7 +200,7 @@ async fn pipeline(
             stats.clone(),
         ))
     });
-    let (first_at, first_count) = until_delivered(&stats, messages, label, |delivered| {
+    let first = until_delivered_sampling(&stats, messages, label, &others, |delivered| {
         format!(
             "[throughput] {label}: {delivered}/{messages} delivered, {} records read, {} bytes held",
             host.counters.snapshot().records_consumed,
@@ -182,7 +208,8 @@ async fn pipeline(
         )
     })
     .await?;
-    let elapsed = first_at.elapsed();
+    let elapsed = first.at.elapsed();
+    let cpu_at_last = others.sample();
     let call_p99 = host
         .registry
         .slots()
@@ -199,32 +226,57 @@ async fn pipeline(
         "[{label}] {} duplicates",
         snapshot.duplicates
     );
-    let rate = (messages - first_count) as f64 / elapsed.as_secs_f64().max(1e-9);
-    eprintln!("[throughput] {label}: {rate:.0}/s, call p99 {call_p99:?}");
+    let timed = messages - first.count;
+    let rate = timed as f64 / elapsed.as_secs_f64().max(1e-9);
+    let cpu_per_delivery =
+        first.cpu.own_cpu_until(&cpu_at_last) / u32::try_from(timed.max(1)).unwrap_or(u32::MAX);
+    eprintln!(
+        "[throughput] {label}: {rate:.0}/s, call p99 {call_p99:?}, host CPU {cpu_per_delivery:?} \
+         per delivery (simulator and cluster {:?} in all), {} in flight at most",
+        first.cpu.others_cpu_until(&cpu_at_last),
+        stats.peak_in_flight()
+    );
     Ok(PipelineRun {
         rate_per_s: rate,
         call_p99_ms: call_p99.as_secs_f64() * 1000.0,
+        cpu_per_delivery,
+        peak_in_flight: stats.peak_in_flight(),
     })
 }
 
-/// Waits until the simulator has accepted `messages` deliveries, printing `report` every 10 s;
-/// when the first was accepted, and how many had been by then. Gives up after 30 minutes.
-pub(crate) async fn until_delivered(
+/// The first delivery the vendor accepted: when, how many had been by then, and the CPU counts.
+pub(crate) struct FirstDelivery {
+    pub at: Instant,
+    pub count: u64,
+    pub cpu: crate::cpu::Sample,
+}
+
+/// As [`until_delivered`], sampling the CPU of the process and of `others` at the first delivery.
+pub(crate) async fn until_delivered_sampling(
     stats: &vendorsim::SimStats,
     messages: u64,
     label: &str,
+    others: &Others,
     report: impl Fn(u64) -> String,
-) -> anyhow::Result<(Instant, u64)> {
+) -> anyhow::Result<FirstDelivery> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut first = None;
     let mut next_report = Instant::now() + Duration::from_secs(10);
     loop {
         let delivered = stats.snapshot().delivered;
-        if delivered > 0 {
-            first.get_or_insert((Instant::now(), delivered));
+        if delivered > 0 && first.is_none() {
+            first = Some(FirstDelivery {
+                at: Instant::now(),
+                count: delivered,
+                cpu: others.sample(),
+            });
         }
         if delivered >= messages {
-            return Ok(first.unwrap_or((Instant::now(), 0)));
+            return Ok(first.unwrap_or(FirstDelivery {
+                at: Instant::now(),
+                count: 0,
+                cpu: others.sample(),
+            }));
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -236,6 +288,19 @@ pub(crate) async fn until_delivered(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits until the simulator has accepted `messages` deliveries, printing `report` every 10 s;
+/// when the first was accepted, and how many had been by then. Gives up after 30 minutes.
+pub(crate) async fn until_delivered(
+    stats: &vendorsim::SimStats,
+    messages: u64,
+    label: &str,
+    report: impl Fn(u64) -> String,
+) -> anyhow::Result<(Instant, u64)> {
+    let first =
+        until_delivered_sampling(stats, messages, label, &Others::default(), report).await?;
+    Ok((first.at, first.count))
 }
 
 fn peak_rss_mib() -> u64 {
@@ -272,9 +337,9 @@ pub async fn throughput(options: ThroughputOptions) -> anyhow::Result<serde_json
     check_plugin(&options.plugin_dir)?;
     let latency = Duration::from_millis(options.vendor_latency_ms);
     let messages = options.messages;
-    let cluster = backlog(messages).await?;
-    let ceiling = consume_ceiling(&cluster, messages).await?;
-    eprintln!("[throughput] bare consumer: {ceiling:.0}/s");
+    let (cluster, cluster_threads) = backlog(messages).await?;
+    let consume_ceiling_rate = consume_ceiling(&cluster, messages).await?;
+    eprintln!("[throughput] bare consumer: {consume_ceiling_rate:.0}/s");
     // The two pipelines read the same records, each in a consumer group of its own.
     let wasm = pipeline(
         &cluster,
@@ -283,6 +348,7 @@ pub async fn throughput(options: ThroughputOptions) -> anyhow::Result<serde_json
         latency,
         "wasm",
         false,
+        &cluster_threads,
     )
     .await?;
     let native = pipeline(
@@ -292,8 +358,32 @@ pub async fn throughput(options: ThroughputOptions) -> anyhow::Result<serde_json
         latency,
         "native",
         false,
+        &cluster_threads,
     )
     .await?;
+    // The bare client at the concurrency the component pipeline reached, on a fresh simulator.
+    let side = SideRuntime::new(SIM_THREADS, 2)?;
+    let fixture = simulator(&side, latency).await?;
+    let concurrency = wasm.peak_in_flight.max(1);
+    let ceiling = crate::ceiling::run(
+        &fixture,
+        messages,
+        concurrency,
+        &cluster_threads.clone().named(SIM_THREADS),
+    )
+    .await?;
+    anyhow::ensure!(
+        fixture.sim.stats.snapshot().delivered == messages,
+        "the bare client's requests were not all accepted"
+    );
+    eprintln!(
+        "[throughput] bare HTTP client: {:.0}/s, {:?} CPU per request at {concurrency} in flight",
+        ceiling.rate_per_s, ceiling.cpu_per_request
+    );
+    let us = |d: Duration| (d.as_secs_f64() * 1e7).round() / 10.0;
+    let ratio = |a: f64, b: f64| (a / b.max(1e-9) * 100.0).round() / 100.0;
+    let host_cpu = wasm.cpu_per_delivery.as_secs_f64();
+    let ceiling_cpu = ceiling.cpu_per_request.as_secs_f64();
     Ok(json!({
         "scenario": "throughput",
         "messages": messages,
@@ -301,11 +391,18 @@ pub async fn throughput(options: ThroughputOptions) -> anyhow::Result<serde_json
         "rate_per_s": wasm.rate_per_s.round(),
         "native_rate_per_s": native.rate_per_s.round(),
         "wasm_ratio": (wasm.rate_per_s / native.rate_per_s * 1000.0).round() / 1000.0,
-        "consume_ceiling_per_s": ceiling.round(),
+        "consume_ceiling_per_s": consume_ceiling_rate.round(),
         "p99_ms": (wasm.call_p99_ms * 10.0).round() / 10.0,
         "native_p99_ms": (native.call_p99_ms * 10.0).round() / 10.0,
         "rss_peak_mb": peak_rss_mib(),
         "vendor_latency_ms": options.vendor_latency_ms,
+        "in_flight_peak": concurrency,
+        "ceiling_rate_per_s": ceiling.rate_per_s.round(),
+        "native_host_cpu_us_per_delivery": us(native.cpu_per_delivery),
+        "host_cpu_us_per_delivery": us(wasm.cpu_per_delivery),
+        "ceiling_cpu_us_per_request": us(ceiling.cpu_per_request),
+        "cpu_ratio_vs_ceiling": ratio(host_cpu, ceiling_cpu),
+        "rate_ratio_vs_ceiling": ratio(wasm.rate_per_s, ceiling.rate_per_s),
     }))
 }
 
@@ -315,7 +412,9 @@ pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json
     let messages = options.messages;
     let mut rates = Vec::new();
     for partitions in [1, 12] {
+        let before = crate::cpu::thread_ids();
         let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
+        let cluster_threads = Others::default().born_since(&before);
         let label = format!("{partitions}-partitions");
         let run = pipeline(
             &cluster,
@@ -324,6 +423,7 @@ pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json
             latency,
             &label,
             true,
+            &cluster_threads,
         )
         .await?;
         rates.push(run.rate_per_s);

@@ -432,6 +432,8 @@ async fn send(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let _in_flight = state.stats.request_started();
+    let entered = Instant::now();
     state.delay().await;
     let retry_after = state.config.retry_after_s;
     match state.injected() {
@@ -514,6 +516,7 @@ async fn send(
         return fcm_error(error, "Simulated failure", retry_after);
     }
     let canonical = serde_json::to_vec(message).unwrap_or_default();
+    state.stats.note_entry(&token, entered);
     state.stats.accept(&token, &canonical);
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     Json(json!({"name": format!("projects/{project}/messages/{id}")})).into_response()

@@ -21,6 +21,19 @@ pub struct SimStats {
     /// Recipients whose first acceptance is logged with its time (latency and order checks).
     arrivals_prefix: OnceLock<String>,
     arrivals: Mutex<Vec<(String, Instant)>>,
+    /// For the same recipients: when the request that delivered them first reached the handler.
+    entries: Mutex<std::collections::HashMap<String, Instant>>,
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
+}
+
+/// A request being served; counted in flight until dropped.
+pub struct InFlight<'a>(&'a SimStats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A copy of the counts at one moment.
@@ -87,6 +100,41 @@ impl SimStats {
             .unwrap_or_else(|p| p.into_inner())
             .entry(code.to_string())
             .or_default() += 1;
+    }
+
+    /// Notes when a request for `recipient` reached the handler (before the simulated latency),
+    /// for recipients logged by [`Self::log_arrivals`]; the first request per recipient counts.
+    pub fn note_entry(&self, recipient: &str, at: Instant) {
+        if let Some(prefix) = self.arrivals_prefix.get()
+            && recipient.starts_with(prefix.as_str())
+        {
+            self.entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(recipient.to_string())
+                .or_insert(at);
+        }
+    }
+
+    /// When each logged recipient's first request reached the handler.
+    pub fn entries(&self) -> std::collections::HashMap<String, Instant> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts a request in flight until the guard is dropped, and keeps the most seen at once
+    /// (the lab runs its bare client at the concurrency the host reached).
+    pub fn request_started(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// The most requests in flight at once so far.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.peak_in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts a token request.
