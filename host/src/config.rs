@@ -540,6 +540,11 @@ pub struct RuntimeConfig {
     /// and HTTP connections run there, so bulk work queued on the shared threads never delays
     /// them. 0 runs realtime on the shared threads.
     pub realtime_threads: usize,
+    /// The nice value (0–19) of the `switchboard` binary's shared threads, which run the bulk
+    /// lanes, settlement and the admin API, while the realtime lane's threads stay at the
+    /// default 0: on a busy machine the kernel then runs realtime work first. Applies when
+    /// `realtime_threads` is above 0. 0 keeps every thread at the same priority.
+    pub bulk_nice: i32,
     /// Keep each plugin's compiled machine code in `artifact_cache_dir`, so the next load of the
     /// same component (a restart, a reload) takes milliseconds instead of compiling it again for
     /// seconds. `false` compiles on every load.
@@ -562,6 +567,7 @@ impl Default for RuntimeConfig {
             max_instances: 256,
             epoch_tick_ms: 5,
             realtime_threads: 1,
+            bulk_nice: 10,
             artifact_cache: true,
             artifact_cache_dir: PathBuf::from("data/artifacts"),
             artifact_key_file: PathBuf::from("data/artifact-key"),
@@ -710,7 +716,8 @@ pub struct PluginBounds {
     /// Requests of one call in flight at once: `send-all` sends this many at a time.
     pub requests_in_flight_per_call: u32,
     /// Requests of the plugin in flight at once, over all its calls; a request waits for a
-    /// slot within its call's deadline.
+    /// slot within its call's deadline. Bulk lanes may hold three quarters of them, so a
+    /// realtime request finds a slot while a backlog drains.
     pub requests_in_flight: u32,
     /// Bytes one call may send and receive over HTTP (request and response bodies). Past it the
     /// request fails with a protocol error naming the budget.
@@ -1391,6 +1398,12 @@ impl Config {
                 "must lie outside runtime.artifact_cache_dir: the key is the host's secret, the cache directory is not".into(),
             ));
         }
+        if !(0..=19).contains(&self.runtime.bulk_nice) {
+            problems.push(invalid(
+                "runtime.bulk_nice".into(),
+                "must be 0..=19: the host only lowers its shared threads' priority".into(),
+            ));
+        }
         if self.dispatch.retry_max_attempts == 0 {
             problems.push(invalid(
                 "dispatch.retry_max_attempts".into(),
@@ -1821,6 +1834,18 @@ mod tests {
         let garbled = format!("[kafka.properties]\n\"message.max.bytes\" = \"lots\"\n{MINIMAL}");
         let err = validation_error(&garbled)?;
         assert!(err.contains("kafka.properties.message.max.bytes"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn bulk_nice_only_lowers_priority() -> anyhow::Result<()> {
+        for refused in ["-1", "20"] {
+            let text = format!("[runtime]\nbulk_nice = {refused}\n{MINIMAL}");
+            let err = validation_error(&text)?;
+            assert!(err.contains("runtime.bulk_nice"), "{err}");
+        }
+        let text = format!("[runtime]\nbulk_nice = 0\n{MINIMAL}");
+        Config::parse(&text, Path::new("t.toml"))?.validate()?;
         Ok(())
     }
 

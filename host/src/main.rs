@@ -4,9 +4,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match switchboard::cli::run(switchboard::cli::Cli::parse()).await {
+fn main() -> ExitCode {
+    // The shared runtime names its threads, so the host can lower their priority below the
+    // realtime lane's (`runtime.bulk_nice`).
+    let runtime = match switchboard::host::shared_runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(switchboard::cli::run(switchboard::cli::Cli::parse())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // As `main` returning the error would print it, then a status that says whose

@@ -31,6 +31,7 @@ use crate::telemetry::Counters;
 use crate::telemetry::metrics::Metrics;
 pub use http::{http_client, http_client_with};
 use realtime::RealtimeThreads;
+pub use realtime::{SHARED_THREAD_NAME, shared_runtime};
 
 /// How long shutdown waits for the batching queues to let go of the outbox.
 const OUTBOX_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -164,6 +165,16 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     let consumers =
         stages::start_consumers(&config, &broker, &shared, &shutdown_rx, &plugins.realtime)?;
     drop(shared);
+    // Last, so that every thread made for the realtime lane (its runtime, its consumer's
+    // librdkafka threads) was made from a thread still at the default priority.
+    if plugins.realtime.own() && config.runtime.bulk_nice > 0 {
+        let lowered = realtime::lower_shared_priority(config.runtime.bulk_nice);
+        tracing::info!(
+            threads = lowered,
+            nice = config.runtime.bulk_nice,
+            "lowered the shared threads' priority below the realtime lane's"
+        );
+    }
     readiness.mark_consuming();
     tracing::info!(
         topics = ?config.kafka.topics,

@@ -100,27 +100,34 @@ pub struct CapabilityCounters {
 /// plugin, over all its versions and both lanes.
 #[derive(Debug)]
 pub struct PluginQuotas {
+    /// Every request in flight holds one of these.
     pub(super) in_flight: tokio::sync::Semaphore,
+    /// A bulk lane's request also holds one of these first: bulk may fill three quarters of
+    /// `in_flight`, so a realtime request finds a slot at once instead of queueing behind every
+    /// bulk request waiting for one (the semaphore is fair, first come first served).
+    pub(super) bulk_in_flight: tokio::sync::Semaphore,
     log: Mutex<LogBudget>,
 }
 
 impl PluginQuotas {
     /// Quotas sized by `bounds`.
     pub fn new(bounds: &PluginBounds) -> Arc<Self> {
-        Arc::new(Self {
-            in_flight: tokio::sync::Semaphore::new(bounds.requests_in_flight as usize),
+        Arc::new(Self::sized(bounds))
+    }
+
+    fn sized(bounds: &PluginBounds) -> Self {
+        let in_flight = bounds.requests_in_flight as usize;
+        Self {
+            in_flight: tokio::sync::Semaphore::new(in_flight),
+            bulk_in_flight: tokio::sync::Semaphore::new((in_flight * 3 / 4).max(1)),
             log: Mutex::new(LogBudget::full(bounds)),
-        })
+        }
     }
 }
 
 impl Default for PluginQuotas {
     fn default() -> Self {
-        let bounds = PluginBounds::default();
-        Self {
-            in_flight: tokio::sync::Semaphore::new(bounds.requests_in_flight as usize),
-            log: Mutex::new(LogBudget::full(&bounds)),
-        }
+        Self::sized(&PluginBounds::default())
     }
 }
 
@@ -249,6 +256,9 @@ pub struct Capabilities {
     script: Option<Arc<dyn ExchangeScript>>,
     /// Recording tests: sees every live exchange.
     recorder: Option<Arc<dyn ExchangeRecorder>>,
+    /// The realtime lane's calls: their requests are not held to the bulk share of the
+    /// requests in flight.
+    realtime: bool,
 }
 
 /// Answers a plugin's requests without a network, for offline tests. It sees each request as
@@ -288,6 +298,7 @@ impl Capabilities {
             signer: Signer256::default(),
             script: None,
             recorder: None,
+            realtime: false,
         }
     }
 
@@ -298,10 +309,11 @@ impl Capabilities {
         self
     }
 
-    /// The same capabilities (secrets, cache, counters, allow-list) over another HTTP client:
-    /// the realtime lane's, whose connections are driven by the realtime lane's own threads.
-    /// Parsed signing keys are not carried over; they are parsed again on first use.
-    pub fn with_client(&self, client: reqwest::Client) -> Self {
+    /// The same capabilities (secrets, cache, counters, allow-list, quotas) for the realtime
+    /// lane's calls, over `client`: the realtime lane's own when it has threads of its own
+    /// (their connections are driven by those threads), else the same one. Parsed signing keys
+    /// are not carried over; they are parsed again on first use.
+    pub fn for_realtime(&self, client: reqwest::Client) -> Self {
         Self {
             plugin: self.plugin.clone(),
             version: self.version.clone(),
@@ -315,6 +327,7 @@ impl Capabilities {
             signer: Signer256::default(),
             script: self.script.clone(),
             recorder: self.recorder.clone(),
+            realtime: true,
         }
     }
 
@@ -353,6 +366,11 @@ impl Capabilities {
 
     pub(super) fn quotas(&self) -> &PluginQuotas {
         &self.quotas
+    }
+
+    /// Whether these are the realtime lane's capabilities.
+    pub(super) fn is_realtime(&self) -> bool {
+        self.realtime
     }
 
     pub(super) fn script(&self) -> Option<&Arc<dyn ExchangeScript>> {
@@ -783,6 +801,51 @@ mod tests {
             "{denied:?}"
         );
         assert_eq!(call.exchanges(), tally(1, 1, 1));
+        Ok(())
+    }
+
+    /// Bulk lanes fill the plugin's requests in flight during a backlog drain. A realtime request
+    /// must still find a slot at once, not queue behind every bulk request waiting for one.
+    #[tokio::test]
+    async fn realtime_finds_a_request_slot_while_bulk_holds_the_rest() -> anyhow::Result<()> {
+        let answering = vendor(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).await?;
+        let silent = vendor(None).await?;
+        let bounds = PluginBounds {
+            requests_in_flight: 4,
+            ..PluginBounds::default()
+        };
+        let bulk = Arc::new(
+            Capabilities::new(
+                "p".into(),
+                [answering, silent]
+                    .iter()
+                    .map(|a| AllowedHost::parse(&a.to_string()))
+                    .collect(),
+                PluginSecrets::default(),
+                Arc::default(),
+                reqwest::Client::new(),
+                Arc::default(),
+            )
+            .with_bounds(bounds, PluginQuotas::new(&bounds)),
+        );
+        let realtime = Arc::new(bulk.for_realtime(reqwest::Client::new()));
+        // Eight bulk requests to a vendor that never answers: as many as may go out hold their
+        // slots for the whole deadline, the rest wait for one.
+        let bulk_call = CallCapabilities::new(bulk.clone(), Instant::now() + Duration::from_secs(5));
+        let stuck = tokio::spawn(async move {
+            bulk_call
+                .send_all((0..8).map(|_| post_to(silent)).collect())
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let realtime_call =
+            CallCapabilities::new(realtime, Instant::now() + Duration::from_secs(1));
+        let answered = realtime_call.send(post_to(answering)).await;
+        assert!(
+            matches!(answered, Ok(ref r) if r.status == 200),
+            "realtime waited behind bulk: {answered:?}"
+        );
+        stuck.abort();
         Ok(())
     }
 

@@ -427,14 +427,14 @@ impl LoadedPlugin {
         }
     }
 
-    /// The same plugin version, sharing its cache, counters and compiled code, sending its HTTP
-    /// through `client` instead.
-    pub fn with_http_client(&self, client: reqwest::Client) -> LoadedPlugin {
+    /// The same plugin version for the realtime lane's calls, sharing its cache, counters,
+    /// quotas and compiled code, sending its HTTP through `client`.
+    pub fn for_realtime(&self, client: reqwest::Client) -> LoadedPlugin {
         LoadedPlugin {
             name: self.name.clone(),
             info: self.info.clone(),
             backend: self.backend.clone(),
-            caps: Arc::new(self.caps.with_client(client)),
+            caps: Arc::new(self.caps.for_realtime(client)),
             limits: self.limits,
             init_config: self.init_config.clone(),
             counters: self.counters.clone(),

@@ -135,9 +135,17 @@ pub(super) async fn send_one(
         return Err(over_transfer_budget(caps));
     }
     // The plugin's requests in flight are bounded over all its calls; a request waits for a
-    // slot within its call's deadline, and one that never gets one was never sent.
-    let Ok(Ok(_slot)) = tokio::time::timeout(remaining, caps.quotas().in_flight.acquire()).await
-    else {
+    // slot within its call's deadline, and one that never gets one was never sent. Bulk
+    // requests take a bulk slot first, so realtime always finds one of the rest.
+    let quotas = caps.quotas();
+    let slots = async {
+        let bulk = match caps.is_realtime() {
+            true => None,
+            false => Some(quotas.bulk_in_flight.acquire().await?),
+        };
+        Ok::<_, tokio::sync::AcquireError>((bulk, quotas.in_flight.acquire().await?))
+    };
+    let Ok(Ok(_slots)) = tokio::time::timeout(remaining, slots).await else {
         return Err(HttpError::Timeout);
     };
     let remaining = deadline.saturating_duration_since(Instant::now());

@@ -109,6 +109,10 @@ struct HostSetup<'a> {
     /// `[lanes.*]` tables, as TOML.
     lanes_toml: String,
     concurrency: u64,
+    /// Put before the retry and DLQ topics' names: a real broker keeps them between runs.
+    topic_prefix: &'a str,
+    /// More TOML, whole tables, appended to the config.
+    extra_toml: &'a str,
 }
 
 /// Writes the host's config (and the service-account key) into `dir`; returns its path.
@@ -139,13 +143,16 @@ listen = "127.0.0.1:0"
 
 {lanes}
 
-{plugin}"#,
+{plugin}
+
+{extra}"#,
         brokers = toml_string(setup.brokers),
         group = toml_string(setup.group),
         topics = topics.join(", "),
-        retry = toml_string(RETRY_TOPIC),
-        dlq = toml_string(DLQ_TOPIC),
+        retry = toml_string(&format!("{}{RETRY_TOPIC}", setup.topic_prefix)),
+        dlq = toml_string(&format!("{}{DLQ_TOPIC}", setup.topic_prefix)),
         lanes = setup.lanes_toml,
+        extra = setup.extra_toml,
     );
     let path = dir.join("switchboard.toml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -191,16 +198,30 @@ pub struct IsolationOptions {
     pub vendor_latency_ms: u64,
     /// Extra TOML for `[lanes.ads]`, e.g. `concurrency = 8`.
     pub ads_lane: String,
+    /// The mock cluster in this process, or a real broker in a process of its own.
+    pub broker: crate::broker::BrokerKind,
+    pub brokers: Option<String>,
+    /// More host config, as whole TOML tables (e.g. `[runtime]` with `bulk_nice = 0`).
+    pub host_toml: String,
 }
 
 pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::Value> {
-    let (ads, realtime) = ("lab.ads", "lab.realtime");
     let fcm_wasm = fcm_component(&options.plugin_dir)?;
     let binary = host_binary()?;
-    let topics = switchboard_integration_tests::cluster_topics(&[ads, realtime]);
     let partitions = partitions_for(options.backlog);
-    let cluster = EmbeddedKafka::start(1, &topics, partitions)?;
-    let brokers = cluster.bootstrap_servers().to_string();
+    let kafka = crate::broker::LabKafka::start(
+        options.broker,
+        options.brokers.clone(),
+        "isolation",
+        &["lab.ads", "lab.realtime"],
+        partitions,
+    )
+    .await?;
+    let (ads, realtime) = (kafka.topic("lab.ads"), kafka.topic("lab.realtime"));
+    let (ads, realtime) = (ads.as_str(), realtime.as_str());
+    let group = kafka.topic("switchboard-lab-isolation");
+    let prefix = kafka.topic("");
+    let brokers = kafka.brokers.clone();
     let latency = Duration::from_millis(options.vendor_latency_ms);
     let fixture =
         FcmFixture::start(|c| c.faults.latency = vendorsim::Latency::fixed(latency)).await;
@@ -212,7 +233,7 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
     let work = work_dir("isolation")?;
     let setup = HostSetup {
         brokers: &brokers,
-        group: "switchboard-lab-isolation",
+        group: &group,
         mixed_topics: &[],
         lanes_toml: format!(
             "[lanes.ads]\ntopics = [{}]\n{}\n\n[lanes.realtime]\ntopics = [{}]\n",
@@ -221,6 +242,8 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
             toml_string(realtime)
         ),
         concurrency: 64,
+        topic_prefix: &prefix,
+        extra_toml: &options.host_toml,
     };
     let config = write_config(&work, &setup, &fixture, &fcm_wasm)?;
     let log = work.join("host.log");
@@ -290,10 +313,11 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         sent_at.insert(id.clone(), Instant::now());
         let producer = producer.clone();
         let value = envelope(&id, "realtime");
+        let topic = realtime.to_string();
         pending.push(tokio::spawn(async move {
             producer
                 .send(
-                    FutureRecord::to(realtime).key(&id).payload(&value),
+                    FutureRecord::to(&topic).key(&id).payload(&value),
                     Duration::from_secs(30),
                 )
                 .await
@@ -376,6 +400,7 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
     );
     Ok(json!({
         "scenario": "isolation",
+        "broker": options.broker.as_str(),
         "broker_p50_ms": ms(broker.value_at_quantile(0.5)),
         "broker_p99_ms": ms(broker.value_at_quantile(0.99)),
         "host_p50_ms": ms(in_host.value_at_quantile(0.5)),
@@ -492,6 +517,8 @@ pub async fn backlog(options: BacklogOptions) -> anyhow::Result<serde_json::Valu
         mixed_topics: &[topic],
         lanes_toml: String::new(),
         concurrency: 64,
+        topic_prefix: "",
+        extra_toml: "",
     };
     let config = write_config(&work, &setup, &fixture, &fcm_wasm)?;
     let log = work.join("host.log");

@@ -157,6 +157,16 @@ enum Scenario {
         /// Extra settings for the ads lane, as TOML lines (e.g. "concurrency = 8").
         #[arg(long, default_value = "")]
         ads_lane: String,
+        /// The Kafka to run on: the in-process mock cluster, or a real broker.
+        #[arg(long, value_enum, default_value_t = broker::BrokerKind::Embedded)]
+        broker: broker::BrokerKind,
+        /// The real broker's address (else SWITCHBOARD_TEST_KAFKA, else 127.0.0.1:19092).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// More host config, as whole TOML tables ("\n" for a new line), e.g.
+        /// "[runtime]\nbulk_nice = 0".
+        #[arg(long, default_value = "")]
+        host_toml: String,
     },
     /// Hostile records interleaved with valid requests: every valid one delivered once, every
     /// hostile one in the DLQ, and the valid rate against a clean run in the same process.
@@ -284,6 +294,17 @@ enum Scenario {
         duration_s: u64,
         #[arg(long, default_value = "build/guests")]
         guest_dir: PathBuf,
+    },
+    /// The component pipeline's rate and host CPU per delivery against the shape of the load:
+    /// recipients per request (1, 10, 100, 1,000) and channels at once (1, 2, 4).
+    Scaling {
+        /// Deliveries per point.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        vendor_latency_ms: u64,
     },
     /// The pipeline's rate on 1 partition against 12, with key ordering and a key per record.
     Partitions {
@@ -469,6 +490,9 @@ async fn main() -> anyhow::Result<()> {
             plugin_dir,
             vendor_latency_ms,
             ads_lane,
+            broker,
+            brokers,
+            host_toml,
         } => {
             lanes::isolation(lanes::IsolationOptions {
                 backlog,
@@ -477,6 +501,9 @@ async fn main() -> anyhow::Result<()> {
                 plugin_dir,
                 vendor_latency_ms,
                 ads_lane: ads_lane.replace("\\n", "\n"),
+                broker,
+                brokers,
+                host_toml: host_toml.replace("\\n", "\n"),
             })
             .await?
         }
@@ -540,6 +567,18 @@ async fn main() -> anyhow::Result<()> {
             vendor_latency_ms,
         } => {
             throughput::throughput(throughput::ThroughputOptions {
+                messages,
+                plugin_dir,
+                vendor_latency_ms,
+            })
+            .await?
+        }
+        Scenario::Scaling {
+            messages,
+            plugin_dir,
+            vendor_latency_ms,
+        } => {
+            throughput::scaling(throughput::ThroughputOptions {
                 messages,
                 plugin_dir,
                 vendor_latency_ms,

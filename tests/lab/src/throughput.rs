@@ -49,6 +49,8 @@ struct PipelineRun {
     cpu_per_delivery: Duration,
     /// The most requests the simulator had in flight at once.
     peak_in_flight: u64,
+    /// Deliveries per plugin call, over the run.
+    deliveries_per_call: f64,
 }
 
 /// Starts the FCM simulator at `latency` on `side`, so that its work is on its own threads.
@@ -59,12 +61,48 @@ async fn simulator(side: &SideRuntime, latency: Duration) -> anyhow::Result<FcmF
     .await
 }
 
+/// How the lab's requests are made: recipients per request, and over how many channels (each
+/// with an FCM plugin of its own, so a batching queue and call slots of its own) they spread.
+#[derive(Clone, Copy)]
+struct Shape {
+    recipients: u64,
+    channels: u64,
+}
+
+impl Shape {
+    const ONE: Shape = Shape {
+        recipients: 1,
+        channels: 1,
+    };
+
+    /// Requests that make `deliveries` deliveries.
+    fn requests(self, deliveries: u64) -> u64 {
+        deliveries.div_ceil(self.recipients.max(1))
+    }
+}
+
+/// The channel of request `i`: `push-android` (plugin `fcm`), then `push-android-1` … .
+fn channel_of(i: u64, shape: Shape) -> String {
+    match i % shape.channels.max(1) {
+        0 => "push-android".to_string(),
+        c => format!("push-android-{c}"),
+    }
+}
+
 fn envelope(i: u64) -> String {
+    shaped_envelope(i, Shape::ONE)
+}
+
+fn shaped_envelope(i: u64, shape: Shape) -> String {
+    let recipients: Vec<_> = match shape.recipients {
+        0 | 1 => vec![json!({"to": format!("tp-{i}")})],
+        n => (0..n).map(|r| json!({"to": format!("tp-{i}-{r}")})).collect(),
+    };
     json!({
         "id": format!("tp-{i}"),
-        "channel": "push-android",
+        "channel": channel_of(i, shape),
         "priority": "batch",
-        "recipients": [{"to": format!("tp-{i}")}],
+        "recipients": recipients,
         "content": {"title": "Your order", "body": format!("Order {i} is on its way"), "data": {"order": i}},
     })
     .to_string()
@@ -75,13 +113,19 @@ const TOPIC: &str = "lab.throughput";
 /// A fresh cluster with `messages` records on enough partitions to keep them, one key per record;
 /// and its threads, which are not the host's.
 async fn backlog(messages: u64) -> anyhow::Result<(EmbeddedKafka, Others)> {
+    shaped_backlog(messages, Shape::ONE).await
+}
+
+/// As [`backlog`], with `deliveries` made of requests of `shape`.
+async fn shaped_backlog(deliveries: u64, shape: Shape) -> anyhow::Result<(EmbeddedKafka, Others)> {
+    let messages = shape.requests(deliveries);
     let partitions = crate::lanes::partitions_for(messages);
     let before = crate::cpu::thread_ids();
     let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
     let cluster_threads = Others::default().born_since(&before);
     let started = Instant::now();
     produce(cluster.bootstrap_servers(), TOPIC, messages, |i| {
-        (format!("k{i}"), envelope(i))
+        (format!("k{i}"), shaped_envelope(i, shape))
     })
     .await?;
     crate::lanes::check_nothing_dropped(cluster.bootstrap_servers(), TOPIC, partitions)?;
@@ -162,17 +206,32 @@ async fn consume_ceiling(cluster: &EmbeddedKafka, messages: u64) -> anyhow::Resu
     Ok(messages.saturating_sub(1) as f64 / elapsed.as_secs_f64().max(1e-9))
 }
 
+/// One pipeline run: `messages` deliveries of requests of `shape`.
+struct Spec<'a> {
+    messages: u64,
+    adapter: Adapter,
+    vendor_latency: Duration,
+    label: &'a str,
+    /// Produce while the host runs (`partitions`) rather than before.
+    paced: bool,
+    shape: Shape,
+}
+
 /// Runs the host on the cluster's backlog until the vendor accepted every record. `others` are
 /// the threads that are not the host's besides the simulator's.
 async fn pipeline(
     cluster: &EmbeddedKafka,
-    messages: u64,
-    adapter: Adapter,
-    vendor_latency: Duration,
-    label: &str,
-    paced: bool,
+    spec: Spec<'_>,
     others: &Others,
 ) -> anyhow::Result<PipelineRun> {
+    let Spec {
+        messages,
+        adapter,
+        vendor_latency,
+        label,
+        paced,
+        shape,
+    } = spec;
     let side = SideRuntime::new(SIM_THREADS, 2)?;
     let fixture = simulator(&side, vendor_latency).await?;
     let others = others.clone().named(SIM_THREADS);
@@ -185,6 +244,16 @@ async fn pipeline(
                 config.kafka.properties.insert(k.to_string(), v.into());
             }
         }
+    }
+    for c in 1..shape.channels {
+        let Some(fcm) = config.plugins.get("fcm").cloned() else {
+            anyhow::bail!("the lab's host config has no `fcm` plugin");
+        };
+        config.plugins.insert(format!("fcm-{c}"), fcm);
+        config.channels.insert(
+            format!("push-android-{c}"),
+            [(format!("fcm-{c}"), 100)].into_iter().collect(),
+        );
     }
     let native_plugins = match adapter {
         Adapter::Component => NativePlugins::new(),
@@ -216,6 +285,17 @@ async fn pipeline(
         .next()
         .and_then(|s| s.active().plugin.counters.duration_at(0.99))
         .unwrap_or_default();
+    let calls: u64 = host
+        .registry
+        .slots()
+        .map(|slot| {
+            slot.active()
+                .plugin
+                .counters
+                .calls
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
     host.stop().await?;
     if let Some(producer) = producer {
         producer.await??;
@@ -232,7 +312,7 @@ async fn pipeline(
         first.cpu.own_cpu_until(&cpu_at_last) / u32::try_from(timed.max(1)).unwrap_or(u32::MAX);
     eprintln!(
         "[throughput] {label}: {rate:.0}/s, call p99 {call_p99:?}, host CPU {cpu_per_delivery:?} \
-         per delivery (simulator and cluster {:?} in all), {} in flight at most",
+         per delivery (simulator and cluster {:?} in all), {} in flight at most, {calls} calls",
         first.cpu.others_cpu_until(&cpu_at_last),
         stats.peak_in_flight()
     );
@@ -241,6 +321,7 @@ async fn pipeline(
         call_p99_ms: call_p99.as_secs_f64() * 1000.0,
         cpu_per_delivery,
         peak_in_flight: stats.peak_in_flight(),
+        deliveries_per_call: messages as f64 / calls.max(1) as f64,
     })
 }
 
@@ -343,21 +424,27 @@ pub async fn throughput(options: ThroughputOptions) -> anyhow::Result<serde_json
     // The two pipelines read the same records, each in a consumer group of its own.
     let wasm = pipeline(
         &cluster,
-        messages,
-        Adapter::Component,
-        latency,
-        "wasm",
-        false,
+        Spec {
+            messages,
+            adapter: Adapter::Component,
+            vendor_latency: latency,
+            label: "wasm",
+            paced: false,
+            shape: Shape::ONE,
+        },
         &cluster_threads,
     )
     .await?;
     let native = pipeline(
         &cluster,
-        messages,
-        Adapter::Native,
-        latency,
-        "native",
-        false,
+        Spec {
+            messages,
+            adapter: Adapter::Native,
+            vendor_latency: latency,
+            label: "native",
+            paced: false,
+            shape: Shape::ONE,
+        },
         &cluster_threads,
     )
     .await?;
@@ -397,6 +484,7 @@ pub async fn throughput(options: ThroughputOptions) -> anyhow::Result<serde_json
         "rss_peak_mb": peak_rss_mib(),
         "vendor_latency_ms": options.vendor_latency_ms,
         "in_flight_peak": concurrency,
+        "deliveries_per_call": (wasm.deliveries_per_call * 10.0).round() / 10.0,
         "ceiling_rate_per_s": ceiling.rate_per_s.round(),
         "native_host_cpu_us_per_delivery": us(native.cpu_per_delivery),
         "host_cpu_us_per_delivery": us(wasm.cpu_per_delivery),
@@ -418,11 +506,14 @@ pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json
         let label = format!("{partitions}-partitions");
         let run = pipeline(
             &cluster,
-            messages,
-            Adapter::Component,
-            latency,
-            &label,
-            true,
+            Spec {
+                messages,
+                adapter: Adapter::Component,
+                vendor_latency: latency,
+                label: &label,
+                paced: true,
+                shape: Shape::ONE,
+            },
             &cluster_threads,
         )
         .await?;
@@ -435,6 +526,54 @@ pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json
         "rate_1_partition_per_s": rates[0].round(),
         "rate_12_partitions_per_s": rates[1].round(),
         "ratio_1_vs_12": (rates[0] / rates[1] * 1000.0).round() / 1000.0,
+        "vendor_latency_ms": options.vendor_latency_ms,
+    }))
+}
+
+/// `scaling`: the component pipeline's rate and host CPU per delivery as the shape of the load
+/// changes: recipients per request (1, 10, 100, 1,000) and channels at once (1, 2, 4), each
+/// channel with an FCM plugin of its own. Every point delivers `messages` from a fresh backlog.
+pub async fn scaling(options: ThroughputOptions) -> anyhow::Result<serde_json::Value> {
+    check_plugin(&options.plugin_dir)?;
+    let latency = Duration::from_millis(options.vendor_latency_ms);
+    let messages = options.messages;
+    let point = async |shape: Shape| -> anyhow::Result<serde_json::Value> {
+        let (cluster, cluster_threads) = shaped_backlog(messages, shape).await?;
+        let label = format!("{}-recipients-{}-channels", shape.recipients, shape.channels);
+        let run = pipeline(
+            &cluster,
+            Spec {
+                messages,
+                adapter: Adapter::Component,
+                vendor_latency: latency,
+                label: &label,
+                paced: false,
+                shape,
+            },
+            &cluster_threads,
+        )
+        .await?;
+        Ok(json!({
+            "recipients": shape.recipients,
+            "channels": shape.channels,
+            "rate_per_s": run.rate_per_s.round(),
+            "deliveries_per_call": (run.deliveries_per_call * 10.0).round() / 10.0,
+            "host_cpu_us_per_delivery": (run.cpu_per_delivery.as_secs_f64() * 1e7).round() / 10.0,
+        }))
+    };
+    let mut by_recipients = Vec::new();
+    for recipients in [1, 10, 100, 1000] {
+        by_recipients.push(point(Shape { recipients, channels: 1 }).await?);
+    }
+    let mut by_channels = Vec::new();
+    for channels in [1, 2, 4] {
+        by_channels.push(point(Shape { recipients: 1, channels }).await?);
+    }
+    Ok(json!({
+        "scenario": "scaling",
+        "deliveries_per_point": messages,
+        "by_recipients": by_recipients,
+        "by_channels": by_channels,
         "vendor_latency_ms": options.vendor_latency_ms,
     }))
 }

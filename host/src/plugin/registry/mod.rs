@@ -287,10 +287,13 @@ impl Registry {
 
     fn version(&self, id: String, loaded: LoadedPlugin, source: VersionSource) -> Arc<Version> {
         let plugin = Arc::new(loaded);
-        let realtime = match &self.realtime_client {
-            Some(client) => Arc::new(plugin.with_http_client(client.clone())),
-            None => plugin.clone(),
+        // Always a realtime copy of its own, so the realtime lane's requests are told apart
+        // from bulk ones for the plugin's requests in flight (`outbound.rs`).
+        let client = match &self.realtime_client {
+            Some(client) => client.clone(),
+            None => plugin.caps.client.clone(),
         };
+        let realtime = Arc::new(plugin.for_realtime(client));
         Arc::new(Version {
             id,
             plugin,
