@@ -33,7 +33,11 @@ pub fn lower_shared_priority(nice: i32) -> usize {
     };
     let mut changed = 0;
     for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
             continue;
         };
         let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();

@@ -831,7 +831,8 @@ mod tests {
         let realtime = Arc::new(bulk.for_realtime(reqwest::Client::new()));
         // Eight bulk requests to a vendor that never answers: as many as may go out hold their
         // slots for the whole deadline, the rest wait for one.
-        let bulk_call = CallCapabilities::new(bulk.clone(), Instant::now() + Duration::from_secs(5));
+        let bulk_call =
+            CallCapabilities::new(bulk.clone(), Instant::now() + Duration::from_secs(5));
         let stuck = tokio::spawn(async move {
             bulk_call
                 .send_all((0..8).map(|_| post_to(silent)).collect())

@@ -96,7 +96,9 @@ fn envelope(i: u64) -> String {
 fn shaped_envelope(i: u64, shape: Shape) -> String {
     let recipients: Vec<_> = match shape.recipients {
         0 | 1 => vec![json!({"to": format!("tp-{i}")})],
-        n => (0..n).map(|r| json!({"to": format!("tp-{i}-{r}")})).collect(),
+        n => (0..n)
+            .map(|r| json!({"to": format!("tp-{i}-{r}")}))
+            .collect(),
     };
     json!({
         "id": format!("tp-{i}"),
@@ -539,7 +541,10 @@ pub async fn scaling(options: ThroughputOptions) -> anyhow::Result<serde_json::V
     let messages = options.messages;
     let point = async |shape: Shape| -> anyhow::Result<serde_json::Value> {
         let (cluster, cluster_threads) = shaped_backlog(messages, shape).await?;
-        let label = format!("{}-recipients-{}-channels", shape.recipients, shape.channels);
+        let label = format!(
+            "{}-recipients-{}-channels",
+            shape.recipients, shape.channels
+        );
         let run = pipeline(
             &cluster,
             Spec {
@@ -563,11 +568,23 @@ pub async fn scaling(options: ThroughputOptions) -> anyhow::Result<serde_json::V
     };
     let mut by_recipients = Vec::new();
     for recipients in [1, 10, 100, 1000] {
-        by_recipients.push(point(Shape { recipients, channels: 1 }).await?);
+        by_recipients.push(
+            point(Shape {
+                recipients,
+                channels: 1,
+            })
+            .await?,
+        );
     }
     let mut by_channels = Vec::new();
     for channels in [1, 2, 4] {
-        by_channels.push(point(Shape { recipients: 1, channels }).await?);
+        by_channels.push(
+            point(Shape {
+                recipients: 1,
+                channels,
+            })
+            .await?,
+        );
     }
     Ok(json!({
         "scenario": "scaling",
