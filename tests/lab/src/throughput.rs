@@ -122,9 +122,7 @@ async fn backlog(messages: u64) -> anyhow::Result<(EmbeddedKafka, Others)> {
 async fn shaped_backlog(deliveries: u64, shape: Shape) -> anyhow::Result<(EmbeddedKafka, Others)> {
     let messages = shape.requests(deliveries);
     let partitions = crate::lanes::partitions_for(messages);
-    let before = crate::cpu::thread_ids();
-    let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
-    let cluster_threads = Others::default().born_since(&before);
+    let (cluster, cluster_threads) = start_cluster(partitions)?;
     let started = Instant::now();
     produce(cluster.bootstrap_servers(), TOPIC, messages, |i| {
         (format!("k{i}"), shaped_envelope(i, shape))
@@ -287,17 +285,7 @@ async fn pipeline(
         .next()
         .and_then(|s| s.active().plugin.counters.duration_at(0.99))
         .unwrap_or_default();
-    let calls: u64 = host
-        .registry
-        .slots()
-        .map(|slot| {
-            slot.active()
-                .plugin
-                .counters
-                .calls
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
+    let calls = plugin_calls(&host);
     host.stop().await?;
     if let Some(producer) = producer {
         producer.await??;
@@ -325,6 +313,27 @@ async fn pipeline(
         peak_in_flight: stats.peak_in_flight(),
         deliveries_per_call: messages as f64 / calls.max(1) as f64,
     })
+}
+
+/// Calls of every plugin's active version so far.
+pub(crate) fn plugin_calls(host: &switchboard::RunningHost) -> u64 {
+    host.registry
+        .slots()
+        .map(|slot| {
+            slot.active()
+                .plugin
+                .counters
+                .calls
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum()
+}
+
+/// A fresh mock cluster with `TOPIC` on `partitions`, and its threads, which are not the host's.
+fn start_cluster(partitions: i32) -> anyhow::Result<(EmbeddedKafka, Others)> {
+    let before = crate::cpu::thread_ids();
+    let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
+    Ok((cluster, Others::default().born_since(&before)))
 }
 
 /// The first delivery the vendor accepted: when, how many had been by then, and the CPU counts.
@@ -502,9 +511,7 @@ pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json
     let messages = options.messages;
     let mut rates = Vec::new();
     for partitions in [1, 12] {
-        let before = crate::cpu::thread_ids();
-        let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
-        let cluster_threads = Others::default().born_since(&before);
+        let (cluster, cluster_threads) = start_cluster(partitions)?;
         let label = format!("{partitions}-partitions");
         let run = pipeline(
             &cluster,

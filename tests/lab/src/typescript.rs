@@ -192,17 +192,7 @@ async fn pipeline(
         })
         .await?;
     let elapsed = first_at.elapsed();
-    let calls: u64 = host
-        .registry
-        .slots()
-        .map(|slot| {
-            slot.active()
-                .plugin
-                .counters
-                .calls
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
+    let calls = crate::throughput::plugin_calls(&host);
     host.stop().await?;
     let snapshot = stats.snapshot();
     anyhow::ensure!(
