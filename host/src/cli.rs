@@ -99,6 +99,12 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Every live host of the fleet, from any host: the control-topic offset each applied, its
+    /// plugin versions, its vendors' breakers and its lanes' lag; a host behind is marked.
+    Fleet {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// Where the admin API of a running host is, and how to talk to it.
@@ -551,6 +557,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(cli.log_format, "warn");
             let reply = admin.client()?.vendors().await?;
             admin.print(&reply, crate::admin::client::render_vendors)
+        }
+        Command::Fleet { admin } => {
+            telemetry::init(cli.log_format, "warn");
+            let reply = admin.client()?.fleet().await?;
+            admin.print(&reply, crate::admin::client::render_fleet)
         }
         Command::Plugin {
             command: PluginCommand::Check { file },

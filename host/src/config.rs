@@ -146,6 +146,10 @@ pub struct Config {
     /// The admin API, the web console and `/metrics`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The fleet's control plane: operators' live changes travel through a Kafka topic every
+    /// host reads, so a change made on any host reaches all of them.
+    #[serde(default)]
+    pub control: ControlConfig,
     /// Where operators' live changes are kept across restarts: weights set through the API and
     /// the active plugin versions. The config file stays the baseline; the state overrides it.
     /// Defaults to `data/state`, relative to the config file.
@@ -817,6 +821,51 @@ impl Default for CanaryConfig {
             min_calls: 50,
             window_s: 30,
         }
+    }
+}
+
+/// The fleet's control plane (`docs/ARCHITECTURE.md`, "The fleet"): weights, plugin versions
+/// and canaries set through any host's admin API are written to a compacted control topic that
+/// every host reads from its beginning, and each host reports what it applied to a fleet topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// `true` or `false`; when absent, on when `kafka.brokers` is set and off on the embedded
+    /// test cluster (which deletes older records, so it cannot keep the desired state).
+    pub enabled: Option<bool>,
+    /// The compacted topic holding the desired state, created at start with one partition.
+    pub topic: String,
+    /// The compacted topic each host reports its applied state to, created at start.
+    pub fleet_topic: String,
+    /// This host's name in the fleet; when absent, the machine's host name and the process id.
+    pub host_id: Option<String>,
+    /// How often this host reports what it applied, in milliseconds.
+    pub report_interval_ms: u64,
+    /// A host not heard from for this long drops out of the fleet view, in seconds.
+    pub host_expiry_s: u64,
+    /// How long a starting host may take to read the control topic to its end before it
+    /// refuses to start, in seconds. It consumes no request before it has.
+    pub converge_timeout_s: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            topic: "switchboard.control".into(),
+            fleet_topic: "switchboard.fleet".into(),
+            host_id: None,
+            report_interval_ms: 1000,
+            host_expiry_s: 15,
+            converge_timeout_s: 60,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Whether the control plane runs, given whether Kafka brokers are configured.
+    pub fn is_on(&self, brokers_configured: bool) -> bool {
+        self.enabled.unwrap_or(brokers_configured)
     }
 }
 
@@ -1520,6 +1569,43 @@ impl Config {
         }
         if self.canary.window_s == 0 || self.canary.window_s > 600 {
             problems.push(invalid("canary.window_s".into(), "must be 1..=600".into()));
+        }
+        let control = &self.control;
+        if control.topic.is_empty()
+            || control.fleet_topic.is_empty()
+            || control.topic == control.fleet_topic
+        {
+            problems.push(invalid(
+                "control.topic/fleet_topic".into(),
+                "must both be set, and differ".into(),
+            ));
+        }
+        let mut taken = self.kafka.output_topics();
+        taken.extend(self.kafka.topics.iter().cloned());
+        for class in TrafficClass::ALL {
+            taken.extend(self.lanes.get(class).topics.iter().cloned());
+        }
+        for topic in [&control.topic, &control.fleet_topic] {
+            if taken.contains(topic) {
+                problems.push(invalid(
+                    "control.topic".into(),
+                    format!("`{topic}` is already a request or output topic"),
+                ));
+            }
+        }
+        if control.report_interval_ms < 100
+            || control.host_expiry_s * 1000 < 3 * control.report_interval_ms
+        {
+            problems.push(invalid(
+                "control.report_interval_ms/host_expiry_s".into(),
+                "report_interval_ms must be at least 100, and host_expiry_s at least three reports long".into(),
+            ));
+        }
+        if control.converge_timeout_s == 0 {
+            problems.push(invalid(
+                "control.converge_timeout_s".into(),
+                "must be at least 1".into(),
+            ));
         }
         problems
     }

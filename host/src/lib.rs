@@ -46,6 +46,7 @@ pub mod clock;
 pub mod config;
 pub mod config_check;
 pub mod contract;
+pub mod control;
 pub mod dedup;
 #[cfg(feature = "demo")]
 pub mod demo;

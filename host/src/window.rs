@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Seconds of per-second history kept: ten minutes, for the console's plots.
 pub const HISTORY_S: usize = 600;
 
 /// Answers in one second.
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Bucket {
     /// The second (since the Unix epoch) this bucket counts.
     pub second: u64,
@@ -30,7 +30,8 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    fn add(&mut self, other: &Bucket) {
+    /// Adds `other`'s counts to this bucket's (its second stays).
+    pub fn add(&mut self, other: &Bucket) {
         self.ok += other.ok;
         self.errors += other.errors;
         self.timeouts += other.timeouts;

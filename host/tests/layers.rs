@@ -36,6 +36,8 @@ const FLOORS: &[&[&str]] = &[
     &["dispatch"],
     &["lane"],
     &["ingest"],
+    // The fleet's levers: applies changes to the route and the plugins, for every host.
+    &["control"],
     // What operators and authors use, and the wiring.
     &["admin"],
     &["host"],

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::AdminState;
 use super::auth;
 use super::error::{ApiError, Refusal};
+use crate::control::fleet::FleetView;
 use crate::lane::budget::LaneBudget;
 use crate::plugin::registry::{PluginView, SwapError, Version, VersionSource};
 use crate::route::WeightError;
@@ -65,6 +66,7 @@ pub fn routes(state: Shared) -> axum::Router {
             get(get_weights).put(put_weights).delete(reset_weights),
         )
         .route("/v1/vendors", get(vendors))
+        .route("/v1/fleet", get(fleet))
         .route("/v1/vendors/{vendor}/series", get(series))
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/{name}", post(upload).layer(upload_limit))
@@ -297,7 +299,14 @@ async fn put_weights(
             "the body names no vendor; send e.g. {\"sms-twilio\": 70}",
         ));
     }
-    state.router.set_weights(&channel, &changes)?;
+    match &state.control {
+        Some(control) => {
+            control.set_weights(&channel, &changes).await?;
+        }
+        None => {
+            state.router.set_weights(&channel, &changes)?;
+        }
+    }
     weights_reply(&state, channel)
 }
 
@@ -305,8 +314,26 @@ async fn reset_weights(
     State(state): State<Shared>,
     Path(channel): Path<String>,
 ) -> ApiResult<WeightsReply> {
-    state.router.reset_weights(&channel)?;
+    match &state.control {
+        Some(control) => control.reset_weights(&channel).await?,
+        None => {
+            state.router.reset_weights(&channel)?;
+        }
+    }
     weights_reply(&state, channel)
+}
+
+/// Every live host of the fleet: this one, and, with the control plane on, every other host
+/// that reported within `control.host_expiry_s`.
+async fn fleet(State(state): State<Shared>) -> Json<FleetView> {
+    match &state.control {
+        Some(control) => Json(control.view()),
+        None => Json(crate::control::fleet::view(
+            false,
+            state.reporter.report(0, Vec::new()),
+            Vec::new(),
+        )),
+    }
 }
 
 async fn vendors(State(state): State<Shared>) -> Json<Vec<VendorHealthView>> {
@@ -404,6 +431,11 @@ async fn upload(
             "the body is empty; send the component's bytes",
         ));
     }
+    if let Some(control) = &state.control {
+        let activate = query.activate.unwrap_or(true);
+        let version = control.upload(&name, &bytes, activate).await?;
+        return Ok(version_reply(&state, &name, &version));
+    }
     let version = if query.activate.unwrap_or(true) {
         state
             .registry
@@ -436,7 +468,10 @@ async fn activate(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<VersionReply> {
     let body: ActivateBody = json_body(&state, body, r#"{"id": "<version id>"}"#)?;
-    let version = state.registry.activate(&name, &body.id).await?;
+    let version = match &state.control {
+        Some(control) => control.activate(&name, &body.id).await?,
+        None => state.registry.activate(&name, &body.id).await?,
+    };
     Ok(version_reply(&state, &name, &version))
 }
 
@@ -444,7 +479,10 @@ async fn rollback(
     State(state): State<Shared>,
     Path(name): Path<String>,
 ) -> ApiResult<VersionReply> {
-    let version = state.registry.rollback(&name).await?;
+    let version = match &state.control {
+        Some(control) => control.rollback(&name).await?,
+        None => state.registry.rollback(&name).await?,
+    };
     Ok(version_reply(&state, &name, &version))
 }
 
@@ -475,10 +513,19 @@ async fn set_canary(
         body,
         r#"{"version": "<version id>", "percent": 1..=99 (0 ends the canary)}"#,
     )?;
-    state
-        .registry
-        .set_canary(&name, &body.version, body.percent)
-        .await?;
+    match &state.control {
+        Some(control) => {
+            control
+                .set_canary(&name, &body.version, body.percent)
+                .await?
+        }
+        None => {
+            state
+                .registry
+                .set_canary(&name, &body.version, body.percent)
+                .await?;
+        }
+    }
     plugin_view(&state, &name)
 }
 
@@ -487,6 +534,11 @@ async fn end_canary(
     Path(name): Path<String>,
 ) -> ApiResult<PluginView> {
     // The id is not looked at when the share is 0.
-    state.registry.set_canary(&name, "", 0).await?;
+    match &state.control {
+        Some(control) => control.set_canary(&name, "", 0).await?,
+        None => {
+            state.registry.set_canary(&name, "", 0).await?;
+        }
+    }
     plugin_view(&state, &name)
 }

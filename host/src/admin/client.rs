@@ -256,6 +256,10 @@ impl AdminClient {
     pub async fn vendors(&self) -> anyhow::Result<Value> {
         self.json(Method::GET, &["v1", "vendors"], None).await
     }
+
+    pub async fn fleet(&self) -> anyhow::Result<Value> {
+        self.json(Method::GET, &["v1", "fleet"], None).await
+    }
 }
 
 /// Parses `VENDOR=WEIGHT`.
@@ -548,4 +552,104 @@ mod tests {
         assert!(out.contains("sms-twilio      70  70.0%      50"), "{out}");
         assert!(out.contains("differ from the config file's"), "{out}");
     }
+}
+
+/// `switchboard fleet`: one line per live host, a host behind the desired state marked.
+pub fn render_fleet(reply: &Value) -> String {
+    let desired = reply
+        .get("desired_offset")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let hosts = reply
+        .get("hosts")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|host| {
+            let applied = host
+                .get("applied_offset")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let state = if host.get("lagging").and_then(Value::as_bool) == Some(true) {
+                format!("behind by {}", desired - applied)
+            } else {
+                "current".to_string()
+            };
+            let plugins = host
+                .get("plugins")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    let canary = p
+                        .get("canary")
+                        .filter(|c| !c.is_null())
+                        .map(|c| format!(" +{}@{}%", text(c, "id"), number(c, "percent")))
+                        .unwrap_or_default();
+                    format!("{}={}{canary}", text(p, "name"), text(p, "active"))
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let open: Vec<String> = host
+                .get("breakers")
+                .and_then(Value::as_object)
+                .map(|b| {
+                    b.iter()
+                        .filter(|(_, state)| state.as_str() != Some("closed"))
+                        .map(|(vendor, state)| {
+                            format!("{vendor}:{}", state.as_str().unwrap_or("?"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let lag: i64 = host
+                .get("lanes_lag")
+                .and_then(Value::as_object)
+                .map(|l| {
+                    l.values()
+                        .filter_map(Value::as_i64)
+                        .filter(|v| *v > 0)
+                        .sum()
+                })
+                .unwrap_or(0);
+            let refused = host
+                .get("refusals")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let mut name = text(host, "host");
+            if host.get("this_host").and_then(Value::as_bool) == Some(true) {
+                name.push_str(" *");
+            }
+            vec![
+                name,
+                applied.to_string(),
+                state,
+                plugins,
+                if open.is_empty() {
+                    "all closed".into()
+                } else {
+                    open.join(" ")
+                },
+                lag.to_string(),
+                refused.to_string(),
+                format!("{:.1}", number(host, "age_ms") as f64 / 1000.0),
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    if reply.get("control").and_then(Value::as_bool) != Some(true) {
+        out.push_str("control plane off (control.enabled): this host only\n");
+    }
+    out.push_str(&format!("desired state: control-topic offset {desired}\n"));
+    out.push_str(&table(
+        &[
+            "host", "applied", "state", "plugins", "breakers", "lag", "refused", "age s",
+        ],
+        &rows,
+        &[1, 5, 6, 7],
+    ));
+    out
 }

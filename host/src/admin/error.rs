@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::control::ControlError;
 use crate::plugin::registry::SwapError;
 use crate::route::WeightError;
 
@@ -72,5 +73,23 @@ impl From<SwapError> for ApiError {
             SwapError::Store { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, error.to_string())
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> Self {
+        match error {
+            ControlError::Swap(error) => error.into(),
+            ControlError::Weight(error) => error.into(),
+            ControlError::Write(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
+            ControlError::NotApplied { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, error.to_string())
+            }
+            ControlError::RefusedHere { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+            }
+        }
     }
 }

@@ -29,6 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{AdminConfig, Config, SecretSource};
+use crate::control::ControlPlane;
+use crate::control::fleet::Reporter;
 use crate::lane::budget::Budget;
 use crate::plugin::registry::Registry;
 use crate::route::Router;
@@ -50,6 +52,10 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub counters: Arc<Counters>,
     pub budget: Arc<Budget>,
+    /// The fleet's control plane, when it runs: every change then goes through it.
+    pub control: Option<Arc<ControlPlane>>,
+    /// This host's report, for the fleet view.
+    pub reporter: Arc<Reporter>,
     /// The bearer token mutations must carry; `None` refuses every mutation. A [`SecretValue`],
     /// so it cannot reach a log line or a `Debug` print.
     pub token: Option<SecretValue>,
@@ -69,6 +75,8 @@ pub struct HostHandles {
     pub registry: Arc<Registry>,
     pub counters: Arc<Counters>,
     pub budget: Arc<Budget>,
+    pub control: Option<Arc<ControlPlane>>,
+    pub reporter: Arc<Reporter>,
 }
 
 impl AdminState {
@@ -85,12 +93,16 @@ impl AdminState {
             registry,
             counters,
             budget,
+            control,
+            reporter,
         } = host;
         Self {
             router,
             registry,
             counters,
             budget,
+            control,
+            reporter,
             token,
             metrics,
             readiness,

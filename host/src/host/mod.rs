@@ -60,6 +60,8 @@ pub struct RunningHost {
     pub artifacts: Option<Arc<ArtifactCache>>,
     /// The Prometheus metrics; `/metrics` serves [`Metrics::render`].
     pub metrics: Arc<Metrics>,
+    /// The fleet's control plane, when it is on (`control.enabled`).
+    pub control: Option<Arc<crate::control::ControlPlane>>,
     /// Where the admin API listens; `None` when `admin.listen` is empty.
     pub admin_addr: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -138,6 +140,20 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     }));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // Before any consumer: a host reads the fleet's desired state to its end first.
+    let (reporter, control) = stages::start_control(
+        &config,
+        &broker,
+        &plugins.registry,
+        &router,
+        &metrics,
+        &shutdown_rx,
+    )
+    .await?;
+    let (control, control_tasks) = match control {
+        Some((plane, tasks)) => (Some(plane), Some(tasks)),
+        None => (None, None),
+    };
     let readiness = Arc::new(crate::admin::readiness::Readiness::new(
         shutdown_rx.clone(),
         metrics.clone(),
@@ -145,6 +161,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
     let operators = Operators::start(
         &config,
         &plugins.registry,
+        control_tasks,
         &shutdown_rx,
         admin_listener.map(|listener| {
             let state = crate::admin::AdminState::new(
@@ -154,6 +171,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
                     registry: plugins.registry.clone(),
                     counters: counters.clone(),
                     budget: budget.clone(),
+                    control: control.clone(),
+                    reporter: reporter.clone(),
                 },
                 admin_token,
                 crate::admin::metrics_renderer(metrics.clone()),
@@ -174,6 +193,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
             nice = config.runtime.bulk_nice,
             "lowered the shared threads' priority below the realtime lane's"
         );
+    }
+    if let Some(addr) = operators.admin_addr {
+        *reporter.admin.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_string());
     }
     readiness.mark_consuming();
     tracing::info!(
@@ -205,6 +227,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
         budget,
         artifacts: plugins.artifacts,
         metrics,
+        control,
         admin_addr,
         shutdown,
         task: tokio::spawn(stopping.after_consumers()),
@@ -217,7 +240,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> anyhow::Result
 /// admin API. The admin API outlives the drain, so `/readyz` can say "draining" while records
 /// finish; it stops on `admin_stop`.
 struct Operators {
-    canaries: tokio::task::JoinHandle<()>,
+    /// The canary judge: this host's own, or, with the control plane on, its tasks (applying
+    /// the control topic, reporting, judging canaries over the fleet).
+    canaries: Vec<tokio::task::JoinHandle<()>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
     admin: Option<tokio::task::JoinHandle<()>>,
     admin_addr: Option<std::net::SocketAddr>,
@@ -228,14 +253,18 @@ impl Operators {
     fn start(
         config: &Config,
         registry: &Arc<Registry>,
+        control_tasks: Option<Vec<tokio::task::JoinHandle<()>>>,
         shutdown: &watch::Receiver<bool>,
         admin: Option<(tokio::net::TcpListener, crate::admin::AdminState)>,
     ) -> anyhow::Result<Self> {
-        let canaries = tokio::spawn(
-            registry
-                .clone()
-                .watch_canaries(Duration::from_millis(500), shutdown.clone()),
-        );
+        // With the control plane on, canaries are judged over the fleet and rolled back through
+        // the control topic; judging them here as well would roll back this host alone.
+        let canaries = control_tasks.unwrap_or_else(|| {
+            vec![tokio::spawn(registry.clone().watch_canaries(
+                Duration::from_millis(500),
+                shutdown.clone(),
+            ))]
+        });
         let watcher = config.admin.watch_dir.as_ref().map(|dir| {
             let dir = config.resolve(dir);
             tracing::info!(dir = %dir.display(), "watching for new plugin versions");
@@ -267,7 +296,9 @@ impl Operators {
     /// Waits for the background tasks (they stop on the shutdown signal), then stops the admin
     /// API.
     async fn stop(self) {
-        let _ = self.canaries.await;
+        for task in self.canaries {
+            let _ = task.await;
+        }
         if let Some(watcher) = self.watcher {
             let _ = watcher.await;
         }

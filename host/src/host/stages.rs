@@ -10,11 +10,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::StartOptions;
 use super::http::{extra_root_pems, http_client_with};
 use super::realtime::RealtimeThreads;
 use crate::config::{Config, DedupBackend, TrafficClass};
+use crate::control::ControlPlane;
+use crate::control::fleet::Reporter;
 use crate::dedup::{DedupStore, EmbeddedDedup, RedisDedup};
 use crate::dispatch::{Dispatcher, PluginLane, QueuesEnded};
 use crate::ingest::consumer::{Ingest, IngestShared, Source};
@@ -218,6 +221,56 @@ pub fn start_dispatch(
 /// The memory budget of the lanes, and each consumer's share of librdkafka's prefetch:
 /// the prefetch queues take `fetch_percent` of the total, split over the consumers; the host's
 /// own work gets the rest.
+/// This host's report for the fleet view, and, when the control plane is on, the control plane
+/// and its tasks, started once this host has applied the control topic to its end.
+pub async fn start_control(
+    config: &Config,
+    broker: &Broker,
+    registry: &Arc<Registry>,
+    router: &Arc<Router>,
+    metrics: &Arc<Metrics>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<(
+    Arc<Reporter>,
+    Option<(Arc<ControlPlane>, Vec<JoinHandle<()>>)>,
+)> {
+    let control = &config.control;
+    let reporter = Arc::new(Reporter {
+        host: control
+            .host_id
+            .clone()
+            .unwrap_or_else(crate::control::default_host_id),
+        started_at_ms: crate::clock::now_ms(),
+        registry: registry.clone(),
+        router: router.clone(),
+        metrics: metrics.clone(),
+        sources: crate::ingest::consumer::Source::all(&config.kafka, &config.lanes)
+            .into_iter()
+            .map(|source| source.as_str())
+            .collect(),
+        canary: config.canary.clone(),
+        admin: std::sync::Mutex::new(None),
+    });
+    if !control.is_on(config.kafka.brokers.is_some()) {
+        return Ok((reporter, None));
+    }
+    let started = ControlPlane::start(
+        config,
+        &broker.brokers,
+        &broker.properties,
+        reporter.clone(),
+        shutdown,
+    )
+    .await?;
+    tracing::info!(
+        host = %reporter.host,
+        topic = %control.topic,
+        applied = started.0.applied(),
+        "control plane on: applied the fleet's desired state"
+    );
+    Ok((reporter, Some(started)))
+}
+
 pub fn lane_budget(config: &Config, consumers: usize) -> (Arc<Budget>, usize) {
     let total = (config.budget.total_mb as usize) << 20;
     let prefetch_total = total / 100 * config.budget.fetch_percent as usize;

@@ -10,4 +10,4 @@ pub mod topics;
 
 pub use embedded::EmbeddedKafka;
 pub use produce::produce;
-pub use topics::{TopicsMissing, ensure_topics};
+pub use topics::{TopicsMissing, ensure_topics, ensure_topics_with};

@@ -44,6 +44,18 @@ pub async fn ensure_topics(
     partitions: i32,
     properties: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
+    ensure_topics_with(brokers, topics, partitions, properties, &[]).await
+}
+
+/// As [`ensure_topics`], creating the missing topics with `topic_config` (e.g.
+/// `cleanup.policy=compact`). Topics that already exist keep their own settings.
+pub async fn ensure_topics_with(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+    properties: &BTreeMap<String, String>,
+    topic_config: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     for (k, v) in properties {
@@ -59,7 +71,12 @@ pub async fn ensure_topics(
         .map_err(|e| anyhow::anyhow!("creating the Kafka admin client: {e}"))?;
     let new: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
+        .map(|t| {
+            topic_config.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(-1)),
+                |topic, (k, v)| topic.set(k, v),
+            )
+        })
         .collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(REQUEST_TIMEOUT))

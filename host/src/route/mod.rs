@@ -180,6 +180,32 @@ impl SmoothWeighted {
     }
 }
 
+/// `current` with the weights in `changes`, refused when a change names a vendor the channel
+/// lacks or every weight would be 0.
+fn merged(
+    channel: &str,
+    current: &BTreeMap<String, u32>,
+    changes: &BTreeMap<String, u32>,
+) -> Result<BTreeMap<String, u32>, WeightError> {
+    let mut next = current.clone();
+    for (vendor, weight) in changes {
+        match next.get_mut(vendor) {
+            Some(w) => *w = *weight,
+            None => {
+                return Err(WeightError::UnknownVendor {
+                    channel: channel.to_string(),
+                    vendor: vendor.clone(),
+                    known: next.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            }
+        }
+    }
+    if next.values().all(|w| *w == 0) {
+        return Err(WeightError::AllZero(channel.to_string()));
+    }
+    Ok(next)
+}
+
 /// One channel's weights and its choice.
 #[derive(Debug)]
 struct Channel {
@@ -321,22 +347,7 @@ impl Router {
             let mut state = self
                 .channel(channel)
                 .ok_or_else(|| WeightError::UnknownChannel(channel.to_string()))?;
-            let mut next = state.current.clone();
-            for (vendor, weight) in changes {
-                match next.get_mut(vendor) {
-                    Some(w) => *w = *weight,
-                    None => {
-                        return Err(WeightError::UnknownVendor {
-                            channel: channel.to_string(),
-                            vendor: vendor.clone(),
-                            known: next.keys().cloned().collect::<Vec<_>>().join(", "),
-                        });
-                    }
-                }
-            }
-            if next.values().all(|w| *w == 0) {
-                return Err(WeightError::AllZero(channel.to_string()));
-            }
+            let next = merged(channel, &state.current, changes)?;
             state.choice = SmoothWeighted::new(&next);
             state.current = next.clone();
             next
@@ -348,6 +359,19 @@ impl Router {
         }
         .emit();
         Ok(current)
+    }
+
+    /// The weights `channel` would have after [`Router::set_weights`] with `changes`, or why it
+    /// would refuse them; changes nothing.
+    pub fn preview_weights(
+        &self,
+        channel: &str,
+        changes: &BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, u32>, WeightError> {
+        let state = self
+            .channel(channel)
+            .ok_or_else(|| WeightError::UnknownChannel(channel.to_string()))?;
+        merged(channel, &state.current, changes)
     }
 
     /// Puts `channel` back on the config file's weights.

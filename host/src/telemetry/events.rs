@@ -563,3 +563,40 @@ impl DependencyRestored<'_> {
         );
     }
 }
+
+/// A record of the fleet's control topic could not be applied on this host: its state stays as
+/// it was for that lever, and the refusal is reported to the fleet.
+pub struct ControlRefused<'a> {
+    pub offset: i64,
+    pub key: &'a str,
+    pub reason: &'a str,
+}
+
+impl ControlRefused<'_> {
+    pub fn emit(self) {
+        tracing::error!(
+            event = "control_refused",
+            offset = self.offset,
+            key = self.key,
+            reason = self.reason,
+            "a fleet change could not be applied on this host"
+        );
+    }
+}
+
+/// A starting host read the fleet's control topic to its end and applied it.
+pub struct ControlConverged {
+    pub records: i64,
+    pub elapsed_ms: u64,
+}
+
+impl ControlConverged {
+    pub fn emit(self) {
+        tracing::info!(
+            event = "control_converged",
+            records = self.records,
+            elapsed_ms = self.elapsed_ms,
+            "applied the fleet's desired state"
+        );
+    }
+}

@@ -34,6 +34,8 @@ pub enum VersionSource {
     Watched,
     /// The version active before a restart.
     Restored,
+    /// Read from the fleet's control topic: another host's upload, or this one's.
+    Fleet,
 }
 
 impl VersionSource {
@@ -43,6 +45,7 @@ impl VersionSource {
             VersionSource::Upload => "upload",
             VersionSource::Watched => "watched",
             VersionSource::Restored => "restored",
+            VersionSource::Fleet => "fleet",
         }
     }
 }

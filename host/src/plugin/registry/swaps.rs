@@ -188,6 +188,19 @@ impl Registry {
         Ok(Some(version))
     }
 
+    /// Ends `name`'s canary, if any, saying `how` (`rolled-back`, `promoted`) and why.
+    pub async fn end_canary_because(
+        &self,
+        name: &str,
+        how: &str,
+        reason: &str,
+    ) -> Result<(), SwapError> {
+        let _change = self.changes.lock().await;
+        let slot = self.known(name)?;
+        self.end_canary(slot, how, reason);
+        Ok(())
+    }
+
     /// Ends `slot`'s canary, if any; its version stays loaded.
     pub(super) fn end_canary(&self, slot: &Slot, how: &str, reason: &str) {
         let lineup = slot.lineup();
