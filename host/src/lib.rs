@@ -21,6 +21,8 @@
 //! - [`secrets`]: secret values, loaded once and never printed;
 //! - [`state`]: what operators change live, kept across restarts;
 //! - [`telemetry`]: tracing setup, counters, metric families, one struct per observable event;
+//! - [`control`]: the fleet's control plane: every lever through a Kafka topic all hosts apply,
+//!   component bytes with it, host reports and the fleet view;
 //! - [`admin`]: the admin API (weights, plugin versions, health, `/metrics`, the console) and the
 //!   operator CLI's client;
 //! - [`host`]: wires the stages into a running host, [`run`] and [`host::start`];

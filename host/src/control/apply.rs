@@ -113,11 +113,17 @@ impl Applier {
                 .map_err(|e| e.to_string()),
             (Key::Weights(channel), Some(value)) => {
                 let desire: WeightsDesire = decode(&value)?;
-                if self.router.weights(&channel).as_ref() == Some(&desire.weights) {
+                let wanted = match desire.weights {
+                    Some(weights) => weights,
+                    None => self.router.baseline(&channel).ok_or_else(|| {
+                        format!("no channel `{channel}` is configured on this host")
+                    })?,
+                };
+                if self.router.weights(&channel).as_ref() == Some(&wanted) {
                     return Ok(());
                 }
                 self.router
-                    .set_weights(&channel, &desire.weights)
+                    .set_weights(&channel, &wanted)
                     .map(drop)
                     .map_err(|e| e.to_string())
             }

@@ -252,3 +252,57 @@ pub fn judge_over_fleet(
     }
     verdicts
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(host: &str, applied_offset: i64, age_ms: u64) -> HostReport {
+        HostReport {
+            host: host.into(),
+            at_ms: now_ms() - age_ms,
+            started_at_ms: 0,
+            applied_offset,
+            admin: None,
+            plugins: Vec::new(),
+            breakers: BTreeMap::new(),
+            lanes_lag: BTreeMap::new(),
+            refusals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_host_behind_the_furthest_is_lagging() {
+        let view = view(
+            true,
+            report("a", 7, 0),
+            vec![report("b", 9, 10), report("c", 9, 10)],
+        );
+        assert_eq!(view.desired_offset, 9);
+        let lagging: Vec<(&str, bool, bool)> = view
+            .hosts
+            .iter()
+            .map(|h| (h.report.host.as_str(), h.lagging, h.this_host))
+            .collect();
+        assert_eq!(
+            lagging,
+            [("a", true, true), ("b", false, false), ("c", false, false)]
+        );
+    }
+
+    #[test]
+    fn silent_and_departed_hosts_leave_the_view() {
+        let reports = Reports::default();
+        reports.receive(report("a", 1, 0));
+        reports.receive(report("b", 1, 0));
+        reports.receive(report("silent", 1, 60_000));
+        reports.receive(report("gone", 1, 0));
+        reports.forget("gone");
+        let live: Vec<String> = reports
+            .live_others("a", 15_000)
+            .into_iter()
+            .map(|r| r.host)
+            .collect();
+        assert_eq!(live, ["b"]);
+    }
+}

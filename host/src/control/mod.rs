@@ -235,7 +235,7 @@ impl ControlPlane {
     ) -> Result<BTreeMap<String, u32>, ControlError> {
         let weights = self.router.preview_weights(channel, changes)?;
         let desire = WeightsDesire {
-            weights,
+            weights: Some(weights),
             origin: self.origin(),
         };
         let value = serde_json::to_vec(&desire).unwrap_or_default();
@@ -249,7 +249,13 @@ impl ControlPlane {
         if !self.router.knows(channel) {
             return Err(WeightError::UnknownChannel(channel.to_string()).into());
         }
-        self.change(Key::Weights(channel.to_string()), None).await?;
+        let desire = WeightsDesire {
+            weights: None,
+            origin: self.origin(),
+        };
+        let value = serde_json::to_vec(&desire).unwrap_or_default();
+        self.change(Key::Weights(channel.to_string()), Some(value))
+            .await?;
         Ok(())
     }
 

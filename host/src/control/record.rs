@@ -17,11 +17,10 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 /// What a control record is about, from its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
-    /// `weights/{channel}`: the channel's weights in force; a tombstone puts it back on the
-    /// config file's.
+    /// `weights/{channel}`: the channel's weights in force, or the config file's.
     Weights(String),
-    /// `plugin/{name}`: the plugin's active version and canary; a tombstone puts it back on the
-    /// config file's version.
+    /// `plugin/{name}`: the plugin's active version and canary. No host writes a tombstone
+    /// here, and one changes nothing.
     Plugin(String),
     /// `component/{plugin}/{id}/manifest`: how many chunks a version's component has, and its
     /// SHA-256. Written after the chunks.
@@ -81,7 +80,10 @@ pub struct Origin {
 /// A channel's weights, whole: applying it twice, or after a restart, gives the same split.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WeightsDesire {
-    pub weights: BTreeMap<String, u32>,
+    /// `None`: each host's config file's weights. A reset is written as a record, not a
+    /// tombstone, so compaction (which drops tombstones after `delete.retention.ms`) cannot
+    /// lose it for a host that was away longer.
+    pub weights: Option<BTreeMap<String, u32>>,
     pub origin: Origin,
 }
 

@@ -369,6 +369,14 @@ async fn drive(page: &Client, host: &RunningHost, base: &str, topic: &str) -> an
         );
     }
 
+    // The fleet section lists this host, on the desired state.
+    let row = in_view(page, r#"#fleet tr[data-host][data-state="current"]"#).await?;
+    let row_text = row.text().await?;
+    ensure!(
+        row_text.contains("this host") && row_text.contains("current"),
+        "the fleet row marks this host as current: {row_text}"
+    );
+
     // Without the token: the page shows the 401 and nothing changes.
     ensure!(
         page.find(css("#token"))

@@ -295,6 +295,21 @@ async fn one_change_reaches_every_host_and_hosts_that_return_or_join_converge() 
     })
     .await;
 
+    // A reset on one host puts every host back on its config file's weights.
+    let addr = b.admin_addr.unwrap();
+    let reset = reqwest::Client::new()
+        .delete(format!("http://{addr}/v1/channels/{CHANNEL}/weights"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(reset.status().is_success(), "reset: {}", reset.status());
+    let baseline = weights(&[("fcm", 50), ("fcm-b", 50)]);
+    all_hold(&hosts, "the reset made on B", |h| {
+        h.router.weights(CHANNEL) == Some(baseline.clone())
+    })
+    .await;
+
     for host in [a, b, returned, late] {
         host.stop().await.unwrap();
     }

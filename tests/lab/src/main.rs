@@ -18,6 +18,7 @@ mod ceiling;
 mod cpu;
 mod crash;
 mod dedup;
+mod fleet;
 mod lanes;
 mod operations;
 mod poison;
@@ -139,6 +140,30 @@ enum Scenario {
         /// Each host's own embedded dedup store, the Redis store they share, or one run of each.
         #[arg(long, value_enum, default_value_t = rebalance::DedupChoice::Both)]
         dedup: rebalance::DedupChoice,
+    },
+    /// Host processes in one fleet on a real broker, under load: how long a weight change and
+    /// a plugin upload, made through one host, take to reach every host, and how long a host
+    /// that joins late takes to be on the fleet's state.
+    Fleet {
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// Requests produced per second, the whole run.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 6)]
+        weight_changes: u32,
+        #[arg(long, default_value_t = 3)]
+        plugin_swaps: u32,
+        #[arg(long, default_value = "build/plugins")]
+        plugin_dir: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        vendor_latency_ms: u64,
+        /// The Kafka to run on: a real broker (the default), or the in-process mock cluster.
+        #[arg(long, value_enum, default_value_t = broker::BrokerKind::Real)]
+        broker: broker::BrokerKind,
+        /// The real broker's address (else SWITCHBOARD_TEST_KAFKA, else 127.0.0.1:19092).
+        #[arg(long)]
+        brokers: Option<String>,
     },
     /// Realtime against an ads backlog: the backlog drains through the ads lane while realtime
     /// requests arrive on their own lane; produce-to-vendor latency of realtime, host memory.
@@ -480,6 +505,28 @@ async fn main() -> anyhow::Result<()> {
                 baseline_s,
                 rounds,
                 vendor_latency_ms,
+            })
+            .await?
+        }
+        Scenario::Fleet {
+            hosts,
+            rate,
+            weight_changes,
+            plugin_swaps,
+            plugin_dir,
+            vendor_latency_ms,
+            broker,
+            brokers,
+        } => {
+            fleet::run(fleet::FleetOptions {
+                hosts,
+                rate_per_s: rate,
+                weight_changes,
+                plugin_swaps,
+                plugin_dir,
+                vendor_latency_ms,
+                broker,
+                brokers,
             })
             .await?
         }
