@@ -371,7 +371,8 @@ async fn drive(page: &Client, host: &RunningHost, base: &str, topic: &str) -> an
 
     // The fleet section lists this host, on the desired state.
     let row = in_view(page, r#"#fleet tr[data-host][data-state="current"]"#).await?;
-    let row_text = row.text().await?;
+    // The badge is upper-cased by its style.
+    let row_text = row.text().await?.to_lowercase();
     ensure!(
         row_text.contains("this host") && row_text.contains("current"),
         "the fleet row marks this host as current: {row_text}"

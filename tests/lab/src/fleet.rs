@@ -407,6 +407,7 @@ pub async fn run(options: FleetOptions) -> anyhow::Result<Value> {
     let mut swap_unconverged = 0;
     let mut last_id = String::new();
     let mut confirmed = true;
+    let mut view_samples = Vec::new();
     for swap in 0..plugin_swaps {
         let bytes = relabelled_component(&fcm, &format!("lab-fleet-{swap}-{}", std::process::id()));
         let via = &hosts[swap as usize % hosts.len()];
@@ -437,22 +438,32 @@ pub async fn run(options: FleetOptions) -> anyhow::Result<Value> {
         }
         swap_unconverged += hosts.len() - seen.len();
         let slowest = seen.values().max().copied().unwrap_or(CONVERGE_TIMEOUT);
-        // The fleet view names the version every host runs.
-        let view = fleet_view(&client, &hosts[0].admin)
-            .await
-            .unwrap_or(Value::Null);
-        let every_host_on_it = view["hosts"].as_array().is_some_and(|listed| {
-            listed.len() == hosts.len()
-                && listed.iter().all(|h| {
-                    h["plugins"].as_array().is_some_and(|ps| {
-                        ps.iter()
-                            .any(|p| p["name"] == json!(in_use) && p["active"] == json!(last_id))
+        // The fleet view names the version every host runs, once each host reported since
+        // (a report every 500 ms).
+        let mut every_host_on_it = false;
+        while !every_host_on_it && asked.elapsed() < CONVERGE_TIMEOUT {
+            let view = fleet_view(&client, &hosts[0].admin)
+                .await
+                .unwrap_or(Value::Null);
+            every_host_on_it = view["hosts"].as_array().is_some_and(|listed| {
+                listed.len() == hosts.len()
+                    && listed.iter().all(|h| {
+                        h["plugins"].as_array().is_some_and(|ps| {
+                            ps.iter().any(|p| {
+                                p["name"] == json!(in_use) && p["active"] == json!(last_id)
+                            })
+                        })
                     })
-                })
-        });
+            });
+            if !every_host_on_it {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let view_ms = ms(asked.elapsed());
+        view_samples.push(view_ms);
         confirmed &= every_host_on_it;
         eprintln!(
-            "[fleet] {in_use} version {last_id} via {}: answered in {:.0} ms, every host's first call on it within {:.0} ms; fleet view agrees: {every_host_on_it}",
+            "[fleet] {in_use} version {last_id} via {}: answered in {:.0} ms, every host's first call on it within {:.0} ms; every host's report named it after {view_ms:.0} ms: {every_host_on_it}",
             via.name,
             ms(answered),
             ms(slowest)
@@ -549,6 +560,7 @@ pub async fn run(options: FleetOptions) -> anyhow::Result<Value> {
         "plugin_swap_converged_ms_p99": percentile(&swap_samples, 99.0),
         "plugin_swap_unconverged": swap_unconverged,
         "plugin_swap_confirmed_in_fleet_view": confirmed,
+        "plugin_swap_fleet_view_ms_p99": percentile(&view_samples, 99.0),
         "late_joiner_converged_ms": late_converged.map(ms),
         "late_joiner_first_delivery_ms": late_first_delivery.map(ms),
         "late_joiner_on_fleet_version": late_on_version,
