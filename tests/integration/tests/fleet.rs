@@ -18,7 +18,7 @@ use switchboard::RunningHost;
 use switchboard::config::SecretSource;
 use switchboard::plugin::registry::version_id;
 use switchboard_integration_tests::{
-    FcmFixture, RealBroker, plugin_path, relabelled_component, wait_until,
+    FcmFixture, RealBroker, guest_path, plugin_path, relabelled_component, wait_until,
 };
 
 const TOKEN: &str = "fleet-admin-token-81c2";
@@ -311,6 +311,76 @@ async fn one_change_reaches_every_host_and_hosts_that_return_or_join_converge() 
     .await;
 
     for host in [a, b, returned, late] {
+        host.stop().await.unwrap();
+    }
+}
+
+/// Requests on the channel, `count` of them, to the fleet's request topic.
+async fn produce_requests(broker: &RealBroker, prefix: &'static str, count: u64) {
+    switchboard::demo::produce(
+        &broker.brokers,
+        &broker.topic("requests"),
+        count,
+        move |i| {
+            let to = format!("{prefix}-{i}");
+            let envelope = json!({
+                "id": to,
+                "channel": CHANNEL,
+                "priority": "batch",
+                "recipients": [{"to": to}],
+                "content": {"title": "t", "body": "b"},
+            });
+            (to, envelope.to_string())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_judged_on_the_fleet_s_answers_is_rolled_back_on_every_host() {
+    let broker = RealBroker::with_topics("fleet-canary", &["requests"], 2).await;
+    let fixture = FcmFixture::start(|_| {}).await;
+    let a = switchboard::start(config(&fixture, &broker, "a"))
+        .await
+        .unwrap();
+    let b = switchboard::start(config(&fixture, &broker, "b"))
+        .await
+        .unwrap();
+
+    // The FCM adapter failing 30 % of its deliveries, staged on A, a canary on every host.
+    let flaky = std::fs::read(guest_path("flaky_fcm")).unwrap();
+    let flaky_id = version_id(&flaky);
+    call(
+        &a,
+        Method::POST,
+        "/v1/plugins/fcm?activate=false",
+        Some(flaky),
+    )
+    .await;
+    let body = serde_json::to_vec(&json!({"version": flaky_id, "percent": 50})).unwrap();
+    call(&a, Method::PUT, "/v1/plugins/fcm/canary", Some(body)).await;
+    all_hold(&[&a, &b], "the canary started on A", |h| {
+        canary(h) == Some((flaky_id.clone(), 50))
+    })
+    .await;
+
+    produce_requests(&broker, "canary", 2000).await;
+    let ended = |h: &RunningHost| h.registry.slot("fcm").unwrap().last_canary_end();
+    all_hold(&[&a, &b], "the canary's rollback", |h| {
+        canary(h).is_none() && ended(h).is_some()
+    })
+    .await;
+    let (on_a, on_b) = (ended(&a).unwrap(), ended(&b).unwrap());
+    assert_eq!(on_a.how, "rolled-back", "{on_a:?}");
+    // One decision, judged on the fleet's answers, reached both hosts.
+    assert_eq!(on_a.reason, on_b.reason);
+    assert!(
+        on_a.reason.contains("canary failed") && on_a.reason.contains("host(s)"),
+        "{on_a:?}"
+    );
+
+    for host in [a, b] {
         host.stop().await.unwrap();
     }
 }
