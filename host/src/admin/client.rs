@@ -506,54 +506,6 @@ pub fn render_canary(reply: &Value) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn weights_parse_or_say_what_is_expected() {
-        assert_eq!(parse_weight("sms-nhn=30"), Ok(("sms-nhn".into(), 30)));
-        for bad in ["sms-nhn", "sms-nhn=", "=30", "sms-nhn=-1", "sms-nhn=x"] {
-            let error = parse_weight(bad).err().unwrap_or_default();
-            assert!(error.contains("expected VENDOR=WEIGHT"), "{bad}: {error}");
-        }
-    }
-
-    #[test]
-    fn a_wildcard_listen_address_is_reached_on_loopback() -> anyhow::Result<()> {
-        assert_eq!(url_of_listen("0.0.0.0:8088")?, "http://127.0.0.1:8088");
-        assert_eq!(url_of_listen("[::]:9000")?, "http://[::1]:9000");
-        assert_eq!(url_of_listen("10.0.0.5:8088")?, "http://10.0.0.5:8088");
-        assert_eq!(url_of_listen("localhost:8088")?, "http://localhost:8088");
-        assert!(url_of_listen("127.0.0.1:0").is_err());
-        assert!(url_of_listen("").is_err());
-        Ok(())
-    }
-
-    #[test]
-    fn endpoints_escape_their_segments() -> anyhow::Result<()> {
-        let client = AdminClient::new("http://127.0.0.1:8088/admin/", None)?;
-        let url = client.endpoint(&["v1", "channels", "a b/c", "weights"])?;
-        assert_eq!(
-            url.as_str(),
-            "http://127.0.0.1:8088/admin/v1/channels/a%20b%2Fc/weights"
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn the_weights_table_shows_shares() {
-        let reply = serde_json::json!({
-            "channel": "sms",
-            "weights": {"sms-nhn": 30, "sms-twilio": 70},
-            "baseline": {"sms-nhn": 50, "sms-twilio": 50},
-        });
-        let out = render_weights(&reply);
-        assert!(out.contains("sms-twilio      70  70.0%      50"), "{out}");
-        assert!(out.contains("differ from the config file's"), "{out}");
-    }
-}
-
 /// `switchboard fleet`: one line per live host, a host behind the desired state marked.
 pub fn render_fleet(reply: &Value) -> String {
     let desired = reply
@@ -652,4 +604,52 @@ pub fn render_fleet(reply: &Value) -> String {
         &[1, 5, 6, 7],
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse_or_say_what_is_expected() {
+        assert_eq!(parse_weight("sms-nhn=30"), Ok(("sms-nhn".into(), 30)));
+        for bad in ["sms-nhn", "sms-nhn=", "=30", "sms-nhn=-1", "sms-nhn=x"] {
+            let error = parse_weight(bad).err().unwrap_or_default();
+            assert!(error.contains("expected VENDOR=WEIGHT"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_is_reached_on_loopback() -> anyhow::Result<()> {
+        assert_eq!(url_of_listen("0.0.0.0:8088")?, "http://127.0.0.1:8088");
+        assert_eq!(url_of_listen("[::]:9000")?, "http://[::1]:9000");
+        assert_eq!(url_of_listen("10.0.0.5:8088")?, "http://10.0.0.5:8088");
+        assert_eq!(url_of_listen("localhost:8088")?, "http://localhost:8088");
+        assert!(url_of_listen("127.0.0.1:0").is_err());
+        assert!(url_of_listen("").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn endpoints_escape_their_segments() -> anyhow::Result<()> {
+        let client = AdminClient::new("http://127.0.0.1:8088/admin/", None)?;
+        let url = client.endpoint(&["v1", "channels", "a b/c", "weights"])?;
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8088/admin/v1/channels/a%20b%2Fc/weights"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_weights_table_shows_shares() {
+        let reply = serde_json::json!({
+            "channel": "sms",
+            "weights": {"sms-nhn": 30, "sms-twilio": 70},
+            "baseline": {"sms-nhn": 50, "sms-twilio": 50},
+        });
+        let out = render_weights(&reply);
+        assert!(out.contains("sms-twilio      70  70.0%      50"), "{out}");
+        assert!(out.contains("differ from the config file's"), "{out}");
+    }
 }

@@ -182,12 +182,15 @@ pub enum ComponentError {
     Unknown { id: String },
 }
 
+/// A plugin's name and a version id.
+type Place = (String, String);
+
 /// Component bytes read from the control topic: chunks until their manifest arrives, then the
 /// whole, checked component by plugin and version id.
 #[derive(Default)]
 pub struct Components {
-    chunks: HashMap<(String, String), BTreeMap<u32, Vec<u8>>>,
-    whole: HashMap<(String, String), Result<Arc<[u8]>, ComponentError>>,
+    chunks: HashMap<Place, BTreeMap<u32, Vec<u8>>>,
+    whole: HashMap<Place, Result<Arc<[u8]>, ComponentError>>,
 }
 
 impl Components {
