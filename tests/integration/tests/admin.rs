@@ -752,6 +752,13 @@ async fn the_cli_drives_the_admin_api() {
             .any(|l| l.starts_with("fcm ") && l.contains(&fcm_id)),
         "{plugins_table}"
     );
+    let fleet_table = stdout_of(&cli(&["fleet", "--admin", &admin]).await);
+    assert!(
+        fleet_table
+            .lines()
+            .any(|l| l.contains(" * ") && l.contains("current") && l.contains(&fcm_id)),
+        "this host, current, on its fcm version: {fleet_table}"
+    );
 
     stdout_of(
         &cli(&[
