@@ -449,9 +449,23 @@ pub struct LaneConfig {
     /// realtime 10, the others librdkafka's 500. A broker answers as soon as records arrive, but
     /// not every broker does, and realtime cannot afford to find out.
     pub fetch_wait_max_ms: Option<u64>,
+    /// Batch and ads only: when realtime requests waited longer than this between being
+    /// produced and their call (the worst of a tenth of a second), this lane's calls at once
+    /// are halved, down to 1; they grow back by one a tenth of a second while realtime waits
+    /// less than half of it. Ads 40, batch 0; 0 turns it off.
+    pub yield_to_realtime_ms: Option<u64>,
 }
 
 impl LaneConfig {
+    /// The realtime wait past which this lane gives up calls (see the field); 0 for realtime.
+    pub fn yield_to_realtime_ms(&self, class: TrafficClass) -> u64 {
+        match class {
+            TrafficClass::Realtime => 0,
+            TrafficClass::Batch => self.yield_to_realtime_ms.unwrap_or(0),
+            TrafficClass::Ads => self.yield_to_realtime_ms.unwrap_or(40),
+        }
+    }
+
     /// Calls at once: realtime 64, batch 16, ads 8. Each call carries up to `max_batch`
     /// deliveries, so 8 calls of 100 keep 800 in flight, which covers a 20 ms vendor at 40,000
     /// a second. More bulk calls than that add no throughput on a busy host, only queueing that

@@ -13,6 +13,7 @@
 //! counts for nothing.
 
 pub mod vendor;
+pub mod yielding;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,6 +76,18 @@ impl Dispatcher {
         let settler = Arc::new(Settler::new(records, config));
         let lane_calls = TrafficClass::ALL
             .map(|class| Arc::new(Semaphore::new(lanes.get(class).concurrency(class))));
+        let realtime_wait = Arc::new(yielding::RealtimeWait::default());
+        for class in TrafficClass::ALL {
+            let target_ms = lanes.get(class).yield_to_realtime_ms(class);
+            if target_ms > 0 {
+                tokio::spawn(yielding::yield_to_realtime(
+                    realtime_wait.clone(),
+                    Arc::downgrade(&lane_calls[class.index()]),
+                    lanes.get(class).concurrency(class),
+                    target_ms,
+                ));
+            }
+        }
         let mut queues = HashMap::new();
         for plugin in plugins {
             let gate = Arc::new(VendorGate::new(
@@ -89,6 +102,7 @@ impl Dispatcher {
                     class,
                     linger: Duration::from_millis(lanes.get(class).linger_ms(class, config)),
                     lane_calls: lane_calls[class.index()].clone(),
+                    realtime_wait: (class == TrafficClass::Realtime).then(|| realtime_wait.clone()),
                     gate: gate.clone(),
                     settler: settler.clone(),
                     _running: running.clone(),
@@ -136,6 +150,9 @@ struct LaneRunner {
     linger: Duration,
     /// The lane's call slots, shared with the lane's queues for other plugins.
     lane_calls: Arc<Semaphore>,
+    /// The realtime lane's: where it notes how long its requests waited, for the bulk lanes
+    /// that yield to it ([`yielding`]).
+    realtime_wait: Option<Arc<yielding::RealtimeWait>>,
     /// The vendor's limits, shared with the vendor's queues in other lanes.
     gate: Arc<VendorGate>,
     settler: Arc<Settler>,
@@ -168,6 +185,16 @@ impl LaneRunner {
                 break;
             };
             let vendor_slot = runner.gate.admit(runner.class, batch.len()).await;
+            if let Some(wait) = &runner.realtime_wait {
+                let now = crate::clock::now_ms();
+                if let Some(worst) = batch
+                    .iter()
+                    .filter_map(|j| j.first_try_waited_ms(now))
+                    .max()
+                {
+                    wait.note(worst);
+                }
+            }
             let runner = runner.clone();
             tokio::spawn(async move {
                 runner.call(batch).await;

@@ -67,6 +67,13 @@ impl Job {
         }
     }
 
+    /// How long a first try has waited since its record was produced (by the record's
+    /// timestamp), at `now_ms`; `None` for a retry, whose first sighting says nothing of this
+    /// try's wait.
+    pub fn first_try_waited_ms(&self, now_ms: u64) -> Option<u64> {
+        (self.delivery.attempt <= 1).then(|| now_ms.saturating_sub(self.first_seen_ms))
+    }
+
     /// The same job, retried after a try that went where `route` says.
     pub fn retried_after(mut self, route: Option<RouteHint>) -> Self {
         self.route = route;
