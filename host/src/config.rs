@@ -1584,6 +1584,18 @@ impl Config {
         if self.canary.window_s == 0 || self.canary.window_s > 600 {
             problems.push(invalid("canary.window_s".into(), "must be 1..=600".into()));
         }
+        if self
+            .lanes
+            .realtime
+            .yield_to_realtime_ms
+            .is_some_and(|ms| ms > 0)
+        {
+            problems.push(invalid(
+                "lanes.realtime.yield_to_realtime_ms".into(),
+                "only the batch and ads lanes yield to realtime; remove it from [lanes.realtime]"
+                    .into(),
+            ));
+        }
         let control = &self.control;
         if control.topic.is_empty()
             || control.fleet_topic.is_empty()
