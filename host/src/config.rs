@@ -450,9 +450,10 @@ pub struct LaneConfig {
     /// not every broker does, and realtime cannot afford to find out.
     pub fetch_wait_max_ms: Option<u64>,
     /// Batch and ads only: when realtime requests waited longer than this between being
-    /// produced and their call (the worst of a tenth of a second), this lane's calls at once
-    /// are halved, down to 1; they grow back by one a tenth of a second while realtime waits
-    /// less than half of it. Ads 40, batch 0; 0 turns it off.
+    /// produced and their call (the worst of a tenth of a second), beyond the least such wait
+    /// of the last few minutes, this lane's calls at once are halved, down to 1; they grow back
+    /// by one a tenth of a second while realtime waits less than half of it. Ads 40, batch 0;
+    /// 0 turns it off.
     pub yield_to_realtime_ms: Option<u64>,
 }
 

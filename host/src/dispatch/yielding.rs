@@ -8,6 +8,13 @@
 //! congestion control: halve on pressure, so it acts within a few tenths of a second; add one
 //! per tick when clear, so it probes back without overshooting.
 //!
+//! "Too long" is measured above the base wait, the least wait of the last few minutes, as LEDBAT
+//! (RFC 6817) measures a background transfer's queueing delay above the path's base delay. The
+//! wait runs from the record's timestamp, taken on the producer's clock, to the call on the
+//! host's: a producer's linger or a clock offset between the two adds the same to every request
+//! and is not queueing. Without the base, a producer whose clock ran 20 ms ahead would hold the
+//! bulk lanes at one call for good.
+//!
 //! Owns the realtime wait signal and the bulk lanes' permits it holds back. Never holds a call
 //! back itself: it only takes lane permits, which calls wait for, and gives them back.
 
@@ -21,32 +28,97 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const TICK: Duration = Duration::from_millis(100);
 /// The fewest calls a yielding lane keeps, so a backlog always drains.
 const FLOOR: usize = 1;
+/// The base wait is the least of this many slots of [`BASE_SLOT_TICKS`] ticks (a minute each),
+/// so a minimum is remembered for four to five minutes: long enough to span a backlog's bursts,
+/// short enough that a lasting change (a producer's new linger) is learned within minutes.
+const BASE_SLOTS: usize = 5;
+const BASE_SLOT_TICKS: u32 = 600;
 
-/// The worst wait of realtime requests (produced → call) since the controller last looked.
-#[derive(Debug, Default)]
+/// The worst and the least wait of realtime requests (produced → call) since the controller last
+/// looked.
+#[derive(Debug)]
 pub struct RealtimeWait {
     worst_ms: AtomicU64,
+    least_ms: AtomicU64,
     /// Realtime calls since the controller last looked.
     calls: AtomicU64,
+}
+
+impl Default for RealtimeWait {
+    fn default() -> Self {
+        Self {
+            worst_ms: AtomicU64::new(0),
+            least_ms: AtomicU64::new(u64::MAX),
+            calls: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What one tick saw of realtime's waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TickWaits {
+    worst_ms: u64,
+    least_ms: u64,
 }
 
 impl RealtimeWait {
     /// Notes a realtime call whose longest-waiting first try waited `waited_ms`.
     pub fn note(&self, waited_ms: u64) {
         self.worst_ms.fetch_max(waited_ms, Ordering::Relaxed);
+        self.least_ms.fetch_min(waited_ms, Ordering::Relaxed);
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The worst wait since the last take, or `None` without realtime calls; starts over.
-    fn take(&self) -> Option<u64> {
+    /// The waits since the last take, or `None` without realtime calls; starts over.
+    fn take(&self) -> Option<TickWaits> {
         let calls = self.calls.swap(0, Ordering::Relaxed);
-        let worst = self.worst_ms.swap(0, Ordering::Relaxed);
-        (calls > 0).then_some(worst)
+        let worst_ms = self.worst_ms.swap(0, Ordering::Relaxed);
+        let least_ms = self.least_ms.swap(u64::MAX, Ordering::Relaxed);
+        (calls > 0).then_some(TickWaits {
+            worst_ms,
+            least_ms: least_ms.min(worst_ms),
+        })
+    }
+}
+
+/// The least realtime wait of the last few minutes ([`BASE_SLOTS`]): what a request waits with
+/// nothing queued in its way (the producer's linger, the clocks' offset, the broker's round trip).
+#[derive(Debug, Default)]
+struct BaseWait {
+    /// The least wait of each slot, oldest first; `u64::MAX` for a slot without realtime calls.
+    slots: std::collections::VecDeque<u64>,
+    ticks_in_slot: u32,
+}
+
+impl BaseWait {
+    /// Counts a tick, with its least wait when realtime made calls.
+    fn note(&mut self, least_ms: Option<u64>) {
+        if self.slots.is_empty() || self.ticks_in_slot >= BASE_SLOT_TICKS {
+            self.slots.push_back(u64::MAX);
+            self.ticks_in_slot = 0;
+            if self.slots.len() > BASE_SLOTS {
+                self.slots.pop_front();
+            }
+        }
+        self.ticks_in_slot += 1;
+        if let (Some(least), Some(slot)) = (least_ms, self.slots.back_mut()) {
+            *slot = (*slot).min(least);
+        }
+    }
+
+    /// The base wait; 0 while none is known, so that the wait counts whole.
+    fn base_ms(&self) -> u64 {
+        self.slots
+            .iter()
+            .copied()
+            .min()
+            .filter(|least| *least != u64::MAX)
+            .unwrap_or(0)
     }
 }
 
 /// The next number of calls at once, from `current` (at most `max`), given the worst realtime
-/// wait of the last tick against `target_ms`.
+/// wait of the last tick above the base wait against `target_ms`.
 pub fn next_limit(current: usize, max: usize, worst_ms: Option<u64>, target_ms: u64) -> usize {
     match worst_ms {
         Some(worst) if worst > target_ms => (current / 2).max(FLOOR),
@@ -75,6 +147,7 @@ pub async fn yield_to_realtime(
     // Permits asked for and not granted yet.
     let mut asked = 0usize;
     let mut limit = max;
+    let mut base = BaseWait::default();
     loop {
         tick.tick().await;
         let Some(lane) = lane.upgrade() else {
@@ -84,7 +157,21 @@ pub async fn yield_to_realtime(
             asked -= 1;
             held.push(permit);
         }
-        limit = next_limit(limit, max, wait.take(), target_ms);
+        let waits = wait.take();
+        base.note(waits.map(|w| w.least_ms));
+        let base_ms = base.base_ms();
+        let over_base_ms = waits.map(|w| w.worst_ms.saturating_sub(base_ms));
+        let next = next_limit(limit, max, over_base_ms, target_ms);
+        if next != limit {
+            tracing::debug!(
+                calls = next,
+                ?over_base_ms,
+                base_ms,
+                target_ms,
+                "bulk lane calls at once"
+            );
+        }
+        limit = next;
         let hold = max - limit;
         // Too many held or asked for: let go of held ones (asked ones that come later are
         // let go as they arrive, next ticks).
@@ -138,8 +225,11 @@ mod tests {
             8,
             40,
         ));
-        wait.note(200);
+        // The first tick learns the base: a realtime request with nothing in its way.
+        wait.note(2);
         tokio::time::sleep(TICK / 2).await;
+        wait.note(200);
+        tokio::time::sleep(TICK).await;
         // Limit 4: the controller waits for four permits; the calls' end hands them to it.
         drop(busy);
         tokio::time::sleep(TICK).await;
@@ -149,5 +239,55 @@ mod tests {
             tokio::time::sleep(TICK).await;
         }
         assert_eq!(lane.available_permits(), 8, "back to the configured calls");
+    }
+    /// A producer whose clock runs ahead of the host's, or that lingers before it sends, adds
+    /// the same to every realtime wait: that is not queueing, and the lane keeps its calls.
+    #[tokio::test(start_paused = true)]
+    async fn a_constant_offset_in_realtime_s_wait_does_not_hold_the_lane_back() {
+        let lane = Arc::new(Semaphore::new(8));
+        let wait = Arc::new(RealtimeWait::default());
+        tokio::spawn(yield_to_realtime(
+            wait.clone(),
+            Arc::downgrade(&lane),
+            8,
+            40,
+        ));
+        for _ in 0..30 {
+            // 60 ms every time: 20 ms of linger and a clock 40 ms ahead, and no queue.
+            wait.note(60);
+            wait.note(62);
+            tokio::time::sleep(TICK).await;
+        }
+        assert_eq!(lane.available_permits(), 8, "no permit held back");
+        // Queueing on top of the same offset is still seen.
+        for _ in 0..3 {
+            wait.note(60);
+            wait.note(160);
+            tokio::time::sleep(TICK).await;
+        }
+        assert!(
+            lane.available_permits() < 8,
+            "the lane yields to a real queue"
+        );
+    }
+
+    #[test]
+    fn the_base_wait_is_the_least_of_the_last_minutes_and_forgets_older_ones() {
+        let mut base = BaseWait::default();
+        assert_eq!(base.base_ms(), 0, "unknown: the wait counts whole");
+        base.note(Some(25));
+        base.note(None);
+        base.note(Some(3));
+        assert_eq!(base.base_ms(), 3);
+        // A window's worth of ticks at 30 ms: the minimum of 3 is forgotten.
+        for _ in 0..BASE_SLOTS as u32 * BASE_SLOT_TICKS {
+            base.note(Some(30));
+        }
+        assert_eq!(base.base_ms(), 30);
+        // A window without realtime calls forgets everything.
+        for _ in 0..BASE_SLOTS as u32 * BASE_SLOT_TICKS {
+            base.note(None);
+        }
+        assert_eq!(base.base_ms(), 0);
     }
 }

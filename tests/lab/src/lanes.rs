@@ -198,6 +198,8 @@ pub struct IsolationOptions {
     pub vendor_latency_ms: u64,
     /// Extra TOML for `[lanes.ads]`, e.g. `concurrency = 8`.
     pub ads_lane: String,
+    /// More settings for the realtime lane, as TOML lines.
+    pub realtime_lane: String,
     /// The mock cluster in this process, or a real broker in a process of its own.
     pub broker: crate::broker::BrokerKind,
     pub brokers: Option<String>,
@@ -236,10 +238,11 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         group: &group,
         mixed_topics: &[],
         lanes_toml: format!(
-            "[lanes.ads]\ntopics = [{}]\n{}\n\n[lanes.realtime]\ntopics = [{}]\n",
+            "[lanes.ads]\ntopics = [{}]\n{}\n\n[lanes.realtime]\ntopics = [{}]\n{}\n",
             toml_string(ads),
             options.ads_lane,
-            toml_string(realtime)
+            toml_string(realtime),
+            options.realtime_lane
         ),
         concurrency: 64,
         topic_prefix: &prefix,
@@ -349,7 +352,11 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
     host.terminate(Duration::from_secs(30)).await?;
 
     let mut latencies = Histogram::<u64>::new(3)?;
-    let trace = std::env::var_os("SWITCHBOARD_LAB_TRACE").is_some();
+    // SWITCHBOARD_LAB_TRACE prints each realtime request slower than its value in ms (100 when
+    // it is not a number), with its parts.
+    let trace = std::env::var("SWITCHBOARD_LAB_TRACE")
+        .ok()
+        .map(|ms| Duration::from_millis(ms.parse().unwrap_or(100)));
     let readable = watch.stop();
     let entries = stats.entries();
     // Each realtime request's latency in three parts: produced → readable from the broker,
@@ -374,11 +381,22 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
                     }
                 }
             }
-            if trace && latency > Duration::from_millis(100) {
+            if trace.is_some_and(|over| latency > over) {
+                let part = |at: Option<&Instant>, from: Option<&Instant>| match (at, from) {
+                    (Some(at), Some(from)) => {
+                        at.saturating_duration_since(*from).as_millis().to_string()
+                    }
+                    _ => "?".to_string(),
+                };
+                let readable_at = readable.get(recipient);
+                let entered_at = entries.get(recipient);
                 eprintln!(
-                    "[isolation] slow: {recipient} sent at +{} ms took {} ms",
+                    "[isolation] slow: {recipient} sent at +{} ms took {} ms (broker {}, host {}, vendor {})",
                     sent.duration_since(ads_started).as_millis(),
-                    latency.as_millis()
+                    latency.as_millis(),
+                    part(readable_at, Some(sent)),
+                    part(entered_at, readable_at),
+                    part(Some(at), entered_at),
                 );
             }
         }

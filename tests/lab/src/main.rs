@@ -182,6 +182,9 @@ enum Scenario {
         /// Extra settings for the ads lane, as TOML lines (e.g. "concurrency = 8").
         #[arg(long, default_value = "")]
         ads_lane: String,
+        /// Extra settings for the realtime lane, as TOML lines (e.g. "fetch_wait_max_ms = 2").
+        #[arg(long, default_value = "")]
+        realtime_lane: String,
         /// The Kafka to run on: the in-process mock cluster, or a real broker.
         #[arg(long, value_enum, default_value_t = broker::BrokerKind::Embedded)]
         broker: broker::BrokerKind,
@@ -537,6 +540,7 @@ async fn main() -> anyhow::Result<()> {
             plugin_dir,
             vendor_latency_ms,
             ads_lane,
+            realtime_lane,
             broker,
             brokers,
             host_toml,
@@ -548,6 +552,7 @@ async fn main() -> anyhow::Result<()> {
                 plugin_dir,
                 vendor_latency_ms,
                 ads_lane: ads_lane.replace("\\n", "\n"),
+                realtime_lane: realtime_lane.replace("\\n", "\n"),
                 broker,
                 brokers,
                 host_toml: host_toml.replace("\\n", "\n"),
