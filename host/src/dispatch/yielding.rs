@@ -240,6 +240,7 @@ mod tests {
         }
         assert_eq!(lane.available_permits(), 8, "back to the configured calls");
     }
+
     /// A producer whose clock runs ahead of the host's, or that lingers before it sends, adds
     /// the same to every realtime wait: that is not queueing, and the lane keeps its calls.
     #[tokio::test(start_paused = true)]

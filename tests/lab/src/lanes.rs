@@ -367,36 +367,27 @@ pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::
         if let Some(sent) = sent_at.get(recipient) {
             let latency = at.duration_since(*sent);
             latencies.record(latency.as_micros() as u64)?;
-            if let (Some(readable), Some(entered)) =
-                (readable.get(recipient), entries.get(recipient))
-            {
-                let spans = [
+            let spans = match (readable.get(recipient), entries.get(recipient)) {
+                (Some(readable), Some(entered)) => Some([
                     readable.saturating_duration_since(*sent),
                     entered.saturating_duration_since(*readable),
                     at.saturating_duration_since(*entered),
-                ];
-                for (part, span) in parts.iter_mut().zip(spans) {
-                    if let Ok(part) = part {
-                        part.record(span.as_micros() as u64)?;
-                    }
+                ]),
+                _ => None,
+            };
+            for (part, span) in parts.iter_mut().zip(spans.iter().flatten()) {
+                if let Ok(part) = part {
+                    part.record(span.as_micros() as u64)?;
                 }
             }
             if trace.is_some_and(|over| latency > over) {
-                let part = |at: Option<&Instant>, from: Option<&Instant>| match (at, from) {
-                    (Some(at), Some(from)) => {
-                        at.saturating_duration_since(*from).as_millis().to_string()
-                    }
-                    _ => "?".to_string(),
-                };
-                let readable_at = readable.get(recipient);
-                let entered_at = entries.get(recipient);
+                let [broker_ms, host_ms, vendor_ms] = spans
+                    .map(|spans| spans.map(|span| span.as_millis().to_string()))
+                    .unwrap_or_else(|| ["?".into(), "?".into(), "?".into()]);
                 eprintln!(
-                    "[isolation] slow: {recipient} sent at +{} ms took {} ms (broker {}, host {}, vendor {})",
+                    "[isolation] slow: {recipient} sent at +{} ms took {} ms (broker {broker_ms}, host {host_ms}, vendor {vendor_ms})",
                     sent.duration_since(ads_started).as_millis(),
                     latency.as_millis(),
-                    part(readable_at, Some(sent)),
-                    part(entered_at, readable_at),
-                    part(Some(at), entered_at),
                 );
             }
         }
