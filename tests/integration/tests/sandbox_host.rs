@@ -235,6 +235,9 @@ victim = 1
     })
     .await;
     assert!(denied, "no request was denied:\n{}", host.log_text());
+    // A denial is counted at once, the granted requests only after their round trip: wait for
+    // them rather than race them.
+    eventually(WAIT, || async { echo.stats.snapshot().delivered >= 3 }).await;
     assert_eq!(echo.stats.snapshot().delivered, 3, "{}", host.log_text());
     assert_eq!(
         host.plugin_counter("plugin_denied_requests", "wide").await,
