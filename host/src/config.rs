@@ -555,6 +555,12 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Epoch tick, in milliseconds: how often a running guest yields so deadlines can fire.
     pub epoch_tick_ms: u64,
+    /// KiB of each instance slot's linear memory (and table) kept mapped when its instance
+    /// ends, and zeroed with `memset` instead of handed back to the kernel. Every call runs in a
+    /// fresh instance, so without it each call faults in and zeroes its heap page by page again.
+    /// Costs up to this much resident memory per slot that has run a call; 0 hands everything
+    /// back.
+    pub memory_keep_resident_kib: usize,
     /// Threads of the realtime lane's own async runtime: its consumer, batching, plugin calls
     /// and HTTP connections run there, so bulk work queued on the shared threads never delays
     /// them. 0 runs realtime on the shared threads.
@@ -585,6 +591,7 @@ impl Default for RuntimeConfig {
         Self {
             max_instances: 256,
             epoch_tick_ms: 5,
+            memory_keep_resident_kib: 1024,
             realtime_threads: 1,
             bulk_nice: 10,
             artifact_cache: true,

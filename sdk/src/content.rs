@@ -111,3 +111,41 @@ pub fn string_values(
         })
         .collect()
 }
+
+/// [`string_values`] without the copy: serializes `data` with every value as a string (strings as
+/// they are, everything else as its JSON text), borrowing the keys and string values instead of
+/// building a new map of owned ones for every delivery. For request bodies written with
+/// [`crate::http::Request::json_from`].
+///
+/// ```
+/// use serde_json::json;
+/// use switchboard_sdk::content::StringValues;
+///
+/// let data = json!({ "order": 7, "name": "Kim", "tags": ["a"] });
+/// let written = serde_json::to_value(StringValues(data.as_object().unwrap())).unwrap();
+/// assert_eq!(written, json!({ "order": "7", "name": "Kim", "tags": "[\"a\"]" }));
+/// assert!(StringValues(&serde_json::Map::new()).is_empty());
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct StringValues<'a>(pub &'a serde_json::Map<String, serde_json::Value>);
+
+impl StringValues<'_> {
+    /// True when there is no entry to write.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl serde::Serialize for StringValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            match value {
+                serde_json::Value::String(text) => map.serialize_entry(key, text)?,
+                other => map.serialize_entry(key, &other.to_string())?,
+            }
+        }
+        map.end()
+    }
+}

@@ -198,6 +198,29 @@ impl Request {
         self.header("content-type", "application/json")
     }
 
+    /// Sets a JSON body written straight from any `Serialize` value, such as a struct of fields
+    /// borrowed from the delivery, and its content type. Cheaper per request than [`Self::json`],
+    /// which needs a `serde_json::Value` built first: that is a tree of owned strings and maps,
+    /// allocated and copied for every delivery. Fails only for values JSON cannot hold, such as a
+    /// map whose keys are not strings.
+    ///
+    /// ```
+    /// use switchboard_sdk::http::Request;
+    ///
+    /// #[derive(serde::Serialize)]
+    /// struct Send<'a> { to: &'a str }
+    ///
+    /// let request = Request::post("https://api.acme.example/v1/messages")
+    ///     .json_from(&Send { to: "+15550100" })?;
+    /// assert_eq!(request.body, br#"{"to":"+15550100"}"#);
+    /// assert!(request.headers.contains(&("content-type".into(), "application/json".into())));
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn json_from<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Result<Self, String> {
+        self.body = serde_json::to_vec(body).map_err(|e| format!("JSON body: {e}"))?;
+        Ok(self.header("content-type", "application/json"))
+    }
+
     /// Sets an `application/x-www-form-urlencoded` body from key/value pairs.
     ///
     /// ```
@@ -314,6 +337,28 @@ impl Response {
     /// assert!(page.json().is_none());
     /// ```
     pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The body parsed as `T`, or `None` when it does not parse as one. `T` may borrow from the
+    /// body (`&str` fields, or `Cow<str>` for strings that may hold escapes), so reading one field
+    /// of a reply copies nothing else, where [`Self::json`] builds the whole reply as owned
+    /// values.
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use switchboard_sdk::http::Response;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Sent<'a> { #[serde(borrow)] id: Cow<'a, str> }
+    ///
+    /// let response = Response { status: 200, headers: vec![], body: br#"{"id":"m-1","n":2}"#.to_vec() };
+    /// assert_eq!(response.json_as::<Sent>().unwrap().id, "m-1");
+    /// assert!(response.json_as::<Sent>().is_some());
+    /// let page = Response { status: 502, headers: vec![], body: b"<html>".to_vec() };
+    /// assert!(page.json_as::<Sent>().is_none());
+    /// ```
+    pub fn json_as<'a, T: serde::Deserialize<'a>>(&'a self) -> Option<T> {
         serde_json::from_slice(&self.body).ok()
     }
 

@@ -150,6 +150,12 @@ impl PluginRuntime {
             .max_tables_per_component(limiter::TABLES_PER_COMPONENT)
             .total_stacks(instances)
             .max_memory_size(max_memory_bytes);
+        // Each call runs in a fresh instance; memory kept resident is zeroed with `memset` when
+        // the instance ends, where the rest is handed back with `madvise` and faulted in again,
+        // page by page, by the next call (config.rs).
+        let keep_resident = config.memory_keep_resident_kib.saturating_mul(1024);
+        pool.linear_memory_keep_resident(keep_resident)
+            .table_keep_resident(keep_resident);
         let mut wasm_config = wasmtime::Config::new();
         wasm_config
             .wasm_component_model(true)

@@ -238,6 +238,12 @@ async fn pipeline(
     let brokers = cluster.bootstrap_servers();
     let mut config = fixture.host_config(brokers, TOPIC, &format!("lab-{label}"));
     config.kafka.commit_interval_ms = 1000;
+    // For comparing settings of the instance pool in one build: what memory a slot keeps mapped.
+    if let Ok(kib) = std::env::var("SWITCHBOARD_LAB_KEEP_RESIDENT_KIB") {
+        config.runtime.memory_keep_resident_kib = kib
+            .parse()
+            .context("SWITCHBOARD_LAB_KEEP_RESIDENT_KIB is not a number of KiB")?;
+    }
     if let Ok(props) = std::env::var("SWITCHBOARD_LAB_KAFKA_PROPERTIES") {
         for pair in props.split(',').filter(|p| !p.is_empty()) {
             if let Some((k, v)) = pair.split_once('=') {
