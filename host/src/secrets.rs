@@ -120,6 +120,22 @@ pub fn fill_placeholders(text: &str, secrets: &PluginSecrets) -> Result<String, 
     fill_placeholders_noting(text, secrets, &mut Vec::new())
 }
 
+/// As [`fill_placeholders_noting`], for a text the caller owns: one without a placeholder, as
+/// most header values are, comes back as it is, without a copy.
+pub fn fill_owned_placeholders_noting(
+    text: String,
+    secrets: &PluginSecrets,
+    filled: &mut Vec<String>,
+) -> Result<String, String> {
+    match text.contains(PLACEHOLDER_OPEN) {
+        true => fill_placeholders_noting(&text, secrets, filled),
+        false => Ok(text),
+    }
+}
+
+/// How every placeholder starts: `{{secret:NAME}}`.
+const PLACEHOLDER_OPEN: &str = "{{secret:";
+
 /// As [`fill_placeholders`], adding the name of every secret it filled in to `filled`, so the
 /// caller can scrub those values out of whatever comes back.
 pub fn fill_placeholders_noting(
@@ -127,7 +143,7 @@ pub fn fill_placeholders_noting(
     secrets: &PluginSecrets,
     filled: &mut Vec<String>,
 ) -> Result<String, String> {
-    const OPEN: &str = "{{secret:";
+    const OPEN: &str = PLACEHOLDER_OPEN;
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find(OPEN) {
@@ -170,6 +186,29 @@ mod tests {
         assert_eq!(
             fill_placeholders("plain", &secrets()),
             Ok("plain".to_string())
+        );
+    }
+
+    #[test]
+    fn an_owned_value_is_filled_and_noted_like_a_borrowed_one() {
+        let mut filled = Vec::new();
+        assert_eq!(
+            fill_owned_placeholders_noting("Bearer {{secret:key}}".into(), &secrets(), &mut filled),
+            Ok("Bearer s3cr3t".to_string())
+        );
+        assert_eq!(filled, ["key"]);
+        let plain = "application/json".to_string();
+        let at = plain.as_ptr();
+        let passed = fill_owned_placeholders_noting(plain, &secrets(), &mut filled);
+        assert_eq!(passed.as_deref(), Ok("application/json"));
+        assert_eq!(
+            passed.map(|p| p.as_ptr()),
+            Ok(at),
+            "a plain value is not copied"
+        );
+        assert_eq!(
+            fill_owned_placeholders_noting("{{secret:other}}".into(), &secrets(), &mut filled),
+            Err("other".to_string())
         );
     }
 

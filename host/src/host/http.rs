@@ -22,7 +22,11 @@ pub fn http_client_with(
     private_names: &[String],
 ) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
+        // As many as a plugin may have in flight (`bounds.requests_in_flight`, 512 by default)
+        // and then some: a call's requests end together, and a pool that keeps fewer closes the
+        // rest only for the next call to open them again. At 256, with 384 requests in flight,
+        // one request in a hundred opened a connection (`switchboard-lab throughput`).
+        .pool_max_idle_per_host(1024)
         .pool_idle_timeout(Duration::from_secs(90))
         .connect_timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())

@@ -21,7 +21,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use super::capabilities::{CallCapabilities, Capabilities, ExchangeCounts};
 use super::resolver::RefusedAddress;
 use crate::contract::bindings::http::{self, HttpError};
-use crate::secrets::{PluginSecrets, fill_placeholders, fill_placeholders_noting};
+use crate::secrets::{PluginSecrets, fill_owned_placeholders_noting, fill_placeholders};
 
 /// Largest vendor response body a plugin may receive; a larger one is a protocol error rather
 /// than a way to exhaust host memory.
@@ -113,13 +113,15 @@ pub(super) async fn send_one(
         .map_err(|_| HttpError::Protocol(format!("bad method `{}`", request.method)))?;
     let mut builder = caps.client.request(method, url);
     let mut filled = Vec::new();
-    for (name, value) in &request.headers {
-        let value =
-            fill_placeholders_noting(value, &caps.secrets, &mut filled).map_err(|missing| {
+    // The request is ours: a value without a placeholder goes to the client as it is.
+    for (name, value) in request.headers {
+        let value = fill_owned_placeholders_noting(value, &caps.secrets, &mut filled).map_err(
+            |missing| {
                 caps.counters.denied_secrets.fetch_add(1, Ordering::Relaxed);
                 HttpError::Denied(format!("secret `{missing}` is not granted to this plugin"))
-            })?;
-        builder = builder.header(name.as_str(), value);
+            },
+        )?;
+        builder = builder.header(name, value);
     }
     let body_bytes = request.body.len() as u64;
     // Built here, so a malformed header is refused before anything is sent.
@@ -138,34 +140,45 @@ pub(super) async fn send_one(
     // slot within its call's deadline, and one that never gets one was never sent. Bulk
     // requests take a bulk slot first, so realtime always finds one of the rest.
     let quotas = caps.quotas();
-    let slots = async {
+    let mut redirects_answered = 0usize;
+    let mut started = false;
+    // One timer for the whole request: the wait for a slot, then the exchange, redirects and
+    // body included, so a vendor that trickles bytes cannot hold the call past its deadline.
+    // When it passes while the connection is still being made, reqwest cannot tell us so, and
+    // the request counts as one the vendor may have acted on: a retry pinned for nothing is
+    // slower, one failed over wrongly may be sent twice. The client's own connect timeout
+    // (shorter than a call's) is what tells a dead vendor apart.
+    let request_within_deadline = async {
         let bulk = match caps.is_realtime() {
             true => None,
-            false => Some(quotas.bulk_in_flight.acquire().await?),
+            false => match quotas.bulk_in_flight.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(_) => return Err(HttpError::Timeout),
+            },
         };
-        Ok::<_, tokio::sync::AcquireError>((bulk, quotas.in_flight.acquire().await?))
-    };
-    let Ok(Ok(_slots)) = tokio::time::timeout(remaining, slots).await else {
-        return Err(HttpError::Timeout);
-    };
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    exchanges.start();
-    let mut redirects_answered = 0usize;
-    let exchange = follow(
-        caps,
-        exchanges,
-        outgoing,
-        &mut redirects_answered,
-        bounds.transfer_bytes_per_call,
-    );
-    // The deadline covers the whole exchange, redirects and body included, so a vendor that
-    // trickles bytes cannot hold the call past it. When it passes while the connection is still
-    // being made, reqwest cannot tell us so, and the request counts as one the vendor may have
-    // acted on: a retry pinned for nothing is slower, one failed over wrongly may be sent twice.
-    // The client's own connect timeout (shorter than a call's) is what tells a dead vendor apart.
-    let mut result = tokio::time::timeout(remaining, exchange)
+        let Ok(_slot) = quotas.in_flight.acquire().await else {
+            return Err(HttpError::Timeout);
+        };
+        let _bulk = bulk;
+        started = true;
+        exchanges.start();
+        follow(
+            caps,
+            exchanges,
+            outgoing,
+            &mut redirects_answered,
+            bounds.transfer_bytes_per_call,
+        )
         .await
-        .unwrap_or(Err(HttpError::Timeout));
+    };
+    let result = tokio::time::timeout(remaining, request_within_deadline).await;
+    // A request that never got a slot was never sent, and counts as no exchange.
+    let mut result = match (result, started) {
+        (Ok(result), true) => result,
+        (Err(_), true) => Err(HttpError::Timeout),
+        (Ok(not_sent), false) => return not_sent,
+        (Err(_), false) => return Err(HttpError::Timeout),
+    };
     // A hop refused after the vendor answered with a redirect: that vendor did answer.
     exchanges.end(&result, redirects_answered > 0);
     if let Ok(response) = &mut result {

@@ -284,6 +284,11 @@ enum Scenario {
         plugin_dir: PathBuf,
         #[arg(long, default_value_t = 20)]
         vendor_latency_ms: u64,
+        /// Rounds of component, native and bare client, one after the other; the line reports
+        /// the round with the median CPU ratio, and every round's ratio. On a shared machine the
+        /// cost of a microsecond drifts from minute to minute, and one round's ratio with it.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
     },
     /// A vendor outage: steady SMS traffic split 50/50 while one vendor answers 503 for the
     /// first half of `--down-s`, then refuses connections. Ejection and restore times,
@@ -617,12 +622,16 @@ async fn main() -> anyhow::Result<()> {
             messages,
             plugin_dir,
             vendor_latency_ms,
+            rounds,
         } => {
-            throughput::throughput(throughput::ThroughputOptions {
-                messages,
-                plugin_dir,
-                vendor_latency_ms,
-            })
+            throughput::throughput(
+                throughput::ThroughputOptions {
+                    messages,
+                    plugin_dir,
+                    vendor_latency_ms,
+                },
+                rounds,
+            )
             .await?
         }
         Scenario::Scaling {
