@@ -54,3 +54,82 @@ pub fn extra_root_pems(config: &Config) -> anyhow::Result<Vec<String>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+    use tokio::sync::Barrier;
+
+    /// A keep-alive HTTP/1.1 server that counts the connections it accepts and answers no
+    /// request until `wave` requests are waiting, so a wave of that many needs that many
+    /// connections at once.
+    async fn counting_server(wave: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(Barrier::new(wave));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                        // A GET without a body: one head per request.
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            head.drain(..end + 4);
+                            barrier.wait().await;
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if socket.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    async fn send_wave(client: &reqwest::Client, url: &str, wave: usize) {
+        let requests = (0..wave).map(|_| async {
+            let reply = client.get(url).send().await.expect("request");
+            assert_eq!(reply.bytes().await.expect("body").as_ref(), b"ok");
+        });
+        futures::future::join_all(requests).await;
+    }
+
+    /// A call's requests end together. A pool that kept fewer idle connections than a call had
+    /// in flight closed the rest, and the next call opened them again: at 256 idle and 300 in
+    /// flight, 44 connections per wave.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_wave_of_requests_reuses_the_first_waves_connections() {
+        const WAVE: usize = 300;
+        let (url, accepted) = counting_server(WAVE).await;
+        let client = super::http_client(&[]).unwrap();
+        send_wave(&client, &url, WAVE).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), WAVE);
+        // A connection goes back to the pool once its task sees the response end, which may
+        // come just after the body was read.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        send_wave(&client, &url, WAVE).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            WAVE,
+            "the second wave opened connections the pool had closed"
+        );
+    }
+}
