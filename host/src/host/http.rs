@@ -67,9 +67,9 @@ mod tests {
     /// A keep-alive HTTP/1.1 server that counts the connections it accepts and answers no
     /// request until `wave` requests are waiting, so a wave of that many needs that many
     /// connections at once.
-    async fn counting_server(wave: usize) -> (String, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
+    async fn counting_server(wave: usize) -> std::io::Result<(String, Arc<AtomicUsize>)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/", listener.local_addr()?);
         let accepted = Arc::new(AtomicUsize::new(0));
         let barrier = Arc::new(Barrier::new(wave));
         let counted = accepted.clone();
@@ -101,35 +101,40 @@ mod tests {
                 });
             }
         });
-        (url, accepted)
+        Ok((url, accepted))
     }
 
-    async fn send_wave(client: &reqwest::Client, url: &str, wave: usize) {
+    async fn send_wave(client: &reqwest::Client, url: &str, wave: usize) -> reqwest::Result<()> {
         let requests = (0..wave).map(|_| async {
-            let reply = client.get(url).send().await.expect("request");
-            assert_eq!(reply.bytes().await.expect("body").as_ref(), b"ok");
+            let body = client.get(url).send().await?.bytes().await?;
+            assert_eq!(body.as_ref(), b"ok");
+            reqwest::Result::Ok(())
         });
-        futures::future::join_all(requests).await;
+        futures::future::join_all(requests)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// A call's requests end together. A pool that kept fewer idle connections than a call had
     /// in flight closed the rest, and the next call opened them again: at 256 idle and 300 in
     /// flight, 44 connections per wave.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_second_wave_of_requests_reuses_the_first_waves_connections() {
+    async fn a_second_wave_of_requests_reuses_the_first_waves_connections() -> anyhow::Result<()> {
         const WAVE: usize = 300;
-        let (url, accepted) = counting_server(WAVE).await;
-        let client = super::http_client(&[]).unwrap();
-        send_wave(&client, &url, WAVE).await;
+        let (url, accepted) = counting_server(WAVE).await?;
+        let client = super::http_client(&[])?;
+        send_wave(&client, &url, WAVE).await?;
         assert_eq!(accepted.load(Ordering::SeqCst), WAVE);
         // A connection goes back to the pool once its task sees the response end, which may
         // come just after the body was read.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        send_wave(&client, &url, WAVE).await;
+        send_wave(&client, &url, WAVE).await?;
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             WAVE,
             "the second wave opened connections the pool had closed"
         );
+        Ok(())
     }
 }
