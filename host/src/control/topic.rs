@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+
+use crate::kafka::AwaitedProducer;
 
 /// How long a write may wait for the broker's acknowledgement.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,16 +40,17 @@ fn base_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientCo
 /// Writes control and report records, one at a time, acknowledged by every in-sync replica.
 #[derive(Clone)]
 pub struct Writer {
-    producer: FutureProducer,
+    producer: AwaitedProducer,
 }
 
 impl Writer {
     pub fn new(brokers: &str, properties: &BTreeMap<String, String>) -> anyhow::Result<Self> {
-        let producer = base_config(brokers, properties)
+        let config = base_config(brokers, properties)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "0")
-            .create()
+            .clone();
+        let producer = AwaitedProducer::create(&config, "control-poll")
             .context("creating the control plane's producer")?;
         Ok(Self { producer })
     }

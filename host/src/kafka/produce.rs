@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+
+use super::AwaitedProducer;
 
 /// Records in flight at once. Each wave's records spread over the topic's partitions, and a
 /// partition's share of a wave becomes one record batch, so the window sets the batch size: at
@@ -23,12 +25,13 @@ pub async fn produce(
     count: u64,
     make: impl Fn(u64) -> (String, String),
 ) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
+    let config = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
-        .create()
-        .context("creating the producer")?;
+        .clone();
+    let producer =
+        AwaitedProducer::create(&config, "load-poll").context("creating the producer")?;
     let mut pending = Vec::with_capacity(IN_FLIGHT);
     for i in 0..count {
         let (key, value) = make(i);

@@ -20,11 +20,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
 use crate::contract::{Priority, SharedDelivery};
+use crate::kafka::AwaitedProducer;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::{Counters, events};
 
@@ -187,10 +188,13 @@ pub struct DeadLetterReason<'a> {
     pub first_seen_ms: u64,
 }
 
+/// The name of the retry/DLQ producer's polling thread.
+const OUTBOX_THREAD: &str = "outbox-poll";
+
 /// The producer of retry and DLQ records, and of the result topics when they are on.
 pub struct Outbox {
     /// Replaced after a fatal error of the idempotent producer.
-    producer: std::sync::Mutex<FutureProducer>,
+    producer: std::sync::Mutex<AwaitedProducer>,
     /// What a replacement producer is created from.
     config: ClientConfig,
     retry_topic: String,
@@ -225,8 +229,7 @@ impl Outbox {
         for (k, v) in properties {
             config.set(k, v);
         }
-        let producer = config
-            .create()
+        let producer = AwaitedProducer::create(&config, OUTBOX_THREAD)
             .with_context(|| format!("creating the retry/DLQ producer for {brokers}"))?;
         Ok(Self {
             producer: std::sync::Mutex::new(producer),
@@ -498,7 +501,7 @@ impl Outbox {
         }
     }
 
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> AwaitedProducer {
         self.producer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -506,7 +509,7 @@ impl Outbox {
     }
 
     fn replace_producer(&self) {
-        match self.config.create::<FutureProducer>() {
+        match AwaitedProducer::create(&self.config, OUTBOX_THREAD) {
             Ok(fresh) => {
                 *self.producer.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
                 tracing::warn!(

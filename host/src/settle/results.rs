@@ -18,10 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 use serde::{Deserialize, Serialize};
 
+use crate::kafka::PolledProducer;
 use crate::telemetry::Counters;
 
 /// What became of a delivery, as the results topic names it (the send history's names).
@@ -182,7 +183,7 @@ impl ProducerContext for ResultsContext {
 /// The producer of the result topics. Enqueues and returns: librdkafka's own thread sends, and
 /// the delivery callback counts.
 pub struct ResultsPublisher {
-    producer: ThreadedProducer<ResultsContext>,
+    producer: PolledProducer<ResultsContext>,
     results_topic: Option<String>,
     invalidations_topic: Option<String>,
 }
@@ -214,8 +215,7 @@ impl ResultsPublisher {
         for (k, v) in properties {
             config.set(k, v);
         }
-        let producer = config
-            .create_with_context(ResultsContext { counters })
+        let producer = PolledProducer::create(&config, ResultsContext { counters }, "results-poll")
             .with_context(|| format!("creating the results producer for {brokers}"))?;
         Ok(Some(Self {
             producer,
