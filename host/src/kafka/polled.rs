@@ -125,22 +125,14 @@ impl AwaitedProducer {
     {
         let started = Instant::now();
         let (report_to, report) = oneshot::channel();
-        let FutureRecord {
-            topic,
-            partition,
-            payload,
-            key,
-            timestamp,
-            headers,
-        } = record;
+        let (topic, partition) = (record.topic, record.partition);
         let mut record = BaseRecord {
-            topic,
             partition,
-            payload,
-            key,
-            timestamp,
-            headers,
-            delivery_opaque: Box::new(report_to),
+            payload: record.payload,
+            key: record.key,
+            timestamp: record.timestamp,
+            headers: record.headers,
+            ..BaseRecord::with_opaque_to(topic, Box::new(report_to))
         };
         loop {
             match self.inner.send(record) {
