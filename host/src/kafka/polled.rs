@@ -147,18 +147,21 @@ impl AwaitedProducer {
             }
         }
         // This handle keeps the producer, so its report comes: delivered, refused, or purged.
-        report.await.unwrap_or_else(|_| {
-            let message = OwnedMessage::new(
-                None,
-                None,
-                topic.to_string(),
-                Timestamp::NotAvailable,
-                partition.unwrap_or(-1),
-                0,
-                None,
-            );
-            Err((KafkaError::Canceled, message))
-        })
+        match report.await {
+            Ok(result) => result,
+            Err(_) => {
+                let message = OwnedMessage::new(
+                    None,
+                    None,
+                    topic.to_string(),
+                    Timestamp::NotAvailable,
+                    partition.unwrap_or(-1),
+                    0,
+                    None,
+                );
+                Err((KafkaError::Canceled, message))
+            }
+        }
     }
 }
 
