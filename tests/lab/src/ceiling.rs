@@ -24,6 +24,8 @@ const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 pub struct CeilingRun {
     pub rate_per_s: f64,
     pub cpu_per_request: Duration,
+    /// CPU of the simulator's threads per request, over the same window.
+    pub vendor_cpu_per_request: Duration,
 }
 
 /// A service-account JWT signed with `ring`, as the host signs the adapter's.
@@ -128,9 +130,11 @@ pub async fn run(
         sender??;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_before.own_cpu_until(&others.sample());
+    let cpu_after = others.sample();
+    let per_request = |cpu: Duration| cpu / u32::try_from(requests.max(1)).unwrap_or(u32::MAX);
     Ok(CeilingRun {
         rate_per_s: requests as f64 / elapsed.as_secs_f64().max(1e-9),
-        cpu_per_request: cpu / u32::try_from(requests.max(1)).unwrap_or(u32::MAX),
+        cpu_per_request: per_request(cpu_before.own_cpu_until(&cpu_after)),
+        vendor_cpu_per_request: per_request(cpu_before.named_cpu_until(&cpu_after)),
     })
 }

@@ -79,24 +79,29 @@ impl Others {
         self
     }
 
-    fn contains(&self, tid: u32) -> bool {
-        self.ids.contains(&tid) || {
-            let name = thread_name(tid);
-            self.name_prefixes.iter().any(|p| name.starts_with(p))
-        }
+    fn named_so(&self, tid: u32) -> bool {
+        let name = thread_name(tid);
+        self.name_prefixes.iter().any(|p| name.starts_with(p))
     }
 
     /// CPU ticks of the process and of these threads, now.
     pub fn sample(&self) -> Sample {
-        let others = thread_ids()
-            .into_iter()
-            .filter(|tid| self.contains(*tid))
-            .map(thread_ticks)
-            .sum();
-        Sample {
+        let mut sample = Sample {
             process: process_ticks(),
-            others,
+            ..Sample::default()
+        };
+        for tid in thread_ids() {
+            match (self.ids.contains(&tid), self.named_so(tid)) {
+                (_, true) => {
+                    let ticks = thread_ticks(tid);
+                    sample.others += ticks;
+                    sample.named += ticks;
+                }
+                (true, false) => sample.others += thread_ticks(tid),
+                (false, false) => {}
+            }
         }
+        sample
     }
 }
 
@@ -105,6 +110,8 @@ impl Others {
 pub struct Sample {
     process: u64,
     others: u64,
+    /// The part of `others` in threads found by name (the simulator's).
+    named: u64,
 }
 
 impl Sample {
@@ -119,6 +126,11 @@ impl Sample {
     /// The others' CPU between `self` and `later`.
     pub fn others_cpu_until(&self, later: &Sample) -> Duration {
         ticks_to_duration(later.others.saturating_sub(self.others))
+    }
+
+    /// The CPU of the threads found by name (the simulator's) between `self` and `later`.
+    pub fn named_cpu_until(&self, later: &Sample) -> Duration {
+        ticks_to_duration(later.named.saturating_sub(self.named))
     }
 }
 
