@@ -213,7 +213,6 @@ async fn follow(
         // A body held in memory clones cheaply (reference-counted bytes); it is needed again
         // only for a 307 or 308.
         let again = outgoing.try_clone();
-        let from = outgoing.url().clone();
         let response = caps
             .client
             .execute(outgoing)
@@ -228,6 +227,8 @@ async fn follow(
         let (true, Some(location)) = (redirect, location) else {
             break response;
         };
+        // The client follows no redirects, so the answer's URL is the request's.
+        let from = response.url();
         *redirects_answered += 1;
         if *redirects_answered > MAX_REDIRECTS {
             return Err(HttpError::Protocol(format!(
@@ -237,7 +238,7 @@ async fn follow(
         let to = from
             .join(location)
             .map_err(|e| HttpError::Protocol(format!("bad redirect location: {e}")))?;
-        check_hop(caps, &from, &to)?;
+        check_hop(caps, from, &to)?;
         let Some(mut next) = again else {
             return Err(HttpError::Protocol(
                 "a redirect asked to send a streamed body again".into(),
