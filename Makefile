@@ -99,8 +99,10 @@ plugins: toolchain
 ## guests: the misbehaving test components, into build/guests/
 # A target directory of their own: flaky_fcm links the FCM adapter's rlib without its exports,
 # and a cdylib crate's rlib has no hash in its file name, so sharing the plugins' directory would
-# let each build overwrite the other's `libfcm.rlib`.
-GUESTS_TARGET := $(CARGO_TARGET_DIR)/guests
+# let each build overwrite the other's `libfcm.rlib`. One per checkout, for the same reason: a
+# cache shared by two checkouts once had the guests link an FCM rlib built in the other against
+# its own SDK ("multiple different versions of crate `switchboard_sdk`").
+GUESTS_TARGET := $(CARGO_TARGET_DIR)/guests-$(shell printf %s "$(CURDIR)" | cksum | cut -d' ' -f1)
 guests: toolchain
 	cargo build --release --target wasm32-wasip2 --manifest-path tests/guests/Cargo.toml --target-dir $(GUESTS_TARGET)
 	mkdir -p build/guests

@@ -171,6 +171,54 @@ async fn peak_growth<T>(call: impl Future<Output = T>) -> (T, u64) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Memory between calls
+
+/// Every call runs in a fresh instance in a reused pool slot: what one call wrote must be gone
+/// from the next, both from the pages the slot keeps resident (reset in place, only the pages
+/// written when the kernel can say which) and from those it hands back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_calls_memory_is_gone_from_the_next_instance() {
+    let rt = PluginRuntime::new(&RuntimeConfig::default(), 64 << 20).unwrap();
+    let plugin = misbehave(&rt, "residue", LoadOptions::default()).await;
+    let found = |outcomes: Result<Vec<Outcome>, CallError>| -> Vec<String> {
+        outcomes
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Delivered(n) => n,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    for round in 0..3 {
+        // 3 MiB of marker, past the 1 MiB kept resident; in the same call the scan finds it.
+        let same_call = found(
+            plugin
+                .deliver(&[
+                    delivery(&format!("w/{round}"), "residue:write:3", "{}"),
+                    delivery(&format!("s/{round}"), "residue:scan:4", "{}"),
+                ])
+                .await,
+        );
+        assert_eq!(same_call[0], "wrote");
+        let marked: usize = same_call[1].parse().unwrap();
+        assert!(
+            marked >= 3 << 17,
+            "the scan found {marked} marker words of 393216 written"
+        );
+        assert_eq!(
+            found(
+                plugin
+                    .deliver(&[delivery(&format!("n/{round}"), "residue:scan:4", "{}")])
+                    .await
+            ),
+            ["0"],
+            "a call found marker words an earlier call wrote"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Loops and deadlines
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,11 @@
 //! - `wasi:HOST:PORT` → tries the filesystem, environment, sockets (a TCP connection to
 //!   HOST:PORT), clocks and randomness and returns a JSON report of what worked
 //!   (`delivered(report)`).
+//! - `residue:write:MIB` → fills MIB mebibytes of fresh heap with a marker and leaves them
+//!   allocated (`delivered("wrote")`);
+//! - `residue:scan:MIB` → grows memory by MIB mebibytes without writing to it, then counts the
+//!   marker's words anywhere in linear memory (`delivered(count)`): an earlier call's marker
+//!   found here is memory the host did not reset between instances.
 //!
 //! Two verbs answer for the whole batch, when they are the first delivery's recipient:
 //! - `flood:N` → returns N outcomes, however many deliveries there were;
@@ -210,6 +215,7 @@ fn act(delivery: &Delivery) -> Outcome {
             }
             Outcome::delivered(n.to_string())
         }
+        "residue" => residue(arg),
         "wasi" => Outcome::delivered(wasi_report(arg)),
         "sendall" => {
             let (n, url) = arg.split_once('@').unwrap_or(("1", arg));
@@ -289,3 +295,43 @@ fn wasi_report(arg: &str) -> String {
 }
 
 switchboard_sdk::export_adapter!(Misbehave);
+
+/// The marker's complement: the marker itself is only ever made in a register (`!RESIDUE_MASK`),
+/// so a scan cannot find its own copy of it, and wasm code is not in linear memory.
+const RESIDUE_MASK: u64 = 0x5A5A_0123_4567_89AB;
+
+fn residue(arg: &str) -> Outcome {
+    let (mode, mib) = arg.split_once(':').unwrap_or((arg, "1"));
+    let words = mib.parse::<usize>().unwrap_or(1) << 17;
+    match mode {
+        "write" => {
+            let mut marked: Vec<u64> = Vec::with_capacity(words);
+            for _ in 0..words {
+                marked.push(std::hint::black_box(!RESIDUE_MASK));
+            }
+            std::mem::forget(marked);
+            Outcome::delivered("wrote")
+        }
+        "scan" => {
+            #[cfg(target_arch = "wasm32")]
+            {
+                let pages = words * 8 / 65536;
+                core::arch::wasm32::memory_grow(0, pages);
+                let end = core::arch::wasm32::memory_size(0) * 65536;
+                // From the first word past address 0 (a null pointer in Rust) to the end.
+                let found = (8..end)
+                    .step_by(8)
+                    .filter(|&address| {
+                        // SAFETY: every address below `memory_size` is readable linear memory.
+                        let word = unsafe { core::ptr::read_volatile(address as *const u64) };
+                        word == !std::hint::black_box(RESIDUE_MASK)
+                    })
+                    .count();
+                Outcome::delivered(found.to_string())
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            Outcome::rejected("residue", "only in WebAssembly")
+        }
+        other => Outcome::rejected("residue", format!("unknown mode `{other}`")),
+    }
+}
