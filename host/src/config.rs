@@ -556,11 +556,10 @@ pub struct RuntimeConfig {
     /// Epoch tick, in milliseconds: how often a running guest yields so deadlines can fire.
     pub epoch_tick_ms: u64,
     /// KiB of each instance slot's linear memory (and table) kept mapped when its instance
-    /// ends, and reset with `memset` instead of handed back to the kernel. Every call runs in a
+    /// ends, and zeroed with `memset` instead of handed back to the kernel. Every call runs in a
     /// fresh instance, so without it each call faults in and zeroes its heap page by page again.
-    /// Where Linux has `PAGEMAP_SCAN` (6.7 and later), only the pages the call wrote are reset,
-    /// up to this much; elsewhere the first this much is, written or not. Costs up to this much
-    /// resident memory per slot that has run a call; 0 hands everything back.
+    /// Costs up to this much resident memory per slot that has run a call; 0 hands everything
+    /// back.
     pub memory_keep_resident_kib: usize,
     /// Threads of the realtime lane's own async runtime: its consumer, batching, plugin calls
     /// and HTTP connections run there, so bulk work queued on the shared threads never delays

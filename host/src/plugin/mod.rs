@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, ComponentExportIndex, Linker};
-use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::contract::bindings::{self, AdapterPre};
 use crate::contract::{Delivery, Outcome, PluginInfo, RetryInfo, SharedDelivery};
@@ -150,16 +150,16 @@ impl PluginRuntime {
             .max_tables_per_component(limiter::TABLES_PER_COMPONENT)
             .total_stacks(instances)
             .max_memory_size(max_memory_bytes);
-        // Each call runs in a fresh instance; memory kept resident is reset with `memset` when
+        // Each call runs in a fresh instance; memory kept resident is zeroed with `memset` when
         // the instance ends, where the rest is handed back with `madvise` and faulted in again,
-        // page by page, by the next call (config.rs). With `PAGEMAP_SCAN` (Linux 6.7 and later;
-        // `Auto` falls back without it) only the pages the call wrote are reset: an FCM call
-        // writes a small part of the first MiB, and zeroing all of it cost about 1 µs per
-        // delivery in `Store` drops alone (ARCHITECTURE.md, "Measured").
+        // page by page, by the next call (config.rs). Not `pagemap_scan`, though it resets only
+        // the pages a call wrote and saved about 3 % of the host's CPU per delivery: in this
+        // wasmtime it resets only pages present in memory, so a written page that is swapped
+        // out or being migrated at that moment keeps its contents for the next instance
+        // (wasmtime#14357). Every call must start from clean memory (SECURITY.md).
         let keep_resident = config.memory_keep_resident_kib.saturating_mul(1024);
         pool.linear_memory_keep_resident(keep_resident)
-            .table_keep_resident(keep_resident)
-            .pagemap_scan(Enabled::Auto);
+            .table_keep_resident(keep_resident);
         let mut wasm_config = wasmtime::Config::new();
         wasm_config
             .wasm_component_model(true)

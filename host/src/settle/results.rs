@@ -253,7 +253,7 @@ impl ResultsPublisher {
     }
 
     fn enqueue(&self, stream: Stream, topic: &str, key: &str, value: &impl Serialize) {
-        // Sized for a whole record, so writing it does not grow the buffer three times over.
+        // Sized for a whole record: `to_vec` starts at 128 bytes and grows for most of them.
         let mut buffer = Vec::with_capacity(RECORD_CAPACITY);
         if let Err(error) = serde_json::to_writer(&mut buffer, value) {
             self.producer.context().failed(stream, topic, &error);

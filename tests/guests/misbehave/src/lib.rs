@@ -296,8 +296,9 @@ fn wasi_report(arg: &str) -> String {
 
 switchboard_sdk::export_adapter!(Misbehave);
 
-/// The marker's complement: the marker itself is only ever made in a register (`!RESIDUE_MASK`),
-/// so a scan cannot find its own copy of it, and wasm code is not in linear memory.
+/// The marker's complement. A scanning call makes the marker (`!RESIDUE_MASK`) only in a
+/// register, so it cannot find a copy of its own; wasm code is not in linear memory. (A writing
+/// call does leave one on its stack, which is residue like the rest.)
 const RESIDUE_MASK: u64 = 0x5A5A_0123_4567_89AB;
 
 fn residue(arg: &str) -> Outcome {
@@ -316,7 +317,14 @@ fn residue(arg: &str) -> Outcome {
             #[cfg(target_arch = "wasm32")]
             {
                 let pages = words * 8 / 65536;
-                core::arch::wasm32::memory_grow(0, pages);
+                // A grow refused under the memory cap would leave the earlier call's pages out
+                // of the scan, and a count of 0 would prove nothing.
+                if core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
+                    return Outcome::rejected(
+                        "residue",
+                        format!("could not grow by {pages} pages"),
+                    );
+                }
                 let end = core::arch::wasm32::memory_size(0) * 65536;
                 // From the first word past address 0 (a null pointer in Rust) to the end.
                 let found = (8..end)
