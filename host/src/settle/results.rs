@@ -252,18 +252,17 @@ impl ResultsPublisher {
         }
     }
 
-    fn enqueue(&self, stream: Stream, topic: &str, key: &str, value: &impl Serialize) {
+    fn enqueue(&self, stream: Stream, topic: &str, key: &str, record: &impl Serialize) {
         // Sized for a whole record: `to_vec` starts at 128 bytes and grows for most of them.
-        let mut buffer = Vec::with_capacity(RECORD_CAPACITY);
-        if let Err(error) = serde_json::to_writer(&mut buffer, value) {
+        let mut payload = Vec::with_capacity(RECORD_CAPACITY);
+        if let Err(error) = serde_json::to_writer(&mut payload, record) {
             self.producer.context().failed(stream, topic, &error);
             return;
         }
-        let value = buffer;
-        let record = BaseRecord::with_opaque_to(topic, stream as usize)
+        let message = BaseRecord::with_opaque_to(topic, stream as usize)
             .key(key)
-            .payload(&value);
-        if let Err((error, _)) = self.producer.send(record) {
+            .payload(&payload);
+        if let Err((error, _)) = self.producer.send(message) {
             self.producer.context().failed(stream, topic, &error);
         }
     }

@@ -174,8 +174,8 @@ async fn peak_growth<T>(call: impl Future<Output = T>) -> (T, u64) {
 // Memory between calls
 
 /// Every call runs in a fresh instance in a reused pool slot: what one call wrote must be gone
-/// from the next, both from the pages the slot keeps resident (reset in place, only the pages
-/// written when the kernel can say which) and from those it hands back.
+/// from the next, both from the pages the slot keeps resident (zeroed in place) and from those
+/// it hands back to the kernel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_calls_memory_is_gone_from_the_next_instance() {
     let rt = PluginRuntime::new(&RuntimeConfig::default(), 64 << 20).unwrap();

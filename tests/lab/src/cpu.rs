@@ -79,7 +79,7 @@ impl Others {
         self
     }
 
-    fn named_so(&self, tid: u32) -> bool {
+    fn is_named(&self, tid: u32) -> bool {
         let name = thread_name(tid);
         self.name_prefixes.iter().any(|p| name.starts_with(p))
     }
@@ -91,7 +91,7 @@ impl Others {
             ..Sample::default()
         };
         for tid in thread_ids() {
-            match (self.ids.contains(&tid), self.named_so(tid)) {
+            match (self.ids.contains(&tid), self.is_named(tid)) {
                 (_, true) => {
                     let ticks = thread_ticks(tid);
                     sample.others += ticks;
