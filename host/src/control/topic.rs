@@ -15,7 +15,9 @@ use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
 use crate::kafka::AwaitedProducer;
 
-/// How long a write may wait for the broker's acknowledgement.
+/// How long a write may wait for the broker's acknowledgement: librdkafka's
+/// `message.timeout.ms` for this producer, whose default (300 s) would hold an admin call, and a
+/// stopping host's leave from the fleet view, for five minutes while the broker is down.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a watermark request may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +51,7 @@ impl Writer {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "0")
+            .set("message.timeout.ms", WRITE_TIMEOUT.as_millis().to_string())
             .clone();
         let producer = AwaitedProducer::create(&config, "control-poll")
             .context("creating the control plane's producer")?;

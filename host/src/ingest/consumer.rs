@@ -293,10 +293,11 @@ impl Ingest {
         })
     }
 
-    /// Consumes until `shutdown` turns true, then drains in-flight records for up to `drain` and
-    /// commits the watermark synchronously.
+    /// Consumes until `shutdown` turns true, then drains in-flight records for up to `drain`,
+    /// commits the watermark and leaves the group, waiting at most [`CLOSE_TIMEOUT`] for the
+    /// broker.
     pub async fn run(
-        &self,
+        self,
         mut shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) -> anyhow::Result<()> {
@@ -343,8 +344,9 @@ impl Ingest {
                 } => self.wait_for_due(&topic, partition, offset, due_at_ms),
             }
         }
-        self.drain_and_commit(drain).await;
+        self.drain(drain).await;
         tasks.abort_all();
+        commit_and_close(self.consumer, self.source).await;
         Ok(())
     }
 
@@ -388,10 +390,12 @@ impl Ingest {
             used_bytes: self.admission.budget.used(class),
         }
         .emit();
+        // Weak, like every other hold on the consumer but the run's own: the stop closes the
+        // consumer where its last reference goes, and that must be the closing thread.
         let (admission, held, consumer) = (
             self.admission.clone(),
             self.held.clone(),
-            self.consumer.clone(),
+            Arc::downgrade(&self.consumer),
         );
         tasks.spawn(async move {
             admission.budget.wait_below_low_water(class).await;
@@ -413,7 +417,9 @@ impl Ingest {
                     admission.admit(arrival).await;
                 }
             }
-            if let Err(e) = consumer.resume(&tpl) {
+            if let Some(consumer) = consumer.upgrade()
+                && let Err(e) = consumer.resume(&tpl)
+            {
                 // Revoked meanwhile: the new owner reads on from the last commit.
                 tracing::debug!(error = %e, "resuming a partition failed");
             }
@@ -612,7 +618,8 @@ impl Ingest {
         });
     }
 
-    async fn drain_and_commit(&self, drain: Duration) {
+    /// Waits, up to `drain`, for the records in flight to finish.
+    async fn drain(&self, drain: Duration) {
         // The close after this commits in its revoke callback without a second drain.
         self.consumer.context().closing.store(true, Relaxed);
         let deadline = tokio::time::Instant::now() + drain;
@@ -625,20 +632,65 @@ impl Ingest {
                 "drain timed out; unfinished records will be consumed again after restart"
             );
         }
-        let consumer = self.consumer.clone();
-        // A synchronous commit blocks on the broker; keep it off the async workers.
-        let committed =
-            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
-                .await;
-        match committed {
-            Ok(Ok(())) => tracing::info!(source = ?self.source, "final offsets committed"),
-            // Nothing stored since the last commit is not a failure.
-            Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            ))) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "final commit failed"),
-            Err(e) => tracing::warn!(error = %e, "final commit task failed"),
+    }
+}
+
+/// How long a stopping consumer waits for its final commit and its leave from the group.
+///
+/// librdkafka bounds neither the way a stop needs: a synchronous commit waits a whole session
+/// timeout for a coordinator that is gone (and was seen to wait without end), and the close
+/// that leaves the group waits as long again. A stop must not hang on a broker that is gone.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Commits the watermark and closes the consumer (leaving its group) on a thread of its own,
+/// and waits for both up to [`CLOSE_TIMEOUT`]. Past that the thread is left to finish alone:
+/// what it did not commit is consumed again after a restart, and the group hands this host's
+/// partitions on once its session times out.
+///
+/// A thread, not `spawn_blocking`: a blocking task that never returns would hold up the
+/// runtime's shutdown, and the close (the consumer's drop) polls librdkafka in a loop that
+/// must not run on an async worker.
+async fn commit_and_close(consumer: Arc<IngestConsumer>, source: Source) {
+    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+    let (committed_tx, committed_rx) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            let _ = committed_tx.send(consumer.commit_consumer_state(CommitMode::Sync));
+            // The last reference: dropping it closes the consumer and leaves the group.
+            drop(consumer);
+            let _ = closed_tx.send(());
+        });
+    if let Err(error) = closing {
+        tracing::warn!(%error, ?source, "no thread to commit and close the consumer on");
+        return;
+    }
+    match tokio::time::timeout_at(deadline, committed_rx).await {
+        Ok(Ok(Ok(()))) => tracing::info!(?source, "final offsets committed"),
+        // Nothing stored since the last commit is not a failure.
+        Ok(Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(%error, ?source, "final commit failed"),
+        Ok(Err(_)) => tracing::warn!(?source, "the final commit's thread ended without a result"),
+        Err(_) => {
+            tracing::warn!(
+                ?source,
+                timeout_s = CLOSE_TIMEOUT.as_secs(),
+                "the broker did not answer the final commit in time; records after the last \
+                 commit will be consumed again after restart"
+            );
+            return;
         }
+    }
+    if tokio::time::timeout_at(deadline, closed_rx).await.is_err() {
+        tracing::warn!(
+            ?source,
+            timeout_s = CLOSE_TIMEOUT.as_secs(),
+            "leaving the consumer group did not finish in time; the group reassigns this \
+             host's partitions once its session times out"
+        );
     }
 }
 

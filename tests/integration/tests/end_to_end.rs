@@ -232,3 +232,48 @@ async fn a_request_whose_second_half_fails_first_ends_with_all_delivered_once() 
     assert_eq!(counts.retries, 50);
     assert_eq!(counts.deliveries_delivered, 100);
 }
+
+/// A host whose broker went away stops anyway, within its drain bound and a bounded final
+/// commit: an operator's stop never waits on a broker that is gone. The host runs on its own
+/// runtime on a thread of its own, so a stop that hangs (the host's or the runtime's, whose
+/// drop waits for blocking threads) fails the test instead of hanging it.
+#[test]
+fn a_host_whose_broker_is_gone_still_stops_in_bounded_time() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Duration>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stopped_in = runtime.block_on(async {
+            let topic = "e2e-broker-gone";
+            let cluster = kafka(topic);
+            let brokers = cluster.bootstrap_servers().to_string();
+            let fixture = FcmFixture::start(|_| {}).await;
+            let host = switchboard::start(fixture.host_config(&brokers, topic, "g-broker-gone"))
+                .await
+                .unwrap();
+            produce_demo(&brokers, topic, 0, 200).await;
+            let stats = &fixture.sim.stats;
+            assert!(
+                wait_until(WAIT, || stats.snapshot().delivered >= 200).await,
+                "{:?}",
+                stats.snapshot()
+            );
+            // The broker goes before the final commit: nothing can answer it.
+            drop(cluster);
+            let started = std::time::Instant::now();
+            host.stop().await.unwrap();
+            started.elapsed()
+        });
+        drop(runtime);
+        let _ = done_tx.send(stopped_in);
+    });
+    // The stop's bounds (the final commit and close, the queues, the results, the leave from
+    // the fleet view) add up to about 30 s; unbounded, this took minutes. Room for a slow box.
+    match done_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(stopped_in) => eprintln!("stopped in {stopped_in:?} with the broker gone"),
+        Err(_) => panic!("the host (or its runtime) did not stop within 60 s of losing its broker"),
+    }
+}
