@@ -156,7 +156,10 @@ impl PluginRuntime {
         // the pages a call wrote and saved about 3 % of the host's CPU per delivery: in this
         // wasmtime it resets only pages present in memory, so a written page that is swapped
         // out or being migrated at that moment keeps its contents for the next instance
-        // (wasmtime#14357). Every call must start from clean memory (SECURITY.md).
+        // (wasmtime#14357). Every call must start from clean memory (SECURITY.md). What is kept
+        // is counted from the start of linear memory, where a Rust guest's stack lies; the
+        // bundled adapters link with a small one so that their heap lies inside what is kept
+        // (`.cargo/config.toml`).
         let keep_resident = config.memory_keep_resident_kib.saturating_mul(1024);
         pool.linear_memory_keep_resident(keep_resident)
             .table_keep_resident(keep_resident);

@@ -1050,8 +1050,9 @@ async fn log_lines_past_the_plugins_rate_are_dropped_and_counted() {
 async fn the_memory_cap_holds_over_all_of_a_components_memories() {
     let rt = roomy_runtime();
     let original = std::fs::read(guest_path("misbehave")).unwrap();
-    // The program's own memory plus 31 MiB: each under 32 MiB, together over it.
-    let greedy = with_extra_instances(&original, 31 * 16, 1);
+    // The program's own memory (a few pages) plus 32 MiB less one page: each under 32 MiB,
+    // together over it.
+    let greedy = with_extra_instances(&original, 32 * 16 - 1, 1);
     let (caps, limits, config) =
         switchboard_integration_tests::load_settings("many-memories", hostile(32));
     let refused = rt
