@@ -421,6 +421,8 @@ impl ControlPlane {
     ) {
         loop {
             let read = tokio::select! {
+                // Shutdown first: a branch picked at random could go on working after it.
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
                 read = reader.next() => read,
             };
@@ -457,6 +459,9 @@ impl ControlPlane {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Shutdown first: an unbiased select picks at random among ready branches, and
+                // with the broker gone each report written after the stop took 10 s or more.
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 _ = tick.tick() => {}
             }
@@ -487,6 +492,8 @@ impl ControlPlane {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Shutdown first: a branch picked at random could go on working after it.
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
                 _ = tick.tick() => {}
             }
@@ -552,6 +559,8 @@ async fn converge(
 async fn keep_applying(reader: Reader, applier: Arc<Applier>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let read = tokio::select! {
+            // Shutdown first: a branch picked at random could go on working after it.
+            biased;
             _ = shutdown.wait_for(|stop| *stop) => return,
             read = reader.next() => read,
         };

@@ -65,11 +65,18 @@ impl Writer {
         if let Some(value) = value {
             record = record.payload(value);
         }
-        let delivery = self
-            .producer
-            .send(record, WRITE_TIMEOUT)
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("writing `{key}` to {topic}: {e}"))?;
+        // librdkafka times a message out only when it next scans its queues, which with the
+        // broker down took up to about twice `message.timeout.ms`: the wait is bounded here too. A
+        // record given up here may still be written later, as after any lost acknowledgement.
+        let delivery =
+            tokio::time::timeout(WRITE_TIMEOUT, self.producer.send(record, WRITE_TIMEOUT))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "writing `{key}` to {topic}: not acknowledged within {WRITE_TIMEOUT:?}"
+                    )
+                })?
+                .map_err(|(e, _)| anyhow::anyhow!("writing `{key}` to {topic}: {e}"))?;
         Ok(delivery.offset)
     }
 }
