@@ -92,6 +92,9 @@ async fn an_outage_ejects_the_vendor_and_retries_fail_over_without_double_sends(
 
     // After the outage: probes restore sms-twilio, and it takes its share again.
     vendors.sms_twilio.faults.set_outage(None);
+    // Probes ride on traffic: sent while sms-twilio is still ejected (up to `max_open_s`), all
+    // 800 could go to sms-nhn before a probe is let through, and the breaker would stay open.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     produce(&brokers, topic, 2 * DURING, |i| sms_request(DURING + i))
         .await
         .unwrap();
