@@ -276,15 +276,23 @@ impl LaneRunner {
             pinning,
             elapsed,
         };
-        let settling = batch
-            .into_iter()
-            .zip(outcomes)
-            .map(|(job, outcome)| self.settler.settle(job, outcome, &call));
-        let finished = futures::future::join_all(settling)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut finished = Vec::with_capacity(batch.len());
+        let mut settling = Vec::new();
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
+            match outcome {
+                // Waits on nothing: settled here, without a future of its own.
+                Outcome::Delivered(id) => finished.push(self.settler.delivered(job, id, &call)),
+                outcome => settling.push(self.settler.settle(job, outcome, &call)),
+            }
+        }
+        if !settling.is_empty() {
+            finished.extend(
+                futures::future::join_all(settling)
+                    .await
+                    .into_iter()
+                    .flatten(),
+            );
+        }
         self.settler.finish(finished).await;
     }
 

@@ -341,13 +341,15 @@ impl Metrics {
         }
     }
 
-    /// Observes one delivery in lane `lane`, `latency` after its request record's timestamp.
-    pub fn record_delivery_latency(&self, lane: &str, latency: Duration) {
+    /// Lane `lane`'s delivery latency series: each delivery observes, in seconds, how long
+    /// after its request record's timestamp the vendor took it. A handle, so a caller looks the
+    /// series up once rather than per delivery.
+    pub fn delivery_latency(&self, lane: &str) -> Histogram {
         self.delivery_latency
             .get_or_create(&LaneLabels {
                 lane: lane.to_string(),
             })
-            .observe(latency.as_secs_f64());
+            .clone()
     }
 
     /// Removes the series of every plugin version that is not in `live` (vendor, version id):
@@ -506,8 +508,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.declare_dead_letter_reasons(["rejected", "expired"]);
         metrics.record_dead_letter("expired");
-        metrics.record_delivery_latency("realtime", Duration::from_millis(3));
-        metrics.record_delivery_latency("batch", Duration::from_secs(40));
+        metrics.delivery_latency("realtime").observe(0.003);
+        metrics.delivery_latency("batch").observe(40.0);
         let text = metrics.render();
         let reason = |r: &str| sample(&text, "switchboard_dead_letters_total", &[("reason", r)]);
         assert_eq!(reason("rejected"), Some(0.0), "{text}");
