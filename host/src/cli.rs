@@ -576,6 +576,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  channel:     {}", info.channel);
             println!("  max-batch:   {}", info.max_batch);
             println!("  wants-hosts: {}", info.wants_hosts.join(", "));
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            if let Some(stack) = crate::plugin::layout::stack_first_bytes(&bytes) {
+                println!(
+                    "  stack:       {} KiB, first in linear memory",
+                    stack / 1024
+                );
+                let kept = crate::config::RuntimeConfig::default().memory_keep_resident_kib as u64;
+                if let Some(warning) = crate::plugin::layout::stack_warning(stack, kept * 1024) {
+                    println!("  warning:     {warning}");
+                }
+            }
             Ok(())
         }
     }

@@ -131,6 +131,13 @@ fn type_name(name: &str) -> String {
 const CARGO_CONFIG: &str = r#"# `cargo build --release` builds the component: WebAssembly, WASI preview 2.
 [build]
 target = "wasm32-wasip2"
+
+# A 256 KiB stack instead of rustc's 1 MiB: the host zeroes the first MiB of an instance's memory
+# after every call and hands back the rest, and with rustc's stack (placed first) the heap lies
+# past that MiB, to be faulted in again on every call. `switchboard plugin check` prints the
+# stack; docs/PLUGINS.md, "Limits and capabilities", says more.
+[target.wasm32-wasip2]
+rustflags = ["-C", "link-arg=-zstack-size=262144"]
 "#;
 
 /// Where the generated crate takes the SDK from.

@@ -10,6 +10,7 @@
 
 pub mod artifacts;
 pub mod capabilities;
+pub mod layout;
 mod limiter;
 mod native;
 mod outbound;

@@ -88,6 +88,13 @@ async fn scaffold_build_check_test_load_and_deliver() {
     // 3. Check.
     let checked = ok(&switchboard(&["plugin", "check", path(&wasm)]));
     assert!(checked.contains("channel:     sms"), "{checked}");
+    // Linked with the small stack the generated `.cargo/config.toml` asks for, not rustc's
+    // 1 MiB, which would push the heap out of the memory kept resident between calls.
+    assert!(
+        checked.contains("stack:       256 KiB, first in linear memory"),
+        "{checked}"
+    );
+    assert!(!checked.contains("warning:"), "{checked}");
 
     // 4. Offline test against the generated cases file.
     let cases = crate_dir.join("tests/cases.yaml");
