@@ -46,13 +46,16 @@ struct WireRecipient {
 }
 
 #[derive(Debug, Deserialize)]
-struct WireEnvelope {
+struct WireEnvelope<'a> {
     id: String,
     channel: String,
     #[serde(default = "default_priority")]
     priority: WirePriority,
     recipients: Vec<WireRecipient>,
-    content: serde_json::Value,
+    /// As the producer wrote it: checked as JSON while read, but not built into a tree of
+    /// values only to be written out again for the plugin.
+    #[serde(borrow)]
+    content: &'a serde_json::value::RawValue,
     #[serde(default, with = "time::serde::rfc3339::option")]
     expires_at: Option<OffsetDateTime>,
 }
@@ -69,7 +72,8 @@ pub struct Envelope {
     pub channel: String,
     pub priority: Priority,
     pub recipients: Vec<String>,
-    /// The channel content, re-serialised once and shared by every recipient's delivery.
+    /// The channel content as the record holds it (a JSON object), shared by every recipient's
+    /// delivery.
     pub content: Arc<str>,
     pub expires_at: Option<OffsetDateTime>,
 }
@@ -95,7 +99,8 @@ impl Envelope {
         if wire.recipients.len() > MAX_RECIPIENTS {
             return Err(EnvelopeError::TooManyRecipients(wire.recipients.len()));
         }
-        if !wire.content.is_object() {
+        // A raw value starts at its first character: an object starts with `{`.
+        if !wire.content.get().starts_with('{') {
             return Err(EnvelopeError::ContentNotObject);
         }
         Ok(Envelope {
@@ -107,7 +112,7 @@ impl Envelope {
                 WirePriority::Ads => Priority::Ads,
             },
             recipients: wire.recipients.into_iter().map(|r| r.to).collect(),
-            content: wire.content.to_string().into(),
+            content: Arc::from(wire.content.get()),
             expires_at: wire.expires_at,
         })
     }
@@ -203,6 +208,19 @@ mod tests {
             decode(&text).err(),
             Some(EnvelopeError::TooManyRecipients(MAX_RECIPIENTS + 1))
         );
+    }
+
+    #[test]
+    fn content_reaches_the_plugin_as_the_record_holds_it() -> Result<(), EnvelopeError> {
+        let content = r#"{ "body": "caf\u00e9",  "n": 1.50, "body": "twice" }"#;
+        let record = format!(
+            r#"{{"id":"a","channel":"sms","recipients":[{{"to":"1"}}],"content": {content} }}"#
+        );
+        assert_eq!(&*decode(&record)?.content, content);
+        // Still read as JSON: a content that does not parse refuses the record.
+        let broken = r#"{"id":"a","channel":"sms","recipients":[{"to":"1"}],"content":{"body":}}"#;
+        assert!(matches!(decode(broken), Err(EnvelopeError::Malformed(_))));
+        Ok(())
     }
 
     #[test]
