@@ -1,6 +1,6 @@
 //! A component's linear memory as its toolchain laid it out: whether a core module puts its
-//! stack first, and how big that stack is. `switchboard plugin check` reports it, because the
-//! pool keeps only the first `memory_keep_resident_kib` of an instance's memory resident between
+//! stack first, and how big that stack is. `switchboard plugin check` reports it, and the host
+//! warns when it loads a component whose stack is too large, because the pool keeps only the first `memory_keep_resident_kib` of an instance's memory resident between
 //! calls: a stack placed first (rustc's layout) that fills that span pushes the heap past it, and
 //! every call then faults its heap in again (docs/PLUGINS.md, "Limits and capabilities").
 //!

@@ -118,6 +118,9 @@ pub struct PluginRuntime {
     linker: Linker<PluginState>,
     /// The largest memory cap the pool can give; a plugin asking for more is clamped to it.
     max_memory_bytes: usize,
+    /// What the pool keeps resident of an instance's memory between calls: a component whose
+    /// stack fills it is warned of at load ([`layout::stack_warning`]).
+    keep_resident_bytes: usize,
     /// One permit per component instance the pool holds: a call waits here for a slot (within
     /// its deadline) instead of failing to instantiate when every slot is taken.
     slots: Arc<tokio::sync::Semaphore>,
@@ -193,6 +196,7 @@ impl PluginRuntime {
             engine,
             linker,
             max_memory_bytes,
+            keep_resident_bytes: keep_resident,
             slots: Arc::new(tokio::sync::Semaphore::new(instances as usize)),
             ticker_stop,
             artifacts: None,
@@ -242,6 +246,13 @@ impl PluginRuntime {
         let plugin = name.to_string();
         limits.memory_bytes = limits.memory_bytes.min(self.max_memory_bytes);
         let pre = self.compile(&plugin, bytes).await?;
+        // Loaded all the same: a large stack costs the host CPU on every call, not safety.
+        // (`plugin check` prints the same warning itself.)
+        if let Some(stack) = layout::stack_first_bytes(bytes)
+            && let Some(warning) = layout::stack_warning(stack, self.keep_resident_bytes as u64)
+        {
+            tracing::warn!(plugin = %plugin, stack_kib = stack / 1024, "{warning}");
+        }
         let deliver = pre
             .instance_pre()
             .component()
