@@ -30,7 +30,13 @@ pub enum EnvelopeError {
     TooManyRecipients(usize),
     #[error("envelope `content` must be a JSON object")]
     ContentNotObject,
+    #[error("envelope `content` nests deeper than {MAX_CONTENT_DEPTH} levels")]
+    ContentTooDeep,
 }
+
+/// The deepest nesting of objects and arrays a request's content may have: serde_json's own
+/// limit, which refused deeper content while the host still built it into values.
+pub const MAX_CONTENT_DEPTH: usize = 128;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -58,6 +64,31 @@ struct WireEnvelope<'a> {
     content: &'a serde_json::value::RawValue,
     #[serde(default, with = "time::serde::rfc3339::option")]
     expires_at: Option<OffsetDateTime>,
+}
+
+/// Whether `json`, already read as valid JSON, nests objects and arrays deeper than `limit`.
+/// By hand rather than by building values: it is one pass over the bytes, allocating nothing,
+/// where serde_json reads a raw value without any depth limit.
+fn nests_deeper_than(json: &str, limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in json.bytes() {
+        match (in_string, byte) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') => in_string = false,
+            (true, _) => {}
+            (false, b'"') => in_string = true,
+            (false, b'{' | b'[') => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            (false, b'}' | b']') => depth = depth.saturating_sub(1),
+            (false, _) => {}
+        }
+    }
+    false
 }
 
 /// Requests that do not say are batch traffic: only an explicit `realtime` jumps the queue.
@@ -102,6 +133,9 @@ impl Envelope {
         // A raw value starts at its first character: an object starts with `{`.
         if !wire.content.get().starts_with('{') {
             return Err(EnvelopeError::ContentNotObject);
+        }
+        if nests_deeper_than(wire.content.get(), MAX_CONTENT_DEPTH) {
+            return Err(EnvelopeError::ContentTooDeep);
         }
         Ok(Envelope {
             id: wire.id,
@@ -220,6 +254,31 @@ mod tests {
         // Still read as JSON: a content that does not parse refuses the record.
         let broken = r#"{"id":"a","channel":"sms","recipients":[{"to":"1"}],"content":{"body":}}"#;
         assert!(matches!(decode(broken), Err(EnvelopeError::Malformed(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn content_nested_past_the_json_depth_limit_is_refused_at_ingest() -> Result<(), EnvelopeError>
+    {
+        // What serde_json refused when content was built into values: passed through raw, it
+        // would reach the plugins, whose own parsers differ in how deep they go.
+        let nested = |depth: usize| {
+            let content = format!(r#"{{"data":{}1{}}}"#, "[".repeat(depth), "]".repeat(depth));
+            format!(
+                r#"{{"id":"a","channel":"sms","recipients":[{{"to":"1"}}],"content":{content}}}"#
+            )
+        };
+        assert!(matches!(
+            decode(&nested(100_000)),
+            Err(EnvelopeError::ContentTooDeep)
+        ));
+        // Brackets inside strings are text, not nesting.
+        let in_text = format!(
+            r#"{{"id":"a","channel":"sms","recipients":[{{"to":"1"}}],"content":{{"body":"{}\"["}}}}"#,
+            "[".repeat(1000)
+        );
+        decode(&in_text)?;
+        decode(&nested(MAX_CONTENT_DEPTH - 1))?;
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! A component's linear memory as its toolchain laid it out: whether a core module puts its
 //! stack first, and how big that stack is. `switchboard plugin check` reports it, and the host
-//! warns when it loads a component whose stack is too large, because the pool keeps only the first `memory_keep_resident_kib` of an instance's memory resident between
-//! calls: a stack placed first (rustc's layout) that fills that span pushes the heap past it, and
-//! every call then faults its heap in again (docs/PLUGINS.md, "Limits and capabilities").
+//! warns when it loads a component whose stack is too large, because the pool keeps only the
+//! first `memory_keep_resident_kib` of an instance's memory resident between calls: a stack
+//! placed first (rustc's layout) that fills that span pushes the heap past it, and every call
+//! then faults its heap in again (docs/PLUGINS.md, "Limits and capabilities").
 //!
 //! Reads only, and never refuses a component: a large stack costs speed, not safety.
 
@@ -157,17 +158,21 @@ mod tests {
     }
 
     #[test]
-    fn only_a_stack_that_fills_the_resident_span_is_warned_of() {
-        let warning = stack_warning(1 << 20, 1 << 20).expect("rustc's 1 MiB fills 1 MiB");
+    fn only_a_stack_that_fills_the_resident_span_is_warned_of() -> anyhow::Result<()> {
+        let warning = stack_warning(1 << 20, 1 << 20)
+            .ok_or_else(|| anyhow::anyhow!("rustc's 1 MiB fills 1 MiB, yet no warning"))?;
         assert!(warning.contains("1024 KiB"), "{warning}");
         assert!(warning.contains("-zstack-size=262144"), "{warning}");
         assert_eq!(stack_warning(256 << 10, 1 << 20), None);
+        Ok(())
     }
 
     #[test]
-    fn the_bundled_fcm_adapter_links_with_the_small_stack() {
+    fn the_bundled_fcm_adapter_links_with_the_small_stack() -> anyhow::Result<()> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/plugins/fcm.wasm");
-        let bytes = std::fs::read(path).expect("make plugins builds the FCM adapter");
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("{path} (`make plugins` builds it): {e}"))?;
         assert_eq!(stack_first_bytes(&bytes), Some(256 << 10));
+        Ok(())
     }
 }
