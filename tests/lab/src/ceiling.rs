@@ -24,6 +24,8 @@ const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 pub struct CeilingRun {
     pub rate_per_s: f64,
     pub cpu_per_request: Duration,
+    /// The part of that CPU spent in the kernel, from 0 to 1.
+    pub system_share: f64,
     /// CPU of the simulator's threads per request, over the same window.
     pub vendor_cpu_per_request: Duration,
 }
@@ -135,6 +137,7 @@ pub async fn run(
     Ok(CeilingRun {
         rate_per_s: requests as f64 / elapsed.as_secs_f64().max(1e-9),
         cpu_per_request: per_request(cpu_before.own_cpu_until(&cpu_after)),
+        system_share: cpu_before.own_system_share_until(&cpu_after),
         vendor_cpu_per_request: per_request(cpu_before.named_cpu_until(&cpu_after)),
     })
 }

@@ -13,15 +13,33 @@ use std::time::Duration;
 /// Clock ticks per second in `/proc/*/stat` (the kernel's USER_HZ, fixed at 100).
 const TICKS_PER_S: u64 = 100;
 
-/// utime + stime from a `/proc/.../stat` line, in ticks. The command name may hold spaces and
+/// CPU ticks of a thread or process: in user space, and in the kernel on its behalf.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ticks {
+    user: u64,
+    system: u64,
+}
+
+impl Ticks {
+    fn total(self) -> u64 {
+        self.user + self.system
+    }
+
+    fn add(&mut self, other: Ticks) {
+        self.user += other.user;
+        self.system += other.system;
+    }
+}
+
+/// utime and stime from a `/proc/.../stat` line, in ticks. The command name may hold spaces and
 /// parentheses, so fields are counted after the last `)`.
-fn ticks_of_stat(stat: &str) -> Option<u64> {
+fn ticks_of_stat(stat: &str) -> Option<Ticks> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     let mut fields = after_name.split_whitespace();
     // After the name: state (3), ppid … ; utime is field 14 and stime 15 of the whole line.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    let user: u64 = fields.nth(11)?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Ticks { user, system })
 }
 
 fn ticks_to_duration(ticks: u64) -> Duration {
@@ -44,18 +62,18 @@ fn thread_name(tid: u32) -> String {
         .unwrap_or_default()
 }
 
-fn thread_ticks(tid: u32) -> u64 {
+fn thread_ticks(tid: u32) -> Ticks {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
         .ok()
         .and_then(|stat| ticks_of_stat(&stat))
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
-fn process_ticks() -> u64 {
+fn process_ticks() -> Ticks {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|stat| ticks_of_stat(&stat))
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 /// Threads that are not the host's: by id (born while something else started) or by name
@@ -94,10 +112,10 @@ impl Others {
             match (self.ids.contains(&tid), self.is_named(tid)) {
                 (_, true) => {
                     let ticks = thread_ticks(tid);
-                    sample.others += ticks;
-                    sample.named += ticks;
+                    sample.others.add(ticks);
+                    sample.named += ticks.total();
                 }
-                (true, false) => sample.others += thread_ticks(tid),
+                (true, false) => sample.others.add(thread_ticks(tid)),
                 (false, false) => {}
             }
         }
@@ -108,8 +126,8 @@ impl Others {
 /// The process's CPU and the others' at one moment.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
-    process: u64,
-    others: u64,
+    process: Ticks,
+    others: Ticks,
     /// The part of `others` in threads found by name (the simulator's).
     named: u64,
 }
@@ -118,14 +136,24 @@ impl Sample {
     /// The host's CPU between `self` and `later`: the process's less the others'. The others'
     /// threads live through the window, so their counts only grow.
     pub fn own_cpu_until(&self, later: &Sample) -> Duration {
-        let process = later.process.saturating_sub(self.process);
-        let others = later.others.saturating_sub(self.others);
+        let process = later.process.total().saturating_sub(self.process.total());
+        let others = later.others.total().saturating_sub(self.others.total());
         ticks_to_duration(process.saturating_sub(others))
+    }
+
+    /// The part of [`Sample::own_cpu_until`] the kernel spent on the host's behalf (system
+    /// calls, page faults), from 0 to 1. The bare client spends much of its time in socket
+    /// calls, so what a system call costs on the machine moves its figure more than the host's.
+    pub fn own_system_share_until(&self, later: &Sample) -> f64 {
+        let process = later.process.system.saturating_sub(self.process.system);
+        let others = later.others.system.saturating_sub(self.others.system);
+        let system = ticks_to_duration(process.saturating_sub(others));
+        system.as_secs_f64() / self.own_cpu_until(later).as_secs_f64().max(1e-9)
     }
 
     /// The others' CPU between `self` and `later`.
     pub fn others_cpu_until(&self, later: &Sample) -> Duration {
-        ticks_to_duration(later.others.saturating_sub(self.others))
+        ticks_to_duration(later.others.total().saturating_sub(self.others.total()))
     }
 
     /// The CPU of the threads found by name (the simulator's) between `self` and `later`.
@@ -183,6 +211,7 @@ mod tests {
     fn stat_fields_are_counted_after_the_name() {
         // A name with a space and a parenthesis, as thread names may have.
         let stat = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 3 0 100 0 0";
-        assert_eq!(ticks_of_stat(stat), Some(287));
+        let ticks = ticks_of_stat(stat).map(|t| (t.user, t.system));
+        assert_eq!(ticks, Some((250, 37)));
     }
 }

@@ -49,6 +49,8 @@ struct PipelineRun {
     call_p99_ms: f64,
     /// CPU of the host's threads per delivery, from the first delivery to the last.
     cpu_per_delivery: Duration,
+    /// The part of that CPU spent in the kernel, from 0 to 1.
+    system_share: f64,
     /// The most requests the simulator had in flight at once.
     peak_in_flight: u64,
     /// Deliveries per plugin call, over the run.
@@ -325,6 +327,7 @@ async fn pipeline(
         rate_per_s: rate,
         call_p99_ms: call_p99.as_secs_f64() * 1000.0,
         cpu_per_delivery,
+        system_share: first.cpu.own_system_share_until(&cpu_at_last),
         peak_in_flight: stats.peak_in_flight(),
         deliveries_per_call: messages as f64 / calls.max(1) as f64,
         vendor_cpu_per_request,
@@ -458,6 +461,7 @@ pub async fn throughput(
     }
     let us = |d: Duration| (d.as_secs_f64() * 1e7).round() / 10.0;
     let ratio = |a: f64, b: f64| (a / b.max(1e-9) * 100.0).round() / 100.0;
+    let share = |s: f64| (s * 100.0).round() / 100.0;
     let cpu_ratio = |r: &Round| {
         ratio(
             r.wasm.cpu_per_delivery.as_secs_f64(),
@@ -520,6 +524,8 @@ pub async fn throughput(
         "cpu_ratio_speed_adjusted": adjusted_median,
         "cpu_ratio_speed_adjusted_by_round": adjusted_by_round,
         "rate_ratio_vs_ceiling": ratio(wasm.rate_per_s, ceiling.rate_per_s),
+        "host_system_cpu_share": share(wasm.system_share),
+        "ceiling_system_cpu_share": share(ceiling.system_share),
     }))
 }
 
