@@ -10,7 +10,9 @@
 //!   (`cpu.rs`): the simulator runs on a runtime of its own and the mock cluster's threads are
 //!   known from its start, so neither is counted. The simulator's own CPU per request, counted
 //!   over the same windows, gives `cpu_ratio_speed_adjusted`: the same ratio with the machine's
-//!   speed in each window divided out.
+//!   speed in each window divided out. The kernel's share of each side's CPU is reported too:
+//!   the bare client is mostly socket calls, so what a system call costs on the machine moves
+//!   its figure, and the ratio, more than the host's.
 //! - `partitions` runs the component pipeline on 1 partition and on 12, with key ordering and a
 //!   key per record: concurrency comes from keys, not from partitions. The mock cluster keeps
 //!   only 5 MiB per partition, so here the records are produced while the host runs, keeping at
