@@ -136,19 +136,22 @@ impl Sample {
     /// The host's CPU between `self` and `later`: the process's less the others'. The others'
     /// threads live through the window, so their counts only grow.
     pub fn own_cpu_until(&self, later: &Sample) -> Duration {
-        let process = later.process.total().saturating_sub(self.process.total());
-        let others = later.others.total().saturating_sub(self.others.total());
-        ticks_to_duration(process.saturating_sub(others))
+        self.own_until(later, Ticks::total)
     }
 
     /// The part of [`Sample::own_cpu_until`] the kernel spent on the host's behalf (system
     /// calls, page faults), from 0 to 1. The bare client spends much of its time in socket
     /// calls, so what a system call costs on the machine moves its figure more than the host's.
     pub fn own_system_share_until(&self, later: &Sample) -> f64 {
-        let process = later.process.system.saturating_sub(self.process.system);
-        let others = later.others.system.saturating_sub(self.others.system);
-        let system = ticks_to_duration(process.saturating_sub(others));
+        let system = self.own_until(later, |t| t.system);
         system.as_secs_f64() / self.own_cpu_until(later).as_secs_f64().max(1e-9)
+    }
+
+    /// `part` of the process's ticks less the others', between `self` and `later`.
+    fn own_until(&self, later: &Sample, part: impl Fn(Ticks) -> u64) -> Duration {
+        let process = part(later.process).saturating_sub(part(self.process));
+        let others = part(later.others).saturating_sub(part(self.others));
+        ticks_to_duration(process.saturating_sub(others))
     }
 
     /// The others' CPU between `self` and `later`.
