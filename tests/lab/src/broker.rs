@@ -24,6 +24,17 @@ impl BrokerKind {
     }
 }
 
+/// The flags that choose a scenario's Kafka, for the scenarios that take them as one group.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaChoice {
+    /// The Kafka to run on: the in-process mock cluster, or a real broker in its own process.
+    #[arg(long, value_enum, default_value_t = BrokerKind::Embedded)]
+    pub broker: BrokerKind,
+    /// The real broker's address (else SWITCHBOARD_TEST_KAFKA, else 127.0.0.1:19092).
+    #[arg(long)]
+    pub brokers: Option<String>,
+}
+
 /// Where the real broker is when `--brokers` is not given.
 pub fn default_real_brokers() -> String {
     std::env::var("SWITCHBOARD_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".to_string())

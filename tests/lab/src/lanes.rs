@@ -205,12 +205,16 @@ pub struct IsolationOptions {
     pub brokers: Option<String>,
     /// More host config, as whole TOML tables (e.g. `[runtime]` with `bulk_nice = 0`).
     pub host_toml: String,
+    /// Partitions of each topic; `None` sizes them for the backlog.
+    pub partitions: Option<i32>,
 }
 
 pub async fn isolation(options: IsolationOptions) -> anyhow::Result<serde_json::Value> {
     let fcm_wasm = fcm_component(&options.plugin_dir)?;
     let binary = host_binary()?;
-    let partitions = partitions_for(options.backlog);
+    let partitions = options
+        .partitions
+        .unwrap_or_else(|| partitions_for(options.backlog));
     let kafka = crate::broker::LabKafka::start(
         options.broker,
         options.brokers.clone(),

@@ -195,6 +195,10 @@ enum Scenario {
         /// "[runtime]\nbulk_nice = 0".
         #[arg(long, default_value = "")]
         host_toml: String,
+        /// Partitions of each topic (else enough for the backlog: one per 15,000 records, at
+        /// least 12). A real broker's cost per fetch can grow with them, apart from the backlog.
+        #[arg(long)]
+        partitions: Option<i32>,
     },
     /// Hostile records interleaved with valid requests: every valid one delivered once, every
     /// hostile one in the DLQ, and the valid rate against a clean run in the same process.
@@ -284,6 +288,8 @@ enum Scenario {
         plugin_dir: PathBuf,
         #[arg(long, default_value_t = 20)]
         vendor_latency_ms: u64,
+        #[command(flatten)]
+        kafka: broker::KafkaChoice,
         /// Rounds of component, native and bare client, one after the other; the line reports
         /// the round with the median CPU ratio, and every round's ratio. On a shared machine the
         /// cost of a microsecond drifts from minute to minute, and one round's ratio with it.
@@ -338,6 +344,8 @@ enum Scenario {
         plugin_dir: PathBuf,
         #[arg(long, default_value_t = 20)]
         vendor_latency_ms: u64,
+        #[command(flatten)]
+        kafka: broker::KafkaChoice,
     },
     /// The pipeline's rate on 1 partition against 12, with key ordering and a key per record.
     Partitions {
@@ -347,6 +355,8 @@ enum Scenario {
         plugin_dir: PathBuf,
         #[arg(long, default_value_t = 20)]
         vendor_latency_ms: u64,
+        #[command(flatten)]
+        kafka: broker::KafkaChoice,
     },
     /// Hostile plugins (loops, bombs, traps, floods, denied hosts and secrets, WASI probes,
     /// slow vendors, wrong worlds) against the runtime while the FCM plugin carries steady
@@ -549,6 +559,7 @@ async fn main() -> anyhow::Result<()> {
             broker,
             brokers,
             host_toml,
+            partitions,
         } => {
             lanes::isolation(lanes::IsolationOptions {
                 backlog,
@@ -561,6 +572,7 @@ async fn main() -> anyhow::Result<()> {
                 broker,
                 brokers,
                 host_toml: host_toml.replace("\\n", "\n"),
+                partitions,
             })
             .await?
         }
@@ -622,6 +634,7 @@ async fn main() -> anyhow::Result<()> {
             messages,
             plugin_dir,
             vendor_latency_ms,
+            kafka,
             rounds,
         } => {
             throughput::throughput(
@@ -629,6 +642,7 @@ async fn main() -> anyhow::Result<()> {
                     messages,
                     plugin_dir,
                     vendor_latency_ms,
+                    kafka,
                 },
                 rounds,
             )
@@ -638,11 +652,13 @@ async fn main() -> anyhow::Result<()> {
             messages,
             plugin_dir,
             vendor_latency_ms,
+            kafka,
         } => {
             throughput::scaling(throughput::ThroughputOptions {
                 messages,
                 plugin_dir,
                 vendor_latency_ms,
+                kafka,
             })
             .await?
         }
@@ -650,11 +666,13 @@ async fn main() -> anyhow::Result<()> {
             messages,
             plugin_dir,
             vendor_latency_ms,
+            kafka,
         } => {
             throughput::partitions(throughput::ThroughputOptions {
                 messages,
                 plugin_dir,
                 vendor_latency_ms,
+                kafka,
             })
             .await?
         }

@@ -1,6 +1,7 @@
 //! `throughput` and `partitions`: the whole pipeline (Kafka → lanes → FCM adapter → simulator →
 //! dedup mark → offset) run in this process against a backlog, timed from the first delivery the
-//! vendor accepts to the last.
+//! vendor accepts to the last. Kafka is librdkafka's mock cluster in this process, or with
+//! `--broker real` a real broker in a process of its own, reached over loopback.
 //!
 //! - `throughput` runs it three ways on the same records: the pipeline with the FCM adapter as a
 //!   WebAssembly component, the same pipeline with the same adapter crate compiled natively into
@@ -18,8 +19,9 @@
 //!   only 5 MiB per partition, so here the records are produced while the host runs, keeping at
 //!   most 10,000 ahead of the vendor, the same way for both runs.
 //!
-//! Everything shares this process's two cores (the cluster, the simulator, the host), so rates
-//! are comparable with each other rather than absolute; CPU per delivery is the host's alone.
+//! Everything shares the machine's two cores (the cluster or broker, the simulator, the host), so
+//! rates are comparable with each other rather than absolute; CPU per delivery is the host's
+//! alone.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,11 +31,11 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::json;
 use switchboard::demo::produce;
-use switchboard::kafka::EmbeddedKafka;
 use switchboard::plugin::NativePlugins;
 use switchboard::{StartOptions, start_with};
 use switchboard_integration_tests::FcmFixture;
 
+use crate::broker::{BrokerKind, KafkaChoice, LabKafka};
 use crate::cpu::{Others, SideRuntime};
 
 /// Names the simulator's runtime threads, so their CPU is not counted as the host's.
@@ -120,34 +122,40 @@ fn shaped_envelope(i: u64, shape: Shape) -> String {
 
 const TOPIC: &str = "lab.throughput";
 
-/// A fresh cluster with `messages` records on enough partitions to keep them, one key per record;
-/// and its threads, which are not the host's.
-async fn backlog(messages: u64) -> anyhow::Result<(EmbeddedKafka, Others)> {
-    shaped_backlog(messages, Shape::ONE).await
+/// A fresh Kafka with `messages` records on enough partitions to keep them, one key per record;
+/// and the threads of this process that are not the host's.
+async fn backlog(choice: &KafkaChoice, messages: u64) -> anyhow::Result<(LabKafka, Others)> {
+    shaped_backlog(choice, messages, Shape::ONE).await
 }
 
 /// As [`backlog`], with `deliveries` made of requests of `shape`.
-async fn shaped_backlog(deliveries: u64, shape: Shape) -> anyhow::Result<(EmbeddedKafka, Others)> {
+async fn shaped_backlog(
+    choice: &KafkaChoice,
+    deliveries: u64,
+    shape: Shape,
+) -> anyhow::Result<(LabKafka, Others)> {
     let messages = shape.requests(deliveries);
     let partitions = crate::lanes::partitions_for(messages);
-    let (cluster, cluster_threads) = start_cluster(partitions)?;
+    let (kafka, cluster_threads) = start_kafka(choice, partitions).await?;
     let started = Instant::now();
-    produce(cluster.bootstrap_servers(), TOPIC, messages, |i| {
+    let topic = kafka.topic(TOPIC);
+    produce(&kafka.brokers, &topic, messages, |i| {
         (format!("k{i}"), shaped_envelope(i, shape))
     })
     .await?;
-    crate::lanes::check_nothing_dropped(cluster.bootstrap_servers(), TOPIC, partitions)?;
+    crate::lanes::check_nothing_dropped(&kafka.brokers, &topic, partitions)?;
     eprintln!(
         "[throughput] produced {messages} records on {partitions} partitions in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok((cluster, cluster_threads))
+    Ok((kafka, cluster_threads))
 }
 
-/// Produces `messages` records to `TOPIC` while the host runs, never more than `ahead` beyond
+/// Produces `messages` records to `topic` while the host runs, never more than `ahead` beyond
 /// what the vendor accepted, so no partition outgrows what the mock cluster keeps.
 async fn produce_paced(
     brokers: String,
+    topic: String,
     messages: u64,
     ahead: u64,
     stats: std::sync::Arc<vendorsim::SimStats>,
@@ -170,11 +178,11 @@ async fn produce_paced(
         }
         let sends = (produced..(produced + SLICE).min(messages)).map(|i| {
             let (key, value) = (format!("k{i}"), envelope(i));
-            let producer = producer.clone();
+            let (producer, topic) = (producer.clone(), &topic);
             async move {
                 producer
                     .send(
-                        rdkafka::producer::FutureRecord::to(TOPIC)
+                        rdkafka::producer::FutureRecord::to(topic)
                             .key(&key)
                             .payload(&value),
                         Duration::from_secs(30),
@@ -193,15 +201,15 @@ async fn produce_paced(
 }
 
 /// Reads every record with a bare consumer; the rate from the first record to the last.
-async fn consume_ceiling(cluster: &EmbeddedKafka, messages: u64) -> anyhow::Result<f64> {
+async fn consume_ceiling(kafka: &LabKafka, messages: u64) -> anyhow::Result<f64> {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("group.id", "switchboard-lab-ceiling")
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", kafka.topic("switchboard-lab-ceiling"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .context("creating the bare consumer")?;
-    consumer.subscribe(&[TOPIC])?;
+    consumer.subscribe(&[&kafka.topic(TOPIC)])?;
     let mut first = None;
     for read in 0..messages {
         let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
@@ -228,10 +236,10 @@ struct Spec<'a> {
     shape: Shape,
 }
 
-/// Runs the host on the cluster's backlog until the vendor accepted every record. `others` are
+/// Runs the host on the Kafka's backlog until the vendor accepted every record. `others` are
 /// the threads that are not the host's besides the simulator's.
 async fn pipeline(
-    cluster: &EmbeddedKafka,
+    kafka: &LabKafka,
     spec: Spec<'_>,
     others: &Others,
 ) -> anyhow::Result<PipelineRun> {
@@ -246,8 +254,10 @@ async fn pipeline(
     let side = SideRuntime::new(SIM_THREADS, 2)?;
     let fixture = simulator(&side, vendor_latency).await?;
     let others = others.clone().named(SIM_THREADS);
-    let brokers = cluster.bootstrap_servers();
-    let mut config = fixture.host_config(brokers, TOPIC, &format!("lab-{label}"));
+    let brokers = kafka.brokers.as_str();
+    let topic = kafka.topic(TOPIC);
+    let mut config = fixture.host_config(brokers, &topic, &format!("lab-{label}"));
+    kafka.configure(&mut config);
     config.kafka.commit_interval_ms = 1000;
     // For comparing settings of the instance pool in one build: what memory a slot keeps mapped.
     if let Ok(kib) = std::env::var("SWITCHBOARD_LAB_KEEP_RESIDENT_KIB") {
@@ -281,6 +291,7 @@ async fn pipeline(
     let producer = paced.then(|| {
         tokio::spawn(produce_paced(
             brokers.to_string(),
+            topic.clone(),
             messages,
             10_000,
             stats.clone(),
@@ -350,11 +361,23 @@ pub(crate) fn plugin_calls(host: &switchboard::RunningHost) -> u64 {
         .sum()
 }
 
-/// A fresh mock cluster with `TOPIC` on `partitions`, and its threads, which are not the host's.
-fn start_cluster(partitions: i32) -> anyhow::Result<(EmbeddedKafka, Others)> {
+/// A fresh Kafka with `TOPIC` on `partitions`, and the threads of this process that are not the
+/// host's: the mock cluster's, or none when the broker runs in a process of its own.
+async fn start_kafka(choice: &KafkaChoice, partitions: i32) -> anyhow::Result<(LabKafka, Others)> {
     let before = crate::cpu::thread_ids();
-    let cluster = EmbeddedKafka::start(1, &[TOPIC.to_string()], partitions)?;
-    Ok((cluster, Others::default().born_since(&before)))
+    let kafka = LabKafka::start(
+        choice.broker,
+        choice.brokers.clone(),
+        "throughput",
+        &[TOPIC],
+        partitions,
+    )
+    .await?;
+    let others = match choice.broker {
+        BrokerKind::Embedded => Others::default().born_since(&before),
+        BrokerKind::Real => Others::default(),
+    };
+    Ok((kafka, others))
 }
 
 /// The first delivery the vendor accepted: when, how many had been by then, and the CPU counts.
@@ -433,6 +456,7 @@ pub struct ThroughputOptions {
     pub messages: u64,
     pub plugin_dir: PathBuf,
     pub vendor_latency_ms: u64,
+    pub kafka: KafkaChoice,
 }
 
 fn check_plugin(plugin_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -453,13 +477,13 @@ pub async fn throughput(
     check_plugin(&options.plugin_dir)?;
     let latency = Duration::from_millis(options.vendor_latency_ms);
     let messages = options.messages;
-    let (cluster, cluster_threads) = backlog(messages).await?;
-    let consume_ceiling_rate = consume_ceiling(&cluster, messages).await?;
+    let (kafka, cluster_threads) = backlog(&options.kafka, messages).await?;
+    let consume_ceiling_rate = consume_ceiling(&kafka, messages).await?;
     eprintln!("[throughput] bare consumer: {consume_ceiling_rate:.0}/s");
     let mut runs = Vec::new();
     for round in 1..=rounds.max(1) {
         eprintln!("[throughput] round {round} of {}", rounds.max(1));
-        runs.push(throughput_round(&cluster, &cluster_threads, messages, latency, round).await?);
+        runs.push(throughput_round(&kafka, &cluster_threads, messages, latency, round).await?);
     }
     let us = |d: Duration| (d.as_secs_f64() * 1e7).round() / 10.0;
     let ratio = |a: f64, b: f64| (a / b.max(1e-9) * 100.0).round() / 100.0;
@@ -500,6 +524,7 @@ pub async fn throughput(
     } = &runs[runs.len() / 2];
     Ok(json!({
         "scenario": "throughput",
+        "broker": options.kafka.broker.as_str(),
         "messages": messages,
         "partitions": crate::lanes::partitions_for(messages),
         "rate_per_s": wasm.rate_per_s.round(),
@@ -540,7 +565,7 @@ struct Round {
 }
 
 async fn throughput_round(
-    cluster: &EmbeddedKafka,
+    kafka: &LabKafka,
     cluster_threads: &Others,
     messages: u64,
     latency: Duration,
@@ -552,7 +577,7 @@ async fn throughput_round(
         n => (format!("wasm-{n}"), format!("native-{n}")),
     };
     let wasm = pipeline(
-        cluster,
+        kafka,
         Spec {
             messages,
             adapter: Adapter::Component,
@@ -565,7 +590,7 @@ async fn throughput_round(
     )
     .await?;
     let native = pipeline(
-        cluster,
+        kafka,
         Spec {
             messages,
             adapter: Adapter::Native,
@@ -611,10 +636,10 @@ pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json
     let messages = options.messages;
     let mut rates = Vec::new();
     for partitions in [1, 12] {
-        let (cluster, cluster_threads) = start_cluster(partitions)?;
+        let (kafka, cluster_threads) = start_kafka(&options.kafka, partitions).await?;
         let label = format!("{partitions}-partitions");
         let run = pipeline(
-            &cluster,
+            &kafka,
             Spec {
                 messages,
                 adapter: Adapter::Component,
@@ -630,6 +655,7 @@ pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json
     }
     Ok(json!({
         "scenario": "partitions",
+        "broker": options.kafka.broker.as_str(),
         "messages": messages,
         "ordering": "key",
         "rate_1_partition_per_s": rates[0].round(),
@@ -647,13 +673,13 @@ pub async fn scaling(options: ThroughputOptions) -> anyhow::Result<serde_json::V
     let latency = Duration::from_millis(options.vendor_latency_ms);
     let messages = options.messages;
     let point = async |shape: Shape| -> anyhow::Result<serde_json::Value> {
-        let (cluster, cluster_threads) = shaped_backlog(messages, shape).await?;
+        let (kafka, cluster_threads) = shaped_backlog(&options.kafka, messages, shape).await?;
         let label = format!(
             "{}-recipients-{}-channels",
             shape.recipients, shape.channels
         );
         let run = pipeline(
-            &cluster,
+            &kafka,
             Spec {
                 messages,
                 adapter: Adapter::Component,
@@ -695,6 +721,7 @@ pub async fn scaling(options: ThroughputOptions) -> anyhow::Result<serde_json::V
     }
     Ok(json!({
         "scenario": "scaling",
+        "broker": options.kafka.broker.as_str(),
         "deliveries_per_point": messages,
         "by_recipients": by_recipients,
         "by_channels": by_channels,
