@@ -697,6 +697,14 @@ pub async fn scaling(options: ThroughputOptions) -> anyhow::Result<serde_json::V
             "rate_per_s": run.rate_per_s.round(),
             "deliveries_per_call": (run.deliveries_per_call * 10.0).round() / 10.0,
             "host_cpu_us_per_delivery": (run.cpu_per_delivery.as_secs_f64() * 1e7).round() / 10.0,
+            "vendor_cpu_us_per_request": (run.vendor_cpu_per_request.as_secs_f64() * 1e7).round() / 10.0,
+            // The host's CPU per delivery in the simulator's CPU per request of the same window:
+            // the machine's speed, which drifts between points, divided out (see `throughput`).
+            "host_cpu_in_vendor_requests": (run.cpu_per_delivery.as_secs_f64()
+                / run.vendor_cpu_per_request.as_secs_f64().max(1e-9)
+                * 100.0)
+                .round()
+                / 100.0,
         }))
     };
     let mut by_recipients = Vec::new();
