@@ -667,7 +667,9 @@ pub async fn partitions(options: ThroughputOptions) -> anyhow::Result<serde_json
 
 /// `scaling`: the component pipeline's rate and host CPU per delivery as the shape of the load
 /// changes: recipients per request (1, 10, 100, 1,000) and channels at once (1, 2, 4), each
-/// channel with an FCM plugin of its own. Every point delivers `messages` from a fresh backlog.
+/// channel with an FCM plugin of its own. Every point delivers `messages` from a fresh backlog,
+/// one round each, so each also reports the host's CPU in the simulator's CPU per request of
+/// its own window: points minutes apart are compared with the machine's speed divided out.
 pub async fn scaling(options: ThroughputOptions) -> anyhow::Result<serde_json::Value> {
     check_plugin(&options.plugin_dir)?;
     let latency = Duration::from_millis(options.vendor_latency_ms);
