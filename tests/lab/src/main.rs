@@ -105,12 +105,8 @@ enum Scenario {
         /// Seconds to wait for the last request after the last restart.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
-        /// The Kafka to run on: the in-process mock cluster, or a real broker.
-        #[arg(long, value_enum, default_value_t = broker::BrokerKind::Embedded)]
-        broker: broker::BrokerKind,
-        /// The real broker's address (else SWITCHBOARD_TEST_KAFKA, else 127.0.0.1:19092).
-        #[arg(long)]
-        brokers: Option<String>,
+        #[command(flatten)]
+        kafka: broker::KafkaChoice,
     },
     /// Rebalance under load: three host processes in one consumer group; B joins while A
     /// delivers, then C, then A and B leave; once with per-host embedded dedup and once with
@@ -131,12 +127,8 @@ enum Scenario {
         /// Seconds to wait for the last request, per run.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
-        /// The Kafka to run on: the in-process mock cluster, or a real broker.
-        #[arg(long, value_enum, default_value_t = broker::BrokerKind::Embedded)]
-        broker: broker::BrokerKind,
-        /// The real broker's address (else SWITCHBOARD_TEST_KAFKA, else 127.0.0.1:19092).
-        #[arg(long)]
-        brokers: Option<String>,
+        #[command(flatten)]
+        kafka: broker::KafkaChoice,
         /// Each host's own embedded dedup store, the Redis store they share, or one run of each.
         #[arg(long, value_enum, default_value_t = rebalance::DedupChoice::Both)]
         dedup: rebalance::DedupChoice,
@@ -185,12 +177,8 @@ enum Scenario {
         /// Extra settings for the realtime lane, as TOML lines (e.g. "fetch_wait_max_ms = 2").
         #[arg(long, default_value = "")]
         realtime_lane: String,
-        /// The Kafka to run on: the in-process mock cluster, or a real broker.
-        #[arg(long, value_enum, default_value_t = broker::BrokerKind::Embedded)]
-        broker: broker::BrokerKind,
-        /// The real broker's address (else SWITCHBOARD_TEST_KAFKA, else 127.0.0.1:19092).
-        #[arg(long)]
-        brokers: Option<String>,
+        #[command(flatten)]
+        kafka: broker::KafkaChoice,
         /// More host config, as whole TOML tables ("\n" for a new line), e.g.
         /// "[runtime]\nbulk_nice = 0".
         #[arg(long, default_value = "")]
@@ -469,8 +457,7 @@ async fn main() -> anyhow::Result<()> {
             vendor_latency_ms,
             seed,
             timeout_s,
-            broker,
-            brokers,
+            kafka,
         } => {
             crash::run(crash::CrashOptions {
                 kills,
@@ -479,8 +466,8 @@ async fn main() -> anyhow::Result<()> {
                 vendor_latency_ms,
                 seed,
                 timeout: Duration::from_secs(timeout_s),
-                broker,
-                brokers,
+                broker: kafka.broker,
+                brokers: kafka.brokers,
             })
             .await?
         }
@@ -491,8 +478,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
             redis,
             timeout_s,
-            broker,
-            brokers,
+            kafka,
             dedup,
         } => {
             rebalance::run(rebalance::RebalanceOptions {
@@ -502,8 +488,8 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 redis,
                 timeout: Duration::from_secs(timeout_s),
-                broker,
-                brokers,
+                broker: kafka.broker,
+                brokers: kafka.brokers,
                 dedup,
             })
             .await?
@@ -556,8 +542,7 @@ async fn main() -> anyhow::Result<()> {
             vendor_latency_ms,
             ads_lane,
             realtime_lane,
-            broker,
-            brokers,
+            kafka,
             host_toml,
             partitions,
         } => {
@@ -569,8 +554,8 @@ async fn main() -> anyhow::Result<()> {
                 vendor_latency_ms,
                 ads_lane: ads_lane.replace("\\n", "\n"),
                 realtime_lane: realtime_lane.replace("\\n", "\n"),
-                broker,
-                brokers,
+                broker: kafka.broker,
+                brokers: kafka.brokers,
                 host_toml: host_toml.replace("\\n", "\n"),
                 partitions,
             })

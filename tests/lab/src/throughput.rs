@@ -347,6 +347,12 @@ async fn pipeline(
     })
 }
 
+/// `own` CPU in units of the simulator's CPU per request over the same window: the machine's
+/// speed in that window divided out.
+fn in_vendor_requests(own: Duration, vendor_per_request: Duration) -> f64 {
+    own.as_secs_f64() / vendor_per_request.as_secs_f64().max(1e-9)
+}
+
 /// Calls of every plugin's active version so far.
 pub(crate) fn plugin_calls(host: &switchboard::RunningHost) -> u64 {
     host.registry
@@ -501,11 +507,9 @@ pub async fn throughput(
     // runs it still drifts (1.58 to 1.77 over four runs of one build), mostly on the bare
     // client's side, so compare runs by their component figures, and the ratio over many.
     let speed_adjusted = |r: &Round| {
-        let per_vendor =
-            |own: Duration, vendor: Duration| own.as_secs_f64() / vendor.as_secs_f64().max(1e-9);
         ratio(
-            per_vendor(r.wasm.cpu_per_delivery, r.wasm.vendor_cpu_per_request),
-            per_vendor(r.ceiling.cpu_per_request, r.ceiling.vendor_cpu_per_request),
+            in_vendor_requests(r.wasm.cpu_per_delivery, r.wasm.vendor_cpu_per_request),
+            in_vendor_requests(r.ceiling.cpu_per_request, r.ceiling.vendor_cpu_per_request),
         )
     };
     let adjusted_by_round: Vec<f64> = runs.iter().map(speed_adjusted).collect();
@@ -702,9 +706,10 @@ pub async fn scaling(options: ThroughputOptions) -> anyhow::Result<serde_json::V
             "vendor_cpu_us_per_request": (run.vendor_cpu_per_request.as_secs_f64() * 1e7).round() / 10.0,
             // The host's CPU per delivery in the simulator's CPU per request of the same window:
             // the machine's speed, which drifts between points, divided out (see `throughput`).
-            "host_cpu_in_vendor_requests": (run.cpu_per_delivery.as_secs_f64()
-                / run.vendor_cpu_per_request.as_secs_f64().max(1e-9)
-                * 100.0)
+            "host_cpu_in_vendor_requests": (in_vendor_requests(
+                run.cpu_per_delivery,
+                run.vendor_cpu_per_request
+            ) * 100.0)
                 .round()
                 / 100.0,
         }))
