@@ -236,11 +236,12 @@ impl Ingest {
         client.set("fetch.wait.max.ms", fetch_wait.to_string());
         // For the consumer lag (see `IngestContext::stats_raw`).
         client.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
-        if source == Source::Retries {
-            // The retry topic may come into being with the first retry; look for it every few
-            // seconds rather than at librdkafka's default of five minutes.
-            client.set("topic.metadata.refresh.interval.ms", "3000");
-        }
+        // Look for the subscribed topics every few seconds rather than at librdkafka's default
+        // of five minutes: the retry topic may come into being with the first retry, and a
+        // request topic may be created after the host started (a host deployed before its
+        // producers sat idle for those five minutes), or gain partitions. A metadata request
+        // every few seconds is nothing to a broker. `kafka.properties` may set another.
+        client.set("topic.metadata.refresh.interval.ms", "3000");
         for (k, v) in properties {
             client.set(k, v);
         }

@@ -67,6 +67,38 @@ async fn every_request_is_delivered_once_and_offsets_outlive_the_host() {
     );
 }
 
+/// A host deployed before its request topic exists (a fresh cluster, producers not yet out)
+/// must start reading it soon after the topic is created, not at librdkafka's default
+/// metadata refresh of five minutes, which held such a host idle that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_topic_created_after_the_host_started_is_read_within_seconds() {
+    let broker = RealBroker::with_topics("late-topic", &[], 2).await;
+    let topic = broker.topic("requests");
+    let fixture = FcmFixture::start(|_| {}).await;
+    let mut config = fixture.host_config(&broker.brokers, &topic, "unused");
+    broker.configure(&mut config, "g");
+    let host = switchboard::start(config).await.unwrap();
+    // Let the consumer join and find the topic missing before it exists.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    switchboard::kafka::ensure_topics(&broker.brokers, &[&topic], 2, &Default::default())
+        .await
+        .unwrap();
+    produce(&broker.brokers, &topic, 20, |i| {
+        (format!("device-{i}"), demo_envelope(i))
+    })
+    .await
+    .unwrap();
+    let stats = fixture.sim.stats.clone();
+    // Well under the five minutes of the default refresh, with room for a slow machine.
+    assert!(
+        wait_until(Duration::from_secs(60), || stats.snapshot().delivered >= 20).await,
+        "{:?}",
+        stats.snapshot()
+    );
+    host.stop().await.unwrap();
+    assert_eq!(stats.snapshot().duplicates, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_reach_the_dlq_of_a_real_broker_and_the_rest_flows() {
     let broker = RealBroker::with_topics("dlq", &["requests"], 2).await;
