@@ -44,10 +44,46 @@ where
         .with_ansi(ansi)
         .with_writer(writer);
     match format {
-        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Text => Box::new(builder.fmt_fields(escaped_fields()).finish()),
         // An event's fields (`event`, `plugin`, `vendor`, …) are top-level keys, where log
         // pipelines index them, not nested under `fields`.
         LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+    }
+}
+
+/// Text lines' fields, written as the default writes them (the message, then `name=value`),
+/// with every control character escaped. Reasons and errors carry text from records, vendors
+/// and plugins (a channel name, a parser's quote of its input, a guest's message), and a
+/// newline in one wrote a second, forged log line. Escaping here, where every field of every
+/// line passes, covers the call sites that log such text with `%` (Display, written raw);
+/// `&str` fields were already written quoted and escaped. JSON lines are escaped by JSON.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
+    use std::fmt::Write as _;
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        if field.name() != "message" {
+            write!(writer, "{field}=")?;
+        }
+        write!(ControlEscaped(writer), "{value:?}")
+    })
+    .delimited(" ")
+}
+
+/// Passes text on with control characters (newlines, carriage returns, escape sequences, NUL)
+/// written as escapes, so nothing written through it can end a line or move the cursor.
+struct ControlEscaped<'a, W: std::fmt::Write + ?Sized>(&'a mut W);
+
+impl<W: std::fmt::Write + ?Sized> std::fmt::Write for ControlEscaped<'_, W> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let mut plain_from = 0;
+        for (at, c) in text.char_indices() {
+            if c.is_control() {
+                self.0.write_str(&text[plain_from..at])?;
+                write!(self.0, "{}", c.escape_default())?;
+                plain_from = at + c.len_utf8();
+            }
+        }
+        self.0.write_str(&text[plain_from..])
     }
 }
 
@@ -190,17 +226,52 @@ mod log_format_tests {
         }
     }
 
+    impl Captured {
+        /// A subscriber writing lines of `format` here.
+        fn subscriber(&self, format: LogFormat) -> Box<dyn tracing::Subscriber + Send + Sync> {
+            let writer = self.clone();
+            subscriber(
+                format,
+                tracing_subscriber::EnvFilter::new("info"),
+                false,
+                move || writer.clone(),
+            )
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_owned()
+        }
+    }
+
+    /// Written before the fix: a channel name with a newline in a record wrote a second,
+    /// forged log line of the attacker's choosing (seen with a host on a real broker).
+    #[test]
+    fn text_from_a_record_cannot_start_a_log_line_of_its_own() {
+        let captured = Captured::default();
+        let subscriber = captured.subscriber(LogFormat::Text);
+        let hostile = "unknown channel `x\n2026-12-05T09:00:00Z ERROR switchboard::host: FORGED\r\u{1b}[2J\0`";
+        tracing::subscriber::with_default(subscriber, || {
+            events::RecordRefused {
+                topic: "requests",
+                partition: 0,
+                offset: 7,
+                reason: &hostile,
+            }
+            .emit();
+            tracing::warn!(key = %hostile, "{hostile}");
+        });
+        let text = captured.text();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains(['\r', '\u{1b}', '\0']), "{text}");
+        assert!(text.contains("x\\n2026-12-05T09:00:00Z ERROR"), "{text}");
+    }
+
     /// Written before the fix: the fields sat under `fields`.
     #[test]
     fn json_lines_carry_an_events_fields_as_top_level_keys() {
         let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = subscriber(
-            LogFormat::Json,
-            tracing_subscriber::EnvFilter::new("info"),
-            false,
-            move || writer.clone(),
-        );
+        let subscriber = captured.subscriber(LogFormat::Json);
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(event = "vendor_ejected", vendor = "sms-twilio", "ejected");
         });
